@@ -1,0 +1,79 @@
+"""The array-module switch: one code path for NumPy (CPU) and CuPy (CUDA).
+
+Layer code never imports an array library by name. It asks `xp_of(x)` for the
+module that owns its input, so the same function runs on both. CuPy is imported
+only when someone asks for it, so CPU users never need it installed.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+BACKENDS = ("numpy", "cupy")
+ENV_VAR = "TINYLLAMA_BACKEND"
+
+
+def is_cupy_array(x) -> bool:
+    """True for a cupy.ndarray, found without importing cupy."""
+    return type(x).__module__.split(".")[0] == "cupy"
+
+
+def xp_of(*arrays):
+    """The array module (numpy or cupy) that owns the given arrays.
+
+    >>> xp_of(np.zeros(3)) is np
+    True
+    """
+    for a in arrays:
+        if is_cupy_array(a):
+            import cupy  # only reachable when a cupy array already exists
+
+            return cupy
+    return np
+
+
+def resolve_backend(name: str | None = None) -> str:
+    """The backend name to use: the argument, else $TINYLLAMA_BACKEND, else "numpy"."""
+    name = name or os.environ.get(ENV_VAR) or "numpy"
+    name = name.strip().lower()
+    if name not in BACKENDS:
+        raise ValueError(f"unknown backend {name!r}: choose one of {', '.join(BACKENDS)}"
+                         f" (from the argument or ${ENV_VAR})")
+    return name
+
+
+def get_module(name: str | None = None):
+    """The array module for a backend name, with a clear error when CuPy or a GPU is missing."""
+    name = resolve_backend(name)
+    if name == "numpy":
+        return np
+    try:
+        import cupy
+    except ImportError as e:
+        raise RuntimeError(
+            "backend='cupy' needs CuPy, which is not installed: "
+            "pip install 'tinyllama-ref[gpu]' (or the cupy-cudaXXx wheel for your CUDA)") from e
+    try:
+        n = cupy.cuda.runtime.getDeviceCount()
+    except Exception as e:  # cupy raises CUDARuntimeError when no driver is present
+        raise RuntimeError(f"backend='cupy' needs a CUDA GPU, but CUDA reports: {e}") from e
+    if n == 0:
+        raise RuntimeError("backend='cupy' needs a CUDA GPU, but none is visible")
+    return cupy
+
+
+def to_numpy(x):
+    """A NumPy copy of an array from either module (no-op for NumPy arrays)."""
+    if is_cupy_array(x):
+        return x.get()
+    return np.asarray(x)
+
+
+def cupy_available() -> bool:
+    """True when CuPy imports and sees at least one GPU (used by tests to skip with a reason)."""
+    try:
+        get_module("cupy")
+        return True
+    except RuntimeError:
+        return False
