@@ -1,2 +1,14 @@
-"""tinyllama_ref: a pure-NumPy (and CuPy) reference implementation of the LLaMA family."""
+"""tinyllama_ref: a pure-NumPy (and CuPy) reference implementation of the LLaMA family.
+
+    import tinyllama_ref as tl
+    model = tl.load("path/to/checkpoint")          # HF directory or .gguf file
+    out = model([[1, 15043, 3186]])               # out.logits: [batch, seq, vocab]
+"""
+from .config import ConfigError, LlamaConfig
+from .model import InputError, KVCache, Model, ModelOutput, build_model, forward, load
+from .weights import CheckpointError
+
 __version__ = "0.1.0"
+
+__all__ = ["load", "build_model", "forward", "Model", "ModelOutput", "KVCache", "LlamaConfig",
+           "ConfigError", "CheckpointError", "InputError"]

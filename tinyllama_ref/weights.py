@@ -1,0 +1,279 @@
+"""Reading and writing checkpoints: safetensors files, sharded or not, and the parameter tree.
+
+A safetensors file is an 8-byte little-endian header length N, N bytes of JSON naming each tensor's
+dtype, shape and byte range, then the raw bytes. We read it ourselves so that float32 tensors are
+memory-mapped (nothing is read until used, nothing is read twice), bfloat16 is rebuilt exactly as
+float32 (its 16 bits are the top half of a float32), and a damaged file gets an error that says
+which file and which tensor.
+
+The parameter tree mirrors the checkpoint's names: "model.layers.0.self_attn.q_proj.weight" is
+`params["model"]["layers"][0]["self_attn"]["q_proj"]["weight"]`.
+"""
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+from typing import Iterable, Mapping
+
+import numpy as np
+
+from .config import LlamaConfig
+
+SAFETENSORS_DTYPES = {
+    "F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": np.uint16,  # BF16: raw bits, see below
+    "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_,
+}
+COMPUTE_DTYPES = ("float32", "float16", "float64")
+MAX_HEADER = 100 * 1024 * 1024  # the safetensors format's own limit
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file or tensor that cannot be used; the message says which and why."""
+
+
+def bf16_to_f32(bits: np.ndarray) -> np.ndarray:
+    """bfloat16 bits (uint16) -> float32, exactly: bfloat16 is the top 16 bits of a float32.
+
+    >>> bf16_to_f32(np.array([0x3F80, 0xC000], dtype=np.uint16))
+    array([ 1., -2.], dtype=float32)
+    """
+    return (bits.astype(np.uint32) << 16).view(np.float32)
+
+
+def f32_to_bf16(x: np.ndarray) -> np.ndarray:
+    """float32 -> bfloat16 bits (uint16), rounding to nearest even as torch does."""
+    u = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32).astype(np.uint64)
+    rounded = (u + 0x7FFF + ((u >> 16) & 1)) >> 16
+    return rounded.astype(np.uint16)
+
+
+def read_safetensors_header(path: Path) -> tuple[dict, int]:
+    """The JSON header of a safetensors file and the offset where tensor data starts."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise CheckpointError(f"{path}: truncated safetensors file ({size} bytes, no header)")
+        (n,) = struct.unpack("<Q", head)
+        if n > MAX_HEADER or 8 + n > size:
+            raise CheckpointError(f"{path}: corrupt safetensors header (header length {n}, file size {size})")
+        raw = f.read(n)
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path}: corrupt safetensors header: not JSON ({e})") from None
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path}: corrupt safetensors header: not a JSON object")
+    return header, 8 + n
+
+
+def read_safetensors(path: str | Path) -> dict[str, np.ndarray]:
+    """All tensors of one safetensors file as NumPy arrays, memory-mapped (read-only).
+
+    bfloat16 tensors come back as float32 (converted exactly); everything else keeps its dtype.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint file not found: {path}")
+    header, start = read_safetensors_header(path)
+    size = path.stat().st_size
+    mm = np.memmap(path, dtype=np.uint8, mode="r") if size > start else np.zeros(0, np.uint8)
+    out = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            dtype_name, shape, (begin, end) = info["dtype"], list(info["shape"]), info["data_offsets"]
+        except (KeyError, TypeError, ValueError):
+            raise CheckpointError(f"{path}: corrupt header entry for tensor {name!r}: {info!r}") from None
+        if dtype_name not in SAFETENSORS_DTYPES:
+            raise CheckpointError(f"{path}: tensor {name!r} has unsupported dtype {dtype_name}")
+        dtype = np.dtype(SAFETENSORS_DTYPES[dtype_name])
+        count = int(np.prod(shape, dtype=np.int64))
+        if end - begin != count * dtype.itemsize or begin < 0 or start + end > size:
+            raise CheckpointError(
+                f"{path}: tensor {name!r} ({dtype_name}, shape {shape}) needs {count * dtype.itemsize} bytes at "
+                f"[{begin}, {end}) but the file holds {size - start} data bytes: truncated or corrupt file")
+        arr = mm[start + begin:start + end].view(dtype).reshape(shape)
+        out[name] = bf16_to_f32(arr) if dtype_name == "BF16" else arr
+    return out
+
+
+def checkpoint_files(ckpt_dir: Path) -> list[Path]:
+    """The safetensors files of a checkpoint dir: one `model.safetensors`, or the shards its index names."""
+    index = ckpt_dir / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise CheckpointError(f"{index}: not a valid shard index ({e!r})") from None
+        files = [ckpt_dir / f for f in dict.fromkeys(weight_map.values())]
+        missing = [str(f) for f in files if not f.is_file()]
+        if missing:
+            raise CheckpointError(f"{index}: names shard files that are missing: {', '.join(missing)}")
+        return files
+    single = ckpt_dir / "model.safetensors"
+    if single.is_file():
+        return [single]
+    others = sorted(ckpt_dir.glob("*.safetensors"))
+    if others:
+        return others
+    raise CheckpointError(f"{ckpt_dir}: no model.safetensors or model.safetensors.index.json found "
+                          f"(PyTorch .bin checkpoints are not supported: convert them with transformers' "
+                          f"save_pretrained(..., safe_serialization=True))")
+
+
+def read_checkpoint_tensors(ckpt_dir: str | Path) -> dict[str, np.ndarray]:
+    """Every tensor of a (possibly sharded) safetensors checkpoint directory, by name."""
+    tensors: dict[str, np.ndarray] = {}
+    for f in checkpoint_files(Path(ckpt_dir)):
+        for name, arr in read_safetensors(f).items():
+            if name in tensors:
+                raise CheckpointError(f"{f}: tensor {name!r} appears in more than one shard")
+            tensors[name] = arr
+    return tensors
+
+
+def write_safetensors(path: str | Path, tensors: Mapping[str, np.ndarray], metadata: dict | None = None,
+                      bf16: Iterable[str] = ()) -> None:
+    """Write tensors to a safetensors file. Names listed in `bf16` are stored as bfloat16 (rounded)."""
+    bf16 = set(bf16)
+    names = {np.dtype(v).name: k for k, v in SAFETENSORS_DTYPES.items() if k != "BF16"}
+    header: dict = {"__metadata__": {str(k): str(v) for k, v in (metadata or {}).items()}}
+    blobs, offset = [], 0
+    for name, arr in tensors.items():
+        arr = np.asarray(arr)
+        if name in bf16:
+            data, dtype_name = f32_to_bf16(arr), "BF16"
+        else:
+            data, dtype_name = np.ascontiguousarray(arr), names[arr.dtype.name]
+        raw = data.tobytes()
+        header[name] = {"dtype": dtype_name, "shape": list(arr.shape), "data_offsets": [offset, offset + len(raw)]}
+        blobs.append(raw)
+        offset += len(raw)
+    head = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    head += b" " * (-len(head) % 8)  # align the data to 8 bytes, as the reference writer does
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(head)))
+        f.write(head)
+        for raw in blobs:
+            f.write(raw)
+
+
+# -- the parameter tree --------------------------------------------------------------------
+
+def expected_shapes(config: LlamaConfig) -> tuple[dict[str, tuple], set[str]]:
+    """Every tensor name the checkpoint must hold, with its shape; and names that may be absent (tied heads)."""
+    c = config
+    D, F, V, d = c.hidden_size, c.intermediate_size, c.vocab_size, c.head_dim
+    q_out, kv_out = c.num_attention_heads * d, c.num_key_value_heads * d
+    shapes: dict[str, tuple] = {"model.embed_tokens.weight": (V, D), "model.norm.weight": (D,)}
+    if c.is_open_llama and c.use_stable_embedding:
+        shapes["model.embed_layer_norm.weight"] = (D,)
+        shapes["model.embed_layer_norm.bias"] = (D,)
+    for i in range(c.num_hidden_layers):
+        pre = f"model.layers.{i}."
+        shapes[pre + "input_layernorm.weight"] = (D,)
+        shapes[pre + "post_attention_layernorm.weight"] = (D,)
+        for proj, shape in (("q_proj", (q_out, D)), ("k_proj", (kv_out, D)), ("v_proj", (kv_out, D)),
+                            ("o_proj", (D, q_out))):
+            shapes[f"{pre}self_attn.{proj}.weight"] = shape
+            if c.attention_bias:
+                shapes[f"{pre}self_attn.{proj}.bias"] = (shape[0],)
+        for proj, shape in (("gate_proj", (F, D)), ("up_proj", (F, D)), ("down_proj", (D, F))):
+            shapes[f"{pre}mlp.{proj}.weight"] = shape
+            if c.mlp_bias:
+                shapes[f"{pre}mlp.{proj}.bias"] = (shape[0],)
+    optional: set[str] = set()
+    if c.head == "sequence_classification":
+        shapes["score.weight"] = (c.num_labels, D)
+    elif c.head == "causal_lm":
+        shapes["lm_head.weight"] = (V, D)
+        if c.lm_head_is_embedding:
+            optional.add("lm_head.weight")  # tied: the file may or may not repeat it; we use the embedding
+    return shapes, optional
+
+
+# Buffers that older transformers versions saved but that are recomputed, never learned.
+_IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
+
+
+def check_tensors(tensors: Mapping[str, np.ndarray], config: LlamaConfig, source: str = "checkpoint") -> dict:
+    """Check names and shapes against the config; return the tensors under canonical names.
+
+    A base-model checkpoint (LlamaModel) stores names without the "model." prefix; it is added here.
+    """
+    if tensors and not any(k.startswith("model.") for k in tensors):
+        tensors = {("model." + k if not k.startswith(("lm_head.", "score.")) else k): v for k, v in tensors.items()}
+    shapes, optional = expected_shapes(config)
+    present = {k: v for k, v in tensors.items() if not k.endswith(_IGNORED_SUFFIXES)}
+    missing = [k for k in shapes if k not in present and k not in optional]
+    if missing:
+        more = f" (and {len(missing) - 5} more)" if len(missing) > 5 else ""
+        raise CheckpointError(f"{source}: missing tensor(s) {', '.join(missing[:5])}{more}")
+    unexpected = [k for k in present if k not in shapes]
+    if unexpected:
+        more = f" (and {len(unexpected) - 5} more)" if len(unexpected) > 5 else ""
+        raise CheckpointError(f"{source}: unexpected tensor(s) {', '.join(unexpected[:5])}{more} "
+                              f"for a {config.model_type} {config.head} model with this config")
+    for k, v in present.items():
+        if tuple(v.shape) != shapes[k]:
+            raise CheckpointError(f"{source}: tensor {k!r} has shape {tuple(v.shape)}, "
+                                  f"but the config needs {shapes[k]}")
+    return present
+
+
+def nest(flat: Mapping[str, object]) -> dict:
+    """Dotted names -> nested dicts, numeric parts becoming list positions.
+
+    >>> nest({"model.layers.0.mlp.up_proj.weight": 1, "model.norm.weight": 2})
+    {'model': {'layers': [{'mlp': {'up_proj': {'weight': 1}}}], 'norm': {'weight': 2}}}
+    """
+    root: dict = {}
+    for name, value in flat.items():
+        node = root
+        parts = name.split(".")
+        for part, nxt in zip(parts[:-1], parts[1:]):
+            key = int(part) if part.isdigit() else part
+            if isinstance(node, list):
+                while len(node) <= key:
+                    node.append({})
+                node = node[key]
+            else:
+                node = node.setdefault(key, [] if nxt.isdigit() else {})
+        node[parts[-1]] = value
+    return root
+
+
+def flatten(tree, prefix: str = "") -> dict:
+    """The inverse of `nest`: nested dicts/lists -> {dotted name: array}."""
+    items = enumerate(tree) if isinstance(tree, list) else tree.items()
+    out = {}
+    for k, v in items:
+        name = f"{prefix}{k}"
+        if isinstance(v, (dict, list)):
+            out.update(flatten(v, name + "."))
+        else:
+            out[name] = v
+    return out
+
+
+def to_compute(arr: np.ndarray, dtype: str, xp):
+    """One tensor in the compute dtype on the backend; float32 NumPy tensors stay memory-mapped."""
+    if dtype not in COMPUTE_DTYPES:
+        raise ValueError(f"dtype {dtype!r} is not supported; choose one of {', '.join(COMPUTE_DTYPES)}")
+    if xp is np:
+        return arr if arr.dtype == np.dtype(dtype) else arr.astype(dtype)
+    return xp.asarray(np.asarray(arr)).astype(dtype)  # one host->device copy, converted on the device
+
+
+def build_params(tensors: Mapping[str, np.ndarray], config: LlamaConfig, dtype: str = "float32", xp=np,
+                 source: str = "checkpoint", progress=None) -> dict:
+    """The nested parameter tree in the compute dtype, after checking every name and shape."""
+    checked = check_tensors(tensors, config, source)
+    items = checked.items() if progress is None else progress(checked.items(), total=len(checked))
+    params = nest({k: to_compute(v, dtype, xp) for k, v in items})
+    if config.head == "causal_lm" and config.lm_head_is_embedding:
+        params["lm_head"] = {"weight": params["model"]["embed_tokens"]["weight"]}  # tied: one array, two names
+    return params
