@@ -277,3 +277,19 @@ def build_params(tensors: Mapping[str, np.ndarray], config: LlamaConfig, dtype: 
     if config.head == "causal_lm" and config.lm_head_is_embedding:
         params["lm_head"] = {"weight": params["model"]["embed_tokens"]["weight"]}  # tied: one array, two names
     return params
+
+
+def random_tensors(config: LlamaConfig, seed: int = 0, std: float = 0.02, dtype=np.float32) -> dict:
+    """Random weights with every name and shape the config needs (norm weights near 1), for tests and benchmarks."""
+    rng = np.random.default_rng(seed)
+    shapes, optional = expected_shapes(config)
+    out = {}
+    for name, shape in shapes.items():
+        if name in optional:
+            continue
+        if name.endswith("norm.weight"):
+            arr = 1.0 + 0.1 * rng.standard_normal(shape)
+        else:
+            arr = std * rng.standard_normal(shape)
+        out[name] = arr.astype(dtype)
+    return out
