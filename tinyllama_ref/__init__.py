@@ -5,10 +5,12 @@
     out = model([[1, 15043, 3186]])               # out.logits: [batch, seq, vocab]
 """
 from .config import ConfigError, LlamaConfig
+from .generation import GenerationStats, SamplingParams, generate, generate_batch, stream
 from .model import InputError, KVCache, Model, ModelOutput, build_model, forward, load
 from .weights import CheckpointError
 
 __version__ = "0.1.0"
 
 __all__ = ["load", "build_model", "forward", "Model", "ModelOutput", "KVCache", "LlamaConfig",
-           "ConfigError", "CheckpointError", "InputError"]
+           "ConfigError", "CheckpointError", "InputError", "generate", "stream", "generate_batch",
+           "GenerationStats", "SamplingParams"]

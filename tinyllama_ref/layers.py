@@ -108,14 +108,22 @@ def activation(name: str):
             "gelu_new": gelu_tanh, "gelu_pytorch_tanh": gelu_tanh}[name]
 
 
-def swiglu_mlp(p: dict, x, act, tp: int = 1):
+def tap(trace: dict | None, name: str, x):
+    """Record an intermediate under a stable name when tracing (the parity kit's `dump`); return it unchanged."""
+    if trace is not None:
+        trace[name] = x
+    return x
+
+
+def swiglu_mlp(p: dict, x, act, tp: int = 1, trace: dict | None = None, prefix: str = "mlp."):
     r"""The SwiGLU feed-forward block (Shazeer 2020): $W_\text{down}\,(\mathrm{SiLU}(W_\text{gate} x) \odot W_\text{up} x)$.
 
     [b, s, D] -> gate, up [b, s, F] -> [b, s, D]
     """
-    gate = linear_tp(x, p["gate_proj"], tp, "out")
-    up = linear_tp(x, p["up_proj"], tp, "out")
-    return linear_tp(act(gate) * up, p["down_proj"], tp, "in")
+    gate = tap(trace, prefix + "gate_proj", linear_tp(x, p["gate_proj"], tp, "out"))
+    up = tap(trace, prefix + "up_proj", linear_tp(x, p["up_proj"], tp, "out"))
+    hidden = tap(trace, prefix + "act_mul", act(gate) * up)
+    return tap(trace, prefix + "down_proj", linear_tp(hidden, p["down_proj"], tp, "in"))
 
 
 def repeat_kv(x, n_rep: int):

@@ -21,7 +21,7 @@ import numpy as np
 from . import backend as B
 from .config import LlamaConfig
 from .layers import (activation, attention_mask_bias, embed, layer_norm, linear, linear_tp, merge_heads,
-                     repeat_kv, rms_norm, scaled_dot_product_attention, split_heads, swiglu_mlp)
+                     repeat_kv, rms_norm, scaled_dot_product_attention, split_heads, swiglu_mlp, tap)
 from .rope import apply_rope, rope_cos_sin, rope_inv_freq
 from .weights import build_params, read_checkpoint_tensors
 
@@ -108,29 +108,34 @@ class ModelOutput:
 # -- the blocks ------------------------------------------------------------------------------
 
 def self_attention(p: dict, x, cos, sin, mask_bias, config: LlamaConfig, cache: KVCache | None,
-                   layer: int, past_len: int):
+                   layer: int, past_len: int, trace: dict | None = None, prefix: str = "self_attn."):
     """Multi-head / grouped-query self-attention with RoPE: [b, s, D] -> [b, s, D] (and the probabilities)."""
     h, g, d, tp = config.num_attention_heads, config.num_key_value_heads, config.head_dim, config.pretraining_tp
-    q = split_heads(linear_tp(x, p["q_proj"], tp, "out"), h, d)  # [b, h, s, d]
-    k = split_heads(linear_tp(x, p["k_proj"], tp, "out"), g, d)  # [b, g, s, d]
-    v = split_heads(linear_tp(x, p["v_proj"], tp, "out"), g, d)  # [b, g, s, d]
-    q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+    q = tap(trace, prefix + "q", split_heads(linear_tp(x, p["q_proj"], tp, "out"), h, d))  # [b, h, s, d]
+    k = tap(trace, prefix + "k", split_heads(linear_tp(x, p["k_proj"], tp, "out"), g, d))  # [b, g, s, d]
+    v = tap(trace, prefix + "v", split_heads(linear_tp(x, p["v_proj"], tp, "out"), g, d))  # [b, g, s, d]
+    q = tap(trace, prefix + "q_rope", apply_rope(q, cos, sin))
+    k = tap(trace, prefix + "k_rope", apply_rope(k, cos, sin))
     if cache is not None:
         k, v = cache_update(cache, layer, k, v, past_len)  # [b, g, t, d], t = past_len + s
     k, v = repeat_kv(k, config.n_rep), repeat_kv(v, config.n_rep)  # [b, h, t, d]
     out, probs = scaled_dot_product_attention(q, k, v, mask_bias, 1.0 / math.sqrt(d))
-    return linear_tp(merge_heads(out), p["o_proj"], tp, "in"), probs
+    tap(trace, prefix + "probs", probs)
+    out = tap(trace, prefix + "context", merge_heads(out))  # [b, s, h*d]
+    return tap(trace, prefix + "o_proj", linear_tp(out, p["o_proj"], tp, "in")), probs
 
 
-def decoder_layer(p: dict, x, cos, sin, mask_bias, config: LlamaConfig, cache, layer: int, past_len: int):
+def decoder_layer(p: dict, x, cos, sin, mask_bias, config: LlamaConfig, cache, layer: int, past_len: int,
+                  trace: dict | None = None):
     """Pre-norm residual block: x + Attn(RMSNorm(x)), then + MLP(RMSNorm(x))."""
-    eps = config.rms_norm_eps
-    attn_out, probs = self_attention(p["self_attn"], rms_norm(x, p["input_layernorm"]["weight"], eps),
-                                     cos, sin, mask_bias, config, cache, layer, past_len)
-    x = x + attn_out
-    h = rms_norm(x, p["post_attention_layernorm"]["weight"], eps)
-    x = x + swiglu_mlp(p["mlp"], h, activation(config.hidden_act), config.pretraining_tp)
-    return x, probs
+    eps, pre = config.rms_norm_eps, f"layers.{layer}."
+    h = tap(trace, pre + "input_layernorm", rms_norm(x, p["input_layernorm"]["weight"], eps))
+    attn_out, probs = self_attention(p["self_attn"], h, cos, sin, mask_bias, config, cache, layer, past_len,
+                                     trace, pre + "self_attn.")
+    x = tap(trace, pre + "attn_residual", x + attn_out)
+    h = tap(trace, pre + "post_attention_layernorm", rms_norm(x, p["post_attention_layernorm"]["weight"], eps))
+    x = x + swiglu_mlp(p["mlp"], h, activation(config.hidden_act), config.pretraining_tp, trace, pre + "mlp.")
+    return tap(trace, pre + "output", x), probs
 
 
 def embed_tokens(params: dict, config: LlamaConfig, input_ids):
@@ -231,13 +236,18 @@ def check_inputs(config: LlamaConfig, input_ids, attention_mask, position_ids, c
 
 def forward(params: dict, config: LlamaConfig, input_ids, attention_mask=None, position_ids=None,
             past_key_values: KVCache | None = None, use_cache: bool = False, output_hidden_states: bool = False,
-            output_attentions: bool = False, labels=None, logits_to_keep: int | Sequence[int] = 0) -> ModelOutput:
-    """Run the model on a batch of token ids [batch, seq]; see `ModelOutput` for what comes back."""
+            output_attentions: bool = False, labels=None, logits_to_keep: int | Sequence[int] = 0,
+            trace: dict | None = None) -> ModelOutput:
+    """Run the model on a batch of token ids [batch, seq]; see `ModelOutput` for what comes back.
+
+    `trace`, if a dict, receives every intermediate under the stable names of `parity.dump`.
+    """
     xp = B.xp_of(params["model"]["embed_tokens"]["weight"])
     cache = past_key_values
     attention_mask, position_ids, past = check_inputs(config, input_ids, attention_mask, position_ids, cache, xp)
     b, s = input_ids.shape
-    x = embed_tokens(params, config, input_ids)  # [b, s, D]
+    tap(trace, "input_ids", input_ids)
+    x = tap(trace, "embed_tokens", embed_tokens(params, config, input_ids))  # [b, s, D]
     if use_cache and cache is None:
         cache = KVCache.allocate(config, b, max(s, 16), x.dtype, xp)
     if cache is not None and past + s > cache.capacity:
@@ -250,11 +260,11 @@ def forward(params: dict, config: LlamaConfig, input_ids, attention_mask=None, p
 
     hidden_states, attentions = [x], []
     for i, layer_params in enumerate(params["model"]["layers"]):
-        x, probs = decoder_layer(layer_params, x, cos, sin, mask_bias, config, cache, i, past)
+        x, probs = decoder_layer(layer_params, x, cos, sin, mask_bias, config, cache, i, past, trace)
         hidden_states.append(x)
         if output_attentions:
             attentions.append(probs)
-    x = rms_norm(x, params["model"]["norm"]["weight"], config.rms_norm_eps)
+    x = tap(trace, "norm", rms_norm(x, params["model"]["norm"]["weight"], config.rms_norm_eps))
     hidden_states[-1] = x  # as transformers: the last hidden state is the normed one
     if cache is not None:
         cache.length = past + s
@@ -274,7 +284,7 @@ def forward(params: dict, config: LlamaConfig, input_ids, attention_mask=None, p
         out.extras["last_hidden_state"] = x
         return out
     kept = _keep_positions(x, logits_to_keep)
-    out.logits = kept @ params["lm_head"]["weight"].T  # [b, s_kept, V]
+    out.logits = tap(trace, "logits", kept @ params["lm_head"]["weight"].T)  # [b, s_kept, V]
     if labels is not None:
         labels = xp.asarray(labels)
         if labels.shape != (b, s):

