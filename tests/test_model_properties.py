@@ -160,3 +160,25 @@ def test_list_input_is_a_batch_of_one():
     a = model([1, 2, 3]).logits
     b = model(np.array([[1, 2, 3]])).logits
     assert a.shape == (1, 3, 32) and np.array_equal(a, b)
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.sampled_from([(1, 1), (2, 1), (4, 2), (6, 3), (4, 4)]), st.integers(1, 5), st.integers(0, 4),
+       st.integers(1, 2))
+def test_grouped_attention_equals_repeat_kv_then_plain_attention(heads, s, past, b):
+    """Stacking a group's query heads against one shared k/v head == copying k/v per head (repeat_kv)."""
+    from tinyllama_ref.layers import attention_mask_bias, repeat_kv, scaled_dot_product_attention, softmax
+
+    h, g = heads
+    rng = np.random.default_rng(h * 100 + s * 10 + past)
+    t, d = past + s, 8
+    q = rng.standard_normal((b, h, s, d)).astype(np.float32)
+    k, v = rng.standard_normal((2, b, g, t, d)).astype(np.float32)
+    mask = np.ones((b, t), np.int64)
+    mask[0, :min(past, t - 1)] = 0
+    bias = attention_mask_bias(mask, s, t, past)
+    out, probs = scaled_dot_product_attention(q, k, v, bias, d ** -0.5)
+    kr, vr = repeat_kv(k, h // g), repeat_kv(v, h // g)
+    ref_probs = softmax(q @ kr.swapaxes(-1, -2) * d ** -0.5 + bias)
+    np.testing.assert_allclose(probs, ref_probs, atol=1e-6)
+    np.testing.assert_allclose(out, ref_probs @ vr, atol=1e-5)

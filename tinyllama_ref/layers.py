@@ -163,15 +163,24 @@ def attention_mask_bias(attention_mask, q_len: int, kv_len: int, past_len: int):
 
 
 def scaled_dot_product_attention(q, k, v, mask_bias, scale: float):
-    r"""$\mathrm{softmax}(q k^\top / \sqrt{d} + M)\,v$, probabilities in float32.
+    r"""$\mathrm{softmax}(q k^\top / \sqrt{d} + M)\,v$ with grouped key/value heads; probabilities in float32.
 
-    q [b, h, s, d], k and v [b, h, t, d], mask_bias [b, 1, s, t] -> output [b, h, s, d], probs [b, h, s, t]
+    q [b, h, s, d]; k and v [b, g, t, d] with g dividing h; mask_bias [b, 1, s, t]
+    -> output [b, h, s, d], probs [b, h, s, t].
+    The h/g query heads of a group are stacked along the query axis and meet their shared key/value
+    head in one matmul: the same result as `repeat_kv` followed by plain attention, without copying
+    the keys and values h/g times.
     """
-    scores = (q @ k.swapaxes(-1, -2)) * q.dtype.type(scale)  # [b, h, s, t]
+    b, h, s, d = q.shape
+    g, t = k.shape[1], k.shape[2]
+    qg = q.reshape(b, g, (h // g) * s, d)  # [b, g, rep*s, d]
+    scores = (qg @ k.swapaxes(-1, -2)) * q.dtype.type(scale)  # [b, g, rep*s, t]
+    scores = scores.reshape(b, g, h // g, s, t)
     if mask_bias is not None:
-        scores = scores.astype(F32) + mask_bias
-    probs = softmax(scores).astype(q.dtype)
-    return probs @ v, probs
+        scores = scores.astype(F32) + mask_bias[:, :, None]  # [b, 1, 1, s, t] broadcasts over heads
+    probs = softmax(scores).astype(q.dtype)  # [b, g, rep, s, t]
+    out = probs.reshape(b, g, (h // g) * s, t) @ v  # [b, g, rep*s, d]
+    return out.reshape(b, h, s, d), probs.reshape(b, h, s, t)
 
 
 def split_heads(x, n_heads: int, head_dim: int):

@@ -21,7 +21,7 @@ import numpy as np
 from . import backend as B
 from .config import LlamaConfig
 from .layers import (activation, attention_mask_bias, embed, layer_norm, linear, linear_tp, merge_heads,
-                     repeat_kv, rms_norm, scaled_dot_product_attention, split_heads, swiglu_mlp, tap)
+                     rms_norm, scaled_dot_product_attention, split_heads, swiglu_mlp, tap)
 from .rope import apply_rope, rope_cos_sin, rope_inv_freq
 from .weights import build_params, read_checkpoint_tensors
 
@@ -118,8 +118,7 @@ def self_attention(p: dict, x, cos, sin, mask_bias, config: LlamaConfig, cache: 
     k = tap(trace, prefix + "k_rope", apply_rope(k, cos, sin))
     if cache is not None:
         k, v = cache_update(cache, layer, k, v, past_len)  # [b, g, t, d], t = past_len + s
-    k, v = repeat_kv(k, config.n_rep), repeat_kv(v, config.n_rep)  # [b, h, t, d]
-    out, probs = scaled_dot_product_attention(q, k, v, mask_bias, 1.0 / math.sqrt(d))
+    out, probs = scaled_dot_product_attention(q, k, v, mask_bias, 1.0 / math.sqrt(d))  # GQA: k, v shared
     tap(trace, prefix + "probs", probs)
     out = tap(trace, prefix + "context", merge_heads(out))  # [b, s, h*d]
     return tap(trace, prefix + "o_proj", linear_tp(out, p["o_proj"], tp, "in")), probs

@@ -95,7 +95,7 @@ def read_safetensors(path: str | Path) -> dict[str, np.ndarray]:
             raise CheckpointError(
                 f"{path}: tensor {name!r} ({dtype_name}, shape {shape}) needs {count * dtype.itemsize} bytes at "
                 f"[{begin}, {end}) but the file holds {size - start} data bytes: truncated or corrupt file")
-        arr = mm[start + begin:start + end].view(dtype).reshape(shape)
+        arr = np.asarray(mm[start + begin:start + end]).view(dtype).reshape(shape)  # a plain view of the map
         out[name] = bf16_to_f32(arr) if dtype_name == "BF16" else arr
     return out
 
