@@ -1,0 +1,234 @@
+"""CPU speed, side by side: tinyllama_ref (NumPy) against HF transformers (torch eager), same machine, same run.
+
+For each model: prefill tokens/s (one forward over the prompt), decode tokens/s (greedy, batch 1, one
+token per step from the KV cache), and peak RSS while loading and while generating — each
+implementation measured in its own subprocess so the peaks are its own. Also the machine's
+memory-bandwidth limit for decode: the bytes of float32 weights read per token divided by the
+bandwidth of one large float32 matrix-vector product.
+
+    python benchmarks/cpu.py                       # bundled model, SmolLM2-135M (if fetched), TinyLlama-1.1B shape
+    python benchmarks/cpu.py --models bundled --prompt-tokens 64 --new-tokens 32
+    OPENBLAS_NUM_THREADS=2 python benchmarks/cpu.py --threads 2
+
+Needs torch and transformers for the peer column (pip install -e ".[parity]").
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+TINYLLAMA_1B = dict(vocab_size=32000, hidden_size=2048, intermediate_size=5632, num_hidden_layers=22,
+                    num_attention_heads=32, num_key_value_heads=4, max_position_embeddings=2048,
+                    rms_norm_eps=1e-5, architectures=["LlamaForCausalLM"], model_type="llama")
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def rss_mib() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+# -- workers (run in a subprocess each) --------------------------------------------------------
+
+def worker_ours(model_dir: str, prompt_tokens: int, new_tokens: int) -> dict:
+    import numpy as np
+
+    import tinyllama_ref as tl
+
+    t0 = time.perf_counter()
+    model = tl.load(model_dir)
+    # touch every weight once so that loading cost (and its RSS) is counted here, not in the first step
+    ids = (np.arange(prompt_tokens) * 7919 + 11) % model.config.vocab_size
+    load_s = time.perf_counter() - t0
+    load_rss = peak_rss_mib()
+    model(ids[:4][None])  # warm-up: page the weights in
+    t0 = time.perf_counter()
+    out = model(ids[None], use_cache=True, logits_to_keep=1)
+    prefill_s = time.perf_counter() - t0
+    cache = out.past_key_values
+    token = int(out.logits[0, -1].argmax())
+    tokens = [token]
+    t0 = time.perf_counter()
+    for _ in range(new_tokens - 1):
+        out = model([[token]], past_key_values=cache, use_cache=True)
+        token = int(out.logits[0, -1].argmax())
+        tokens.append(token)
+    decode_s = time.perf_counter() - t0
+    return dict(load_s=load_s, load_peak_rss_mib=load_rss, prefill_tok_s=prompt_tokens / prefill_s,
+                decode_tok_s=(new_tokens - 1) / decode_s, peak_rss_mib=peak_rss_mib(), tokens=tokens,
+                params=model.num_parameters())
+
+
+def worker_torch(model_dir: str, prompt_tokens: int, new_tokens: int) -> dict:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    t0 = time.perf_counter()
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation="eager")
+    model.eval()
+    load_s = time.perf_counter() - t0
+    load_rss = peak_rss_mib()
+    vocab = model.config.vocab_size
+    ids = (torch.arange(prompt_tokens) * 7919 + 11) % vocab
+    with torch.inference_mode():
+        model(ids[None, :4])
+        t0 = time.perf_counter()
+        out = model(ids[None], use_cache=True, logits_to_keep=1)
+        prefill_s = time.perf_counter() - t0
+        cache = out.past_key_values
+        token = int(out.logits[0, -1].argmax())
+        tokens = [token]
+        t0 = time.perf_counter()
+        for _ in range(new_tokens - 1):
+            out = model(torch.tensor([[token]]), past_key_values=cache, use_cache=True)
+            cache = out.past_key_values
+            token = int(out.logits[0, -1].argmax())
+            tokens.append(token)
+        decode_s = time.perf_counter() - t0
+    return dict(load_s=load_s, load_peak_rss_mib=load_rss, prefill_tok_s=prompt_tokens / prefill_s,
+                decode_tok_s=(new_tokens - 1) / decode_s, peak_rss_mib=peak_rss_mib(), tokens=tokens)
+
+
+def worker_bandwidth(mib: int = 512, repeats: int = 10) -> dict:
+    """GB/s of one large float32 matrix-vector product (the shape of decode: weights read once per token)."""
+    import numpy as np
+
+    n = int((mib * 2**20 / 4) ** 0.5)
+    a = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
+    x = np.ones(n, np.float32)
+    a @ x
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        a @ x
+        best = min(best, time.perf_counter() - t0)
+    return dict(gb_s=a.nbytes / best / 1e9)
+
+
+# -- the driver --------------------------------------------------------------------------------
+
+def run_worker(kind: str, *args, threads: int) -> dict:
+    env = dict(os.environ, OPENBLAS_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads),
+               MKL_NUM_THREADS=str(threads))
+    code = (f"import sys, json; sys.path.insert(0, {str(ROOT / 'benchmarks')!r}); import cpu; "
+            f"import torch; torch.set_num_threads({threads})\n" if kind == "torch" else
+            f"import sys, json; sys.path.insert(0, {str(ROOT / 'benchmarks')!r}); import cpu\n")
+    code += f"print('RESULT' + json.dumps(cpu.worker_{kind}(*{list(args)!r})))"
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    for line in proc.stdout.splitlines():
+        if line.startswith("RESULT"):
+            return json.loads(line[6:])
+    raise RuntimeError(f"{kind} worker failed:\n{proc.stderr[-3000:]}")
+
+
+def make_random_checkpoint(shape: dict, out: Path) -> Path:
+    """A random-weight float32 checkpoint of the given shape, written once and reused."""
+    import numpy as np
+
+    import tinyllama_ref as tl
+    from tinyllama_ref.weights import expected_shapes, write_safetensors
+
+    if (out / "model.safetensors").is_file():
+        return out
+    out.mkdir(parents=True, exist_ok=True)
+    config = tl.LlamaConfig.from_dict(shape)
+    rng = np.random.default_rng(0)
+    shapes, optional = expected_shapes(config)
+    tensors = {k: (np.ones(s, np.float32) if k.endswith("norm.weight")
+                   else 0.02 * rng.standard_normal(s, dtype=np.float32)) for k, s in shapes.items() if k not in optional}
+    write_safetensors(out / "model.safetensors", tensors, {"format": "pt"})
+    (out / "config.json").write_text(json.dumps(config.to_dict()))
+    return out
+
+
+def weight_bytes(model_dir: Path) -> int:
+    from tinyllama_ref.config import LlamaConfig
+    from tinyllama_ref.weights import expected_shapes
+
+    import numpy as np
+
+    config = LlamaConfig.from_json(model_dir / "config.json")
+    shapes, optional = expected_shapes(config)
+    n = sum(int(np.prod(s)) for k, s in shapes.items() if k not in optional)
+    return 4 * n
+
+
+def find_models(names: list[str], cache: Path) -> list[tuple[str, Path]]:
+    from tinyllama_ref.cli import default_model_dir
+
+    found = []
+    for name in names:
+        if name == "bundled":
+            found.append(("bundled", default_model_dir()))
+        elif name == "smollm2":
+            try:
+                from tinyllama_ref.fetch import resolve_model_name
+
+                path = resolve_model_name("smollm2")
+            except Exception:  # not fetched / no fetch module
+                path = None
+            if path is None:
+                print("smollm2: not fetched (run `tinyllama-ref fetch smollm2`), skipped", file=sys.stderr)
+            else:
+                found.append(("smollm2-135m", Path(path)))
+        elif name == "tinyllama-1.1b":
+            found.append(("tinyllama-1.1b-shape", make_random_checkpoint(TINYLLAMA_1B, cache / "tinyllama-1.1b")))
+        else:
+            found.append((Path(name).name, Path(name)))
+    return found
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", nargs="+", default=["bundled", "smollm2", "tinyllama-1.1b"])
+    ap.add_argument("--prompt-tokens", type=int, default=128)
+    ap.add_argument("--new-tokens", type=int, default=32)
+    ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "tinyllama_ref_bench")
+    ap.add_argument("--no-torch", action="store_true", help="skip the transformers column")
+    args = ap.parse_args()
+
+    bw = run_worker("bandwidth", threads=args.threads)["gb_s"]
+    print(f"machine: {os.cpu_count()} cores, {args.threads} threads; float32 matvec bandwidth {bw:.1f} GB/s")
+    rows = []
+    for label, path in find_models(args.models, args.cache):
+        ours = run_worker("ours", str(path), args.prompt_tokens, args.new_tokens, threads=args.threads)
+        peer = None if args.no_torch else run_worker("torch", str(path), args.prompt_tokens, args.new_tokens,
+                                                     threads=args.threads)
+        limit = bw * 1e9 / weight_bytes(path)
+        rows.append((label, path, ours, peer, limit))
+        same = peer is not None and ours["tokens"] == peer["tokens"]
+        print(f"{label}: greedy tokens identical to transformers: {same}" if peer else f"{label}: done")
+
+    wb = lambda p: weight_bytes(p) / 2**20  # noqa: E731
+    print()
+    print(f"{'model':22s} {'impl':13s} {'prefill tok/s':>13s} {'decode tok/s':>12s} {'vs torch':>9s} "
+          f"{'% of BW limit':>13s} {'load peak MiB':>13s} {'peak MiB':>9s} {'w32 MiB':>8s}")
+    for label, path, ours, peer, limit in rows:
+        for impl, r in (("tinyllama_ref", ours), ("torch eager", peer)):
+            if r is None:
+                continue
+            ratio = f"{ours['decode_tok_s'] / peer['decode_tok_s']:.2f}x" if (peer and impl == "tinyllama_ref") else ""
+            print(f"{label:22s} {impl:13s} {r['prefill_tok_s']:13.1f} {r['decode_tok_s']:12.1f} {ratio:>9s} "
+                  f"{100 * r['decode_tok_s'] / limit:12.0f}% {r['load_peak_rss_mib']:13.0f} "
+                  f"{r['peak_rss_mib']:9.0f} {wb(path):8.0f}")
+        if peer:
+            print(f"{'':22s} {'ratio':13s} {ours['prefill_tok_s'] / peer['prefill_tok_s']:12.2f}x "
+                  f"{ours['decode_tok_s'] / peer['decode_tok_s']:11.2f}x")
+    print(f"\nBW limit = float32 weight bytes per token / {bw:.1f} GB/s; decode = greedy, batch 1, "
+          f"{args.new_tokens} tokens after a {args.prompt_tokens}-token prompt.")
+
+
+if __name__ == "__main__":
+    main()
