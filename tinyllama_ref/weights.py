@@ -265,7 +265,11 @@ def to_compute(arr: np.ndarray, dtype: str, xp):
         raise ValueError(f"dtype {dtype!r} is not supported; choose one of {', '.join(COMPUTE_DTYPES)}")
     if xp is np:
         return arr if arr.dtype == np.dtype(dtype) else arr.astype(dtype)
-    return xp.asarray(np.asarray(arr)).astype(dtype)  # one host->device copy, converted on the device
+    from .backend import is_cupy_array
+
+    if not is_cupy_array(arr):
+        arr = xp.asarray(np.asarray(arr))  # one host->device copy in the file's dtype
+    return arr.astype(dtype, copy=False)  # converted on the device
 
 
 def build_params(tensors: Mapping[str, np.ndarray], config: LlamaConfig, dtype: str = "float32", xp=np,
