@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 import tinyllama_ref as tl
+from tinyllama_ref.backend import cupy_available, to_numpy
 from conftest import GOLDEN_DIR, record_parity
 
 TOL_LOGITS = 1e-4  # max |Δ| of logits, float32 compute
@@ -154,6 +155,26 @@ def test_golden_float16_compute(case):
     d = max_diff(out.logits, golden["logits_native"])
     record_parity(case, "max|Δlogits| fp16", d)
     assert d <= TOL_LOGITS_FP16_NATIVE, f"{case}: float16 compute vs transformers float16: max |Δlogits| = {d:.3g}"
+
+
+CUPY_CASES = ["mha", "gqa", "head_dim_explicit", "rope_yarn_explicit", "rope_longrope_long", "rope_llama3",
+              "rope_dynamic_long", "left_pad", "cls_single_label", "bf16", "sharded", "openllama_stable_shared"]
+
+
+@pytest.mark.skipif(not cupy_available(), reason="the cupy backend needs CuPy and a CUDA GPU")
+@pytest.mark.parametrize("case", [c for c in CUPY_CASES if c in CASES])
+def test_golden_cupy(case):
+    """The same code path on the GPU: logits and loss within the float32 tolerances."""
+    model = tl.load(GOLDEN_DIR / case, backend="cupy")
+    golden = dict(np.load(GOLDEN_DIR / case / "golden.npz"))
+    out = model(**model_inputs(golden))
+    logits, real = to_numpy(out.logits), real_positions(golden)
+    d = max_diff(logits, golden["logits"]) if logits.ndim == 2 else max_diff(logits[real], golden["logits"][real])
+    record_parity(case, "max|Δlogits| cupy", d)
+    assert d <= TOL_LOGITS, f"{case} on cupy: max |Δlogits| = {d:.3g} > {TOL_LOGITS}"
+    if "loss" in golden:
+        rel = abs(float(to_numpy(out.loss)) - float(golden["loss"])) / abs(float(golden["loss"]))
+        assert rel <= TOL_LOSS_REL, f"{case} on cupy: relative loss error {rel:.3g} > {TOL_LOSS_REL}"
 
 
 def _rope(cfg: dict) -> dict:
