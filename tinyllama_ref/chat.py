@@ -1,0 +1,119 @@
+"""Chat prompts: Meta's Llama-2-chat format, and the Jinja chat templates that checkpoints carry.
+
+Llama-2-chat (Meta's `chat_completion` in llama/generation.py) puts each user/assistant exchange
+in its own BOS ... EOS sequence, and folds the optional system prompt into the first user turn:
+
+    <s>[INST] <<SYS>>\\n{system}\\n<</SYS>>\\n\\n{user 1} [/INST] {answer 1} </s><s>[INST] {user 2} [/INST]
+"""
+from __future__ import annotations
+
+import json
+from datetime import datetime
+
+B_INST, E_INST = "[INST]", "[/INST]"
+B_SYS, E_SYS = "<<SYS>>\n", "\n<</SYS>>\n\n"
+SPECIAL_TAGS = [B_INST, E_INST, "<<SYS>>", "<</SYS>>"]
+
+
+def format_dialog(messages, tokenizer) -> list[int]:
+    """Token ids of a Llama-2-chat prompt, built exactly as Meta's `chat_completion` builds it.
+
+    messages: [{"role": "system"|"user"|"assistant", "content": str}, ...]; the system message is
+    optional and first; then user and assistant alternate, ending with user.
+    Each turn is encoded with the SentencePiece model alone, so "<s>" typed by a user stays text.
+
+    >>> format_dialog([{"role": "user", "content": "Hi"}], tok)   # doctest: +SKIP
+    [1, 518, 25580, 29962, 6324, 518, 29914, 25580, 29962]
+    """
+    dialog = _check_messages(messages)
+    for m in dialog:
+        if any(tag in m["content"] for tag in SPECIAL_TAGS):
+            raise ValueError(f"message content may not contain the prompt tags {SPECIAL_TAGS}: {m['content']!r}")
+    if dialog[0]["role"] == "system":
+        if len(dialog) < 2:
+            raise ValueError("a system message must be followed by a user message")
+        dialog = [{"role": dialog[1]["role"], "content": B_SYS + dialog[0]["content"] + E_SYS + dialog[1]["content"]}
+                  ] + dialog[2:]
+    for k, m in enumerate(dialog):
+        expected = "user" if k % 2 == 0 else "assistant"
+        if m["role"] != expected:
+            raise ValueError(f"message {k} has role {m['role']!r}, expected {expected!r}: after an optional "
+                             "system message, roles must alternate user/assistant/user/...")
+    if dialog[-1]["role"] != "user":
+        raise ValueError(f"the last message must be from the user, got {dialog[-1]['role']!r}")
+    ids: list[int] = []
+    for prompt, answer in zip(dialog[::2], dialog[1::2]):
+        ids += tokenizer.encode(f"{B_INST} {prompt['content'].strip()} {E_INST} {answer['content'].strip()} ",
+                                add_bos=True, add_eos=True, split_special_tokens=True)
+    ids += tokenizer.encode(f"{B_INST} {dialog[-1]['content'].strip()} {E_INST}",
+                            add_bos=True, add_eos=False, split_special_tokens=True)
+    return ids
+
+
+def _check_messages(messages) -> list[dict]:
+    if not isinstance(messages, (list, tuple)) or not messages:
+        raise ValueError("messages must be a non-empty list of {'role', 'content'} dicts")
+    for k, m in enumerate(messages):
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
+            raise ValueError(f"message {k} must be a dict with str 'role' and 'content', got {m!r}")
+        if m["role"] not in ("system", "user", "assistant"):
+            raise ValueError(f"message {k} has role {m['role']!r}; roles are 'system', 'user' and 'assistant'")
+    return list(messages)
+
+
+def compile_chat_template(template: str):
+    """A Jinja template compiled the way transformers compiles chat templates.
+
+    Sandboxed and immutable, trim_blocks and lstrip_blocks, the loopcontrols extension, a `tojson`
+    that keeps non-ASCII characters, and the globals `raise_exception` and `strftime_now`.
+    """
+    try:
+        import jinja2
+        from jinja2.sandbox import ImmutableSandboxedEnvironment
+    except ImportError as e:
+        raise ImportError("chat templates need jinja2: pip install jinja2") from e
+
+    def raise_exception(message):
+        raise jinja2.exceptions.TemplateError(message)
+
+    def tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
+        return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
+    def strftime_now(fmt):
+        return datetime.now().strftime(fmt)
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
+    env.filters["tojson"] = tojson
+    env.globals["raise_exception"] = raise_exception
+    env.globals["strftime_now"] = strftime_now
+    return env.from_string(template)
+
+
+def apply_chat_template(tokenizer, messages, add_generation_prompt: bool = True, tokenize: bool = True,
+                        chat_template: str | None = None, **kwargs):
+    """Render messages with the checkpoint's chat template; token ids (tokenize=True) or the prompt text.
+
+    The template sees `messages`, `add_generation_prompt`, the special tokens (bos_token, eos_token,
+    unk_token, pad_token) and any extra keyword arguments. The rendered text is encoded without
+    adding BOS/EOS, since templates write them themselves (as transformers does).
+
+    >>> apply_chat_template(tok, [{"role": "user", "content": "Hi"}], tokenize=False)   # doctest: +SKIP
+    '<|im_start|>user\\nHi<|im_end|>\\n<|im_start|>assistant\\n'
+    """
+    template = chat_template or tokenizer.chat_template
+    if not template:
+        raise ValueError(f"{tokenizer.source} has no chat template; pass chat_template=... "
+                         "(or use format_dialog for Llama-2-chat)")
+    if not isinstance(messages, (list, tuple)) or not messages:
+        raise ValueError("messages must be a non-empty list of {'role', 'content'} dicts")
+    messages = [{k: v for k, v in m.items() if v is not None} for m in messages]
+    special = {}
+    for name in ("bos", "eos", "unk", "pad"):
+        i = getattr(tokenizer, f"{name}_id")
+        if i is not None:
+            special[f"{name}_token"] = tokenizer.id_to_piece(i)
+    text = compile_chat_template(template).render(
+        messages=messages, add_generation_prompt=add_generation_prompt, **{**special, **kwargs})
+    if not tokenize:
+        return text
+    return tokenizer.encode(text, add_bos=False, add_eos=False)
