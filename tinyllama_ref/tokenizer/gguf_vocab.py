@@ -79,11 +79,10 @@ def tokenizer_from_gguf_metadata(meta: dict, source: str = "<gguf metadata>") ->
                                  normalizer=spec, byte_fallback=BYTE in types, source=source)
         special_types = (CONTROL, UNKNOWN)
     elif kind == "gpt2":
-        from .byte_level import ByteLevelBPE, pretokenizer_pattern_for
+        from .hf_bpe import MergesBPE, pretokenizer_pattern_for
         merges = list(_require(meta, "tokenizer.ggml.merges", source))
-        model = ByteLevelBPE.from_vocab_and_merges(
-            tokens, merges, pattern=pretokenizer_pattern_for(meta.get("tokenizer.ggml.pre", "default"), source),
-            source=source)
+        patterns, ignore_merges = pretokenizer_pattern_for(meta.get("tokenizer.ggml.pre", "default"), source)
+        model = MergesBPE.from_vocab_and_merges(tokens, merges, patterns, source=source, ignore_merges=ignore_merges)
         special_types = (CONTROL, USER_DEFINED, UNKNOWN)
     else:
         raise NotImplementedError(f"{source}: tokenizer.ggml.model = {kind!r} is not supported "
