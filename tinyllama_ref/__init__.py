@@ -4,13 +4,15 @@
     model = tl.load("path/to/checkpoint")          # HF directory or .gguf file
     out = model([[1, 15043, 3186]])               # out.logits: [batch, seq, vocab]
 """
+from . import chat
 from .config import ConfigError, LlamaConfig
 from .generation import GenerationStats, SamplingParams, generate, generate_batch, stream
 from .model import InputError, KVCache, Model, ModelOutput, build_model, forward, load
+from .tokenizer import Tokenizer, load_tokenizer
 from .weights import CheckpointError
 
 __version__ = "0.1.0"
 
 __all__ = ["load", "build_model", "forward", "Model", "ModelOutput", "KVCache", "LlamaConfig",
            "ConfigError", "CheckpointError", "InputError", "generate", "stream", "generate_batch",
-           "GenerationStats", "SamplingParams"]
+           "GenerationStats", "SamplingParams", "Tokenizer", "load_tokenizer", "chat"]

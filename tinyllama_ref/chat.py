@@ -117,3 +117,81 @@ def apply_chat_template(tokenizer, messages, add_generation_prompt: bool = True,
     if not tokenize:
         return text
     return tokenizer.encode(text, add_bos=False, add_eos=False)
+
+
+# -- the interactive chat ------------------------------------------------------------------
+
+def prompt_ids(tokenizer, messages) -> list[int]:
+    """The prompt for the next answer: the checkpoint's chat template if it has one, else Llama-2-chat."""
+    if tokenizer.chat_template:
+        return apply_chat_template(tokenizer, messages, add_generation_prompt=True, tokenize=True)
+    return format_dialog(messages, tokenizer)
+
+
+def trim_to_fit(tokenizer, messages, budget: int) -> tuple[list, list[int]]:
+    """Drop the oldest user/assistant exchanges (never the system prompt or the last user turn)
+    until the prompt has at most `budget` tokens; returns the kept messages and their prompt ids."""
+    messages = list(messages)
+    ids = prompt_ids(tokenizer, messages)
+    first = 1 if messages and messages[0]["role"] == "system" else 0
+    while len(ids) > budget and len(messages) - first > 1:
+        del messages[first:first + 2]  # one user turn and the answer to it
+        ids = prompt_ids(tokenizer, messages)
+    if len(ids) > budget:
+        raise ValueError(f"the message alone needs {len(ids)} tokens; the context leaves room for {budget}")
+    return messages, ids
+
+
+def chat(model, tokenizer, system: str | None = None, max_new_tokens: int | None = None,
+         temperature: float | None = None, top_k: int | None = None, top_p: float | None = None,
+         repetition_penalty: float | None = None, seed: int | None = None, input_fn=input, output=None) -> list:
+    """An interactive chat: read a line, stream the answer, keep the dialog; returns it at the end.
+
+    Commands: /reset forgets the dialog (keeps the system prompt), /exit or Ctrl-D ends. When the
+    context fills, the oldest exchanges are dropped first.
+    """
+    import sys
+
+    from .generation import sampling_defaults, stream
+
+    output = output or sys.stdout
+    base = [{"role": "system", "content": system}] if system else []
+    messages = list(base)
+    sp = sampling_defaults(model, max_new_tokens=max_new_tokens)
+    budget = model.config.max_position_embeddings - sp.max_new_tokens
+    while True:
+        try:
+            line = input_fn(">>> ")
+        except EOFError:
+            print(file=output)
+            break
+        command = line.strip()
+        if command in ("/exit", "/quit"):
+            break
+        if command == "/reset":
+            messages = list(base)
+            continue
+        if not command:
+            continue
+        messages, ids = trim_to_fit(tokenizer, messages + [{"role": "user", "content": line}], budget)
+        parts = []
+        for delta in stream(model, tokenizer, ids, max_new_tokens=max_new_tokens, temperature=temperature,
+                            top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty, seed=seed):
+            parts.append(delta)
+            output.write(delta)
+            output.flush()
+        print(file=output)
+        messages.append({"role": "assistant", "content": "".join(parts).strip()})
+    return messages
+
+
+class _CallableModule(type(json)):
+    """Lets `tl.chat(model, tokenizer)` start a chat while `tl.chat.format_dialog` stays a module function."""
+
+    def __call__(self, *args, **kwargs):
+        return chat(*args, **kwargs)
+
+
+import sys as _sys  # noqa: E402
+
+_sys.modules[__name__].__class__ = _CallableModule
