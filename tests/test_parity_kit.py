@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import tinyllama_ref
 from tinyllama_ref import cli
 from tinyllama_ref.parity import compare, first_divergence, load_tensors, save_tensors
 
@@ -142,9 +141,6 @@ PROMPT = "The model rotates queries and keys by their position."
 
 
 @pytest.mark.live
-@pytest.mark.xfail(not hasattr(tinyllama_ref, "load_tokenizer"), raises=AttributeError, strict=True,
-                   reason="`tinyllama-ref dump` calls tinyllama_ref.load_tokenizer, which the package does not "
-                          "export yet")
 def test_walkthrough_hf_and_ours_agree_then_a_planted_rope_bug_is_pinned(tiny_hf_checkpoint, tmp_path,
                                                                            monkeypatch, capsys):
     model = str(tiny_hf_checkpoint)
