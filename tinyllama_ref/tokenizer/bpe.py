@@ -71,6 +71,26 @@ def bpe_merge(symbols: list[str], find_merge, frozen: list[bool] | None = None,
     return [s for s in sym if s]
 
 
+WORD_CACHE_LIMIT = 1 << 16  # words remembered per tokenizer before the cache starts over
+
+
+def encode_words(words, encode_word, cache: dict) -> list[int]:
+    """The ids of each word in turn, each word encoded once and then remembered in cache.
+
+    >>> cache = {}; encode_words(["ab", "c", "ab"], lambda w: [len(w)], cache), sorted(cache)
+    ([2, 1, 2], ['ab', 'c'])
+    """
+    ids = []
+    for word in words:
+        word_ids = cache.get(word)
+        if word_ids is None:
+            if len(cache) >= WORD_CACHE_LIMIT:
+                cache.clear()
+            word_ids = cache[word] = encode_word(word)
+        ids += word_ids
+    return ids
+
+
 def make_splitter(tokens) -> re.Pattern | None:
     """A regex that finds the given literal tokens, leftmost first and longest first at each position.
 

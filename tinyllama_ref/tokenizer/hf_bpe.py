@@ -14,9 +14,8 @@ from __future__ import annotations
 import re as _re
 from dataclasses import dataclass, field
 
-from .bpe import bpe_merge, make_splitter
+from .bpe import bpe_merge, encode_words
 
-WORD_CACHE_LIMIT = 1 << 16
 GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 LLAMA3_PATTERN = (r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"""
                   r"""|\s*[\r\n]+|\s+(?!\S)|\s+""")
@@ -49,7 +48,6 @@ def bytes_to_unicode() -> dict[int, str]:
 
 BYTE_TO_CHAR = bytes_to_unicode()
 CHAR_TO_BYTE = {c: b for b, c in BYTE_TO_CHAR.items()}
-BYTE_TRANSLATION = {b: c for b, c in BYTE_TO_CHAR.items()}
 
 
 def _regex():
@@ -143,18 +141,9 @@ class MergesBPE:
             words = [text]
         for pattern in self._patterns:
             words = split_isolated(words, pattern)
-        ids = []
-        cache = self.word_cache
-        for word in words:
-            if self.byte_level:
-                word = "".join(BYTE_TO_CHAR[b] for b in word.encode("utf-8"))
-            word_ids = cache.get(word)
-            if word_ids is None:
-                if len(cache) >= WORD_CACHE_LIMIT:
-                    cache.clear()
-                word_ids = cache[word] = self._encode_word(word)
-            ids += word_ids
-        return ids
+        if self.byte_level:
+            words = ["".join(BYTE_TO_CHAR[b] for b in word.encode("utf-8")) for word in words]
+        return encode_words(words, self._encode_word, self.word_cache)
 
     def _encode_word(self, word: str, stats: dict | None = None) -> list[int]:
         if self.ignore_merges and word in self.piece_to_id:
@@ -268,4 +257,4 @@ def pretokenizer_pattern_for(pre: str, source: str) -> tuple[list[str], bool]:
     return GGUF_PRE_TOKENIZERS[pre]
 
 
-__all__ = ["MergesBPE", "bytes_to_unicode", "pretokenizer_pattern_for", "make_splitter"]
+

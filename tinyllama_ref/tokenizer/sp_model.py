@@ -20,7 +20,7 @@ import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .bpe import bpe_merge, decode_utf8_per_byte, make_splitter
+from .bpe import bpe_merge, decode_utf8_per_byte, encode_words, make_splitter
 from .protobuf import ProtobufError, parse_message
 from .sp_normalizer import SPACE_SYMBOL, NormalizerSpec, normalize, parse_charsmap
 
@@ -29,7 +29,7 @@ NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
 MERGEABLE = (NORMAL, USER_DEFINED, UNUSED)  # the rest are "reserved": never formed by a merge
 BPE_MODEL_TYPE = 2
 MODEL_TYPE_NAMES = {1: "unigram", 2: "bpe", 3: "word", 4: "char"}
-WORD_CACHE_LIMIT = 1 << 16
+WORD_PATTERN = re.compile(SPACE_SYMBOL + "*[^" + SPACE_SYMBOL + "]+|" + SPACE_SYMBOL + "+")  # "▁▁Hello", or trailing "▁▁"
 
 # Field numbers from sentencepiece_model.proto (only the ones that change encoding or decoding).
 PIECE_SCHEMA = {1: ("piece", "string"), 2: ("score", "float"), 3: ("type", "int32")}
@@ -188,14 +188,8 @@ class SentencePieceBPE:
         if self.word_cache is None or stats is not None:
             ids = self._encode_word(normalized, stats)
         else:
-            cache, ids = self.word_cache, []
-            for word in re.findall(SPACE_SYMBOL + "*[^" + SPACE_SYMBOL + "]+|" + SPACE_SYMBOL + "+", normalized):
-                word_ids = cache.get(word)
-                if word_ids is None:
-                    if len(cache) >= WORD_CACHE_LIMIT:
-                        cache.clear()
-                    word_ids = cache[word] = self._encode_word(word)
-                ids += word_ids
+            words = WORD_PATTERN.findall(normalized)
+            ids = encode_words(words, self._encode_word, self.word_cache)
         if not self.byte_fallback and self.unk_id is not None:
             # SentencePiece emits one <unk> for a run of unknown pieces.
             unk = self.unk_id

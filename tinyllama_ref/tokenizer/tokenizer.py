@@ -153,7 +153,7 @@ class Tokenizer:
         padding_side="left" (the default, what generation wants) or "right".
 
         >>> b = tok.batch_encode(["a b c", "a"])                          # doctest: +SKIP
-        >>> b.attention_mask
+        >>> b.attention_mask                                              # doctest: +SKIP
         array([[1, 1, 1, 1], [0, 0, 1, 1]])
         """
         if isinstance(texts, str):
