@@ -1,0 +1,528 @@
+r"""GGUF checkpoints: llama.cpp's one-file format, read into Hugging Face names and layouts.
+
+A GGUF file holds key/value metadata (the hyper-parameters under `llama.*`, the tokenizer under
+`tokenizer.*`) and tensors, most of them quantized in small blocks (Q4_1: each run of 32 weights
+shares one scale and one minimum, and each weight keeps 4 bits). Reading one for our model is:
+
+1. metadata -> an HF `config.json` dict   (`llama.embedding_length` -> `hidden_size`, ...);
+2. each tensor -> float32                  (the `gguf` package's NumPy code does the block arithmetic);
+3. GGUF names  -> HF names                 (`blk.0.attn_q.weight` -> `model.layers.0.self_attn.q_proj.weight`);
+4. q/k rows    -> HF's RoPE layout         (llama.cpp stores them permuted for interleaved RoPE).
+
+`convert_gguf` also rebuilds the tokenizer the metadata describes as a `tokenizer.json`, so the
+result is an ordinary HF checkpoint directory that needs neither llama.cpp nor this package.
+
+    >>> config, tensors, metadata = read_gguf("SmolLM2-135M-Instruct.Q4_1.gguf")  # doctest: +SKIP
+    >>> config["num_key_value_heads"], tensors["model.layers.0.self_attn.k_proj.weight"].shape  # doctest: +SKIP
+    (3, (192, 576))
+"""
+from __future__ import annotations
+
+import json
+import re
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+GGUF_INSTALL_HINT = "pip install 'tinyllama-ref[gguf]'"
+
+# llama.cpp's names -> HF's. Inside a block ("blk.N.<part>"), then outside any block.
+GGUF_LAYER_PARTS = {
+    "attn_norm": "input_layernorm",
+    "attn_q": "self_attn.q_proj",
+    "attn_k": "self_attn.k_proj",
+    "attn_v": "self_attn.v_proj",
+    "attn_output": "self_attn.o_proj",
+    "ffn_norm": "post_attention_layernorm",
+    "ffn_gate": "mlp.gate_proj",
+    "ffn_up": "mlp.up_proj",
+    "ffn_down": "mlp.down_proj",
+}
+GGUF_GLOBAL_PARTS = {
+    "token_embd": "model.embed_tokens",
+    "output_norm": "model.norm",
+    "output": "lm_head",
+}
+
+# tokenizer.ggml.token_type values (llama.cpp's llama_token_type / gguf.TokenType)
+TOKEN_NORMAL, TOKEN_UNKNOWN, TOKEN_CONTROL, TOKEN_USER_DEFINED, TOKEN_UNUSED, TOKEN_BYTE = 1, 2, 3, 4, 5, 6
+
+
+class GGUFError(ValueError):
+    """A GGUF file this package cannot read faithfully; the message names the file and the key or tensor."""
+
+
+def _import_gguf():
+    """The `gguf` package (llama.cpp's reader), imported only when a GGUF file is actually read."""
+    try:
+        import gguf
+    except ImportError as e:
+        raise ImportError(f"reading GGUF files needs the `gguf` package: {GGUF_INSTALL_HINT}") from e
+    return gguf
+
+
+# -- the q/k permutation ---------------------------------------------------------------------
+#
+# RoPE rotates pairs of coordinates of each query/key head by position-dependent angles; pair i
+# turns at frequency theta_i = base^(-2i/d). The two conventions differ only in *which* coordinates
+# form pair i:
+#   Meta / llama.cpp / GGUF ("interleaved"): (x[2i], x[2i+1])   -- x as d/2 complex numbers
+#   Hugging Face ("rotate-half"):            (x[i], x[i + d/2]) -- first half with second half
+# HF's converter therefore reorders the rows of q_proj/k_proj (each row makes one coordinate) so
+# that HF's rotate-half RoPE sees the same pairs Meta's interleaved one does; llama.cpp's converter
+# undoes that. q and k get the same reordering P, an orthogonal matrix, and RoPE acts on them as
+# R_hf = P R_meta P^T, so q.k after RoPE -- hence attention and the logits -- is unchanged. The
+# reordering is per head, so keys use the key/value head count (GQA), not the query head count.
+
+def _check_heads(w: np.ndarray, n_heads: int) -> None:
+    if n_heads < 1 or w.shape[0] % (2 * n_heads):
+        raise ValueError(f"cannot split {w.shape[0]} rows into {n_heads} heads of even size")
+
+
+def permute_qk(w: np.ndarray, n_heads: int) -> np.ndarray:
+    """HF rows (rotate-half) -> GGUF/Meta rows (interleaved), per head; as llama.cpp's converter.
+
+    One head of dim 6: HF pairs rows (0, 3), (1, 4), (2, 5); GGUF puts each pair side by side.
+    >>> permute_qk(np.arange(6), 1)
+    array([0, 3, 1, 4, 2, 5])
+    """
+    _check_heads(w, n_heads)
+    half = w.shape[0] // n_heads // 2
+    # [heads, 2 halves, half, ...] -> [heads, half, 2, ...]: row (h, i) of half h goes to 2i + h
+    return w.reshape(n_heads, 2, half, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def unpermute_qk(w: np.ndarray, n_heads: int) -> np.ndarray:
+    """GGUF/Meta rows (interleaved) -> HF rows (rotate-half), per head: the inverse of `permute_qk`.
+
+    >>> unpermute_qk(np.array([0, 3, 1, 4, 2, 5]), 1)
+    array([0, 1, 2, 3, 4, 5])
+    """
+    _check_heads(w, n_heads)
+    half = w.shape[0] // n_heads // 2
+    # [heads, half, 2, ...] -> [heads, 2, half, ...]: even rows first, then odd rows
+    return w.reshape(n_heads, half, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+# -- metadata --------------------------------------------------------------------------------
+
+def _scalar(part: np.ndarray, kind, T) -> Any:
+    """One stored value -> a plain Python value (`part` is the reader's little array for it)."""
+    if kind == T.STRING:
+        return bytes(part).decode("utf-8")
+    if kind == T.BOOL:
+        return bool(part[0])
+    if kind in (T.FLOAT32, T.FLOAT64):
+        return float(part[0])
+    return int(part[0])
+
+
+def field_value(field) -> Any:
+    """A GGUFReader field -> str, int, float, bool, or a list of those (arrays)."""
+    T = _import_gguf().GGUFValueType
+    kind = field.types[0]
+    if kind != T.ARRAY:
+        return _scalar(field.parts[field.data[0]], kind, T)
+    if len(field.types) > 2:  # an array of arrays: rare, and only the reader's own walker handles it
+        return field.contents()
+    item = field.types[-1] if len(field.types) > 1 else None
+    return [_scalar(field.parts[i], item, T) for i in field.data]
+
+
+def read_metadata(reader, source: str = "GGUF") -> dict[str, Any]:
+    """All key/values of an open GGUFReader as plain Python values (the header's GGUF.* left out)."""
+    metadata = {}
+    for key, field in reader.fields.items():
+        if key.startswith("GGUF."):
+            continue
+        try:
+            metadata[key] = field_value(field)
+        except UnicodeDecodeError as e:
+            raise GGUFError(f"{source}: metadata key {key!r} holds a string that is not UTF-8 ({e})") from None
+    return metadata
+
+
+def _rope_scaling(metadata: dict, arch: str, source: str) -> dict | None:
+    """`{arch}.rope.scaling.*` -> HF's `rope_scaling` (None for plain RoPE)."""
+    kind = metadata.get(f"{arch}.rope.scaling.type")
+    factor = metadata.get(f"{arch}.rope.scaling.factor")
+    if kind is None and f"{arch}.rope.scale_linear" in metadata:  # the key older files used
+        kind, factor = "linear", metadata[f"{arch}.rope.scale_linear"]
+    if kind in (None, "none"):
+        return None
+    if kind == "linear":
+        return {"rope_type": "linear", "factor": float(factor)}
+    if kind == "yarn":
+        scaling = {"rope_type": "yarn", "factor": float(factor)}
+        original = metadata.get(f"{arch}.rope.scaling.original_context_length")
+        if original is not None:
+            scaling["original_max_position_embeddings"] = int(original)
+        return scaling
+    raise GGUFError(f"{source}: {arch}.rope.scaling.type is {kind!r}; supported: none, linear, yarn")
+
+
+_REQUIRED = object()  # marks a metadata key that has no default
+
+
+def config_from_metadata(metadata: dict, tensor_names: list[str], source: str = "GGUF") -> dict:
+    """An HF `config.json` dict (model_type "llama") from GGUF metadata and the file's tensor names."""
+    arch = metadata.get("general.architecture")
+    if arch != "llama":
+        raise GGUFError(f"{source}: general.architecture is {arch!r}; only 'llama' GGUF files can be read")
+
+    def key(name: str, default: Any = _REQUIRED) -> Any:
+        value = metadata.get(f"{arch}.{name}", default)
+        if value is _REQUIRED:
+            raise GGUFError(f"{source}: metadata key {arch}.{name} is missing")
+        return value
+
+    if "rope_freqs.weight" in tensor_names:
+        raise GGUFError(f"{source}: holds rope_freqs.weight (Llama-3.1-style per-frequency RoPE factors), "
+                        f"which this package does not support")
+    hidden, n_heads = key("embedding_length"), key("attention.head_count")
+    n_kv_heads = key("attention.head_count_kv", n_heads)
+    if isinstance(n_kv_heads, list):  # some writers store one count per layer
+        if len(set(n_kv_heads)) != 1:
+            raise GGUFError(f"{source}: {arch}.attention.head_count_kv differs between layers: {n_kv_heads}")
+        n_kv_heads = n_kv_heads[0]
+    head_dim = key("attention.key_length", hidden // n_heads)
+    rope_dim = key("rope.dimension_count", head_dim)
+    if rope_dim != head_dim:
+        raise GGUFError(f"{source}: {arch}.rope.dimension_count is {rope_dim} but heads have dim {head_dim}; "
+                        f"partial rotary embeddings are not part of Llama")
+    tokens = metadata.get("tokenizer.ggml.tokens")
+    vocab_size = len(tokens) if tokens is not None else key("vocab_size")
+    config = {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "vocab_size": int(vocab_size),
+        "hidden_size": int(hidden),
+        "intermediate_size": int(key("feed_forward_length")),
+        "num_hidden_layers": int(key("block_count")),
+        "num_attention_heads": int(n_heads),
+        "num_key_value_heads": int(n_kv_heads),
+        "head_dim": int(head_dim),
+        "hidden_act": "silu",
+        "max_position_embeddings": int(key("context_length")),
+        "rms_norm_eps": float(key("attention.layer_norm_rms_epsilon")),
+        "rope_theta": float(key("rope.freq_base", 10000.0)),  # llama.cpp's default base when unstated
+        "rope_scaling": _rope_scaling(metadata, arch, source),
+        "attention_bias": "blk.0.attn_q.bias" in tensor_names,
+        "mlp_bias": "blk.0.ffn_up.bias" in tensor_names,
+        # llama.cpp writes output.weight only when the head is not the embedding matrix
+        "tie_word_embeddings": "output.weight" not in tensor_names,
+        "bos_token_id": metadata.get("tokenizer.ggml.bos_token_id"),
+        "eos_token_id": metadata.get("tokenizer.ggml.eos_token_id"),
+        "pad_token_id": metadata.get("tokenizer.ggml.padding_token_id"),
+        "torch_dtype": "float32",
+    }
+    return config
+
+
+# -- tensors ---------------------------------------------------------------------------------
+
+def hf_name(gguf_name: str, source: str = "GGUF") -> str:
+    """llama.cpp's tensor name -> HF's.
+
+    >>> hf_name("blk.3.attn_q.weight")
+    'model.layers.3.self_attn.q_proj.weight'
+    >>> hf_name("output_norm.weight")
+    'model.norm.weight'
+    """
+    stem, _, kind = gguf_name.rpartition(".")
+    block = re.fullmatch(r"blk\.(\d+)\.(\w+)", stem)
+    if kind in ("weight", "bias"):
+        if block and block.group(2) in GGUF_LAYER_PARTS:
+            return f"model.layers.{block.group(1)}.{GGUF_LAYER_PARTS[block.group(2)]}.{kind}"
+        if stem in GGUF_GLOBAL_PARTS:
+            return f"{GGUF_GLOBAL_PARTS[stem]}.{kind}"
+    raise GGUFError(f"{source}: tensor {gguf_name!r} has no counterpart in a Hugging Face Llama model "
+                    f"(known: {', '.join(GGUF_GLOBAL_PARTS)}, blk.N.{{{', '.join(GGUF_LAYER_PARTS)}}})")
+
+
+def dequantize_tensor(tensor, source: str = "GGUF") -> np.ndarray:
+    """A GGUFReader tensor -> a float32 NumPy array in NumPy's axis order (a copy, not a file view).
+
+    GGUF lists dimensions fastest-first (ne[0] is the length of a row), NumPy slowest-first, so an
+    HF [out, in] matrix appears in the file with shape [in, out]: we reverse it.
+    """
+    gguf = _import_gguf()
+    shape = tuple(int(n) for n in reversed(tensor.shape))
+    try:
+        values = gguf.quants.dequantize(tensor.data, tensor.tensor_type)
+    except NotImplementedError:
+        raise GGUFError(f"{source}: tensor {tensor.name!r} is stored as {tensor.tensor_type.name}, which the "
+                        f"installed gguf package cannot dequantize") from None
+    return np.array(values, dtype=np.float32).reshape(shape)  # np.array copies: the file may be closed
+
+
+def read_gguf(path: str | Path, progress: bool = False) -> tuple[dict, dict[str, np.ndarray], dict]:
+    """Read a llama GGUF file: (HF config dict, HF-named float32 tensors, all metadata as plain values).
+
+    Quantized tensors are dequantized to float32; q_proj/k_proj rows are returned in HF's layout.
+    """
+    gguf = _import_gguf()
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"GGUF file not found: {path}")
+    try:
+        reader = gguf.GGUFReader(path)
+    except Exception as e:  # the reader raises ValueError/struct.error/... on a damaged file
+        raise GGUFError(f"{path}: not a readable GGUF file ({type(e).__name__}: {e})") from None
+    source = str(path)
+    metadata = read_metadata(reader, source)
+    names = [t.name for t in reader.tensors]
+    config = config_from_metadata(metadata, names, source)
+
+    items = reader.tensors
+    if progress:
+        from tqdm.auto import tqdm
+
+        items = tqdm(items, desc="dequantizing", unit="tensor", leave=False)
+    tensors: dict[str, np.ndarray] = {}
+    for t in items:
+        name = hf_name(t.name, source)
+        w = dequantize_tensor(t, source)
+        if ".q_proj." in name:
+            w = unpermute_qk(w, config["num_attention_heads"])
+        elif ".k_proj." in name:
+            w = unpermute_qk(w, config["num_key_value_heads"])
+        tensors[name] = w
+    del reader  # closes the memory map
+
+    embed = tensors.get("model.embed_tokens.weight")
+    if embed is None:
+        raise GGUFError(f"{source}: tensor token_embd.weight is missing")
+    if embed.shape[0] != config["vocab_size"]:
+        raise GGUFError(f"{source}: token_embd.weight has {embed.shape[0]} rows but the tokenizer lists "
+                        f"{config['vocab_size']} tokens")
+    return config, tensors, metadata
+
+
+# -- the tokenizer -----------------------------------------------------------------------------
+
+def bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's byte -> character table: printable bytes stand for themselves, the rest move to 256+.
+
+    >>> table = bytes_to_unicode()
+    >>> table[ord("a")], table[ord(" ")], table[ord("\\n")]
+    ('a', 'Ġ', 'Ċ')
+    """
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    table, shift = {}, 0
+    for b in range(256):
+        if b in printable:
+            table[b] = chr(b)
+        else:
+            table[b] = chr(256 + shift)
+            shift += 1
+    return table
+
+
+# `tokenizer.ggml.pre` names llama.cpp's pre-tokenizer (how text is cut before BPE). Each entry gives
+# what runs before tokenizers' ByteLevel GPT-2 split: nothing, or llama.cpp's "\p{N}" split (every
+# number character alone), or Llama 3's own regex in place of GPT-2's. Each is checked against
+# llama.cpp's expected token ids for its test vocabularies (tests/test_gguf.py).
+_DIGITS = {"type": "Digits", "individual_digits": True}
+_LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
+                 r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+BYTE_LEVEL_PRE = {
+    "gpt2": [], "gpt-2": [],                                   # llama.cpp's LLAMA_VOCAB_PRE_TYPE_GPT2
+    "starcoder": [_DIGITS], "refact": [_DIGITS], "command-r": [_DIGITS], "smollm": [_DIGITS],  # ..._STARCODER & co
+    "llama-bpe": "llama3", "llama3": "llama3", "llama-v3": "llama3",  # ..._LLAMA3
+}
+
+
+def _byte_level_pre_tokenizer(pre: str | None, source: str) -> dict:
+    if pre not in BYTE_LEVEL_PRE:
+        said = "is missing" if pre is None else f"is {pre!r}"
+        raise GGUFError(f"{source}: tokenizer.ggml.pre (how text is split before BPE) {said}; supported: "
+                        f"{', '.join(sorted(BYTE_LEVEL_PRE))}")
+    if BYTE_LEVEL_PRE[pre] == "llama3":
+        return {"type": "Sequence", "pretokenizers": [
+            {"type": "Split", "pattern": {"Regex": _LLAMA3_SPLIT}, "behavior": "Isolated", "invert": False},
+            {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False}]}
+    byte_level = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}
+    first = BYTE_LEVEL_PRE[pre]
+    return {"type": "Sequence", "pretokenizers": [*first, byte_level]} if first else byte_level
+
+
+def sentencepiece_merges(vocab: dict[str, int], scores: dict[str, float]) -> list[tuple[str, str]]:
+    """BPE merges implied by a SentencePiece vocabulary: every split of a piece into two pieces,
+    best score first (SentencePiece merges the pair whose result scores highest). As transformers'
+    `generate_merges`, so both build the same tokenizer.
+
+    >>> sentencepiece_merges({"a": 0, "b": 1, "ab": 2, "abb": 3}, {"a": 0, "b": 0, "ab": -1, "abb": -2})
+    [('a', 'b'), ('ab', 'b')]
+    """
+    merges = []
+    for piece, score in scores.items():
+        local = [(piece[:i], piece[i:], score) for i in range(1, len(piece))
+                 if piece[:i] in vocab and piece[i:] in vocab]
+        merges.extend(sorted(local, key=lambda m: (vocab[m[0]], vocab[m[1]])))
+    merges.sort(key=lambda m: (m[2], len(m[0]), len(m[1])), reverse=True)
+    return [(left, right) for left, right, _ in merges]
+
+
+def _added_token(token_id: int, content: str, special: bool) -> dict:
+    return {"id": token_id, "content": content, "single_word": False, "lstrip": False, "rstrip": False,
+            "normalized": False, "special": special}
+
+
+def _template(metadata: dict, tokens: list[str], add_bos: bool, add_eos: bool) -> dict:
+    """The post-processor that puts BOS/EOS around each sequence, as the metadata asks.
+
+    With add_bos only: single = [<s>, $A], pair = [<s>, $A, <s>, $B] (as transformers' Llama).
+    """
+    ends = []  # (position, token id): BOS first, EOS last
+    for flag, key, where in ((add_bos, "bos_token_id", 0), (add_eos, "eos_token_id", -1)):
+        token_id = metadata.get(f"tokenizer.ggml.{key}")
+        if flag and token_id is not None:
+            ends.append((where, token_id))
+
+    def sequence(seq_id: str, type_id: int) -> list:
+        first = [{"SpecialToken": {"id": tokens[i], "type_id": type_id}} for where, i in ends if where == 0]
+        last = [{"SpecialToken": {"id": tokens[i], "type_id": type_id}} for where, i in ends if where == -1]
+        return first + [{"Sequence": {"id": seq_id, "type_id": type_id}}] + last
+
+    special = {tokens[i]: {"id": tokens[i], "ids": [i], "tokens": [tokens[i]]} for _, i in ends}
+    return {"type": "TemplateProcessing", "single": sequence("A", 0),
+            "pair": sequence("A", 0) + sequence("B", 1), "special_tokens": special}
+
+
+def _add_bos_eos(metadata: dict) -> tuple[bool, bool]:
+    # llama.cpp adds BOS to a SentencePiece vocabulary whose file does not say otherwise
+    default_bos = metadata.get("tokenizer.ggml.model") == "llama"
+    return (bool(metadata.get("tokenizer.ggml.add_bos_token", default_bos)),
+            bool(metadata.get("tokenizer.ggml.add_eos_token", False)))
+
+
+def tokenizer_json(metadata: dict, source: str = "GGUF") -> dict:
+    """The `tokenizer.json` (the `tokenizers` library's format) for the vocabulary in GGUF metadata.
+
+    "gpt2" vocabularies become byte-level BPE (pre-tokenizer chosen by `tokenizer.ggml.pre`);
+    "llama" (SentencePiece) vocabularies become BPE with byte fallback, as transformers builds them.
+    Tokens typed CONTROL become special added tokens, USER_DEFINED ones plain added tokens.
+    """
+    model = metadata.get("tokenizer.ggml.model")
+    tokens = metadata.get("tokenizer.ggml.tokens")
+    if model is None or tokens is None:
+        raise GGUFError(f"{source}: no tokenizer in the metadata (tokenizer.ggml.model/tokens missing)")
+    types = metadata.get("tokenizer.ggml.token_type") or [TOKEN_NORMAL] * len(tokens)
+    add_bos, add_eos = _add_bos_eos(metadata)
+
+    if model == "gpt2":
+        spelling = bytes_to_unicode()
+        alphabet = set(spelling.values())
+        # every real byte-level token is spelled in the 256-character alphabet; respell any that is not
+        vocab = {tok if set(tok) <= alphabet else "".join(spelling[b] for b in tok.encode("utf-8")): i
+                 for i, tok in enumerate(tokens)}
+        merges = [m.split(" ") for m in metadata.get("tokenizer.ggml.merges", [])]
+        # a CONTROL token outside the alphabet is a converter's mislabel; as transformers, skip it
+        added = [_added_token(i, tok, True) for i, (tok, kind) in enumerate(zip(tokens, types))
+                 if kind == TOKEN_CONTROL and set(tok) <= alphabet]
+        added += [_added_token(i, tok, False) for i, (tok, kind) in enumerate(zip(tokens, types))
+                  if kind == TOKEN_USER_DEFINED and tok in vocab]
+        pre = metadata.get("tokenizer.ggml.pre")  # older files lack it: then we cannot know the split
+        pre_tokenizer = _byte_level_pre_tokenizer(pre, source)
+        # Llama 3 takes a whole piece that is in the vocabulary as is, before trying any merge
+        bpe = {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": "",
+               "end_of_word_suffix": "", "fuse_unk": False, "byte_fallback": False,
+               "ignore_merges": BYTE_LEVEL_PRE[pre] == "llama3", "vocab": vocab, "merges": merges}
+        decoder = {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True}
+        normalizer = None
+    elif model == "llama":
+        vocab = {tok: i for i, tok in enumerate(tokens)}
+        if "tokenizer.ggml.merges" in metadata:
+            merges = [m.split(" ") for m in metadata["tokenizer.ggml.merges"]]
+        else:
+            scores = metadata.get("tokenizer.ggml.scores")
+            if scores is None:
+                raise GGUFError(f"{source}: a SentencePiece vocabulary needs tokenizer.ggml.scores or merges")
+            merges = [list(m) for m in sentencepiece_merges(vocab, dict(zip(tokens, scores)))]
+        added = [_added_token(i, tok, kind in (TOKEN_CONTROL, TOKEN_UNKNOWN))
+                 for i, (tok, kind) in enumerate(zip(tokens, types))
+                 if kind in (TOKEN_CONTROL, TOKEN_UNKNOWN, TOKEN_USER_DEFINED)]
+        unk_id = metadata.get("tokenizer.ggml.unknown_token_id")
+        bpe = {"type": "BPE", "dropout": None, "unk_token": tokens[unk_id] if unk_id is not None else None,
+               "continuing_subword_prefix": None, "end_of_word_suffix": None, "fuse_unk": True,
+               "byte_fallback": True, "ignore_merges": False, "vocab": vocab, "merges": merges}
+        prefix = bool(metadata.get("tokenizer.ggml.add_space_prefix", True))
+        # As SentencePiece and llama.cpp: spaces become "▁", and each run of text (the whole text, or
+        # each piece between special tokens) gets a dummy "▁" in front, even one that starts with a space.
+        replace = {"type": "Replace", "pattern": {"String": " "}, "content": "▁"}
+        normalizer = {"type": "Sequence", "normalizers": [{"type": "Prepend", "prepend": "▁"}, replace]
+                      } if prefix else replace
+        pre_tokenizer = None
+        steps = [{"type": "Replace", "pattern": {"String": "▁"}, "content": " "},
+                 {"type": "ByteFallback"}, {"type": "Fuse"}]
+        if prefix:
+            steps.append({"type": "Strip", "content": " ", "start": 1, "stop": 0})
+        decoder = {"type": "Sequence", "decoders": steps}
+    else:
+        raise GGUFError(f"{source}: tokenizer.ggml.model is {model!r}; supported: 'gpt2' (byte-level BPE), "
+                        f"'llama' (SentencePiece)")
+    return {"version": "1.0", "truncation": None, "padding": None, "added_tokens": added,
+            "normalizer": normalizer, "pre_tokenizer": pre_tokenizer,
+            "post_processor": _template(metadata, tokens, add_bos, add_eos),
+            "decoder": decoder, "model": bpe}
+
+
+def tokenizer_config(metadata: dict, config: dict) -> dict:
+    """`tokenizer_config.json`: special tokens, BOS/EOS flags and the chat template from the metadata."""
+    tokens = metadata["tokenizer.ggml.tokens"]
+    add_bos, add_eos = _add_bos_eos(metadata)
+    out: dict[str, Any] = {"tokenizer_class": "PreTrainedTokenizerFast", "add_bos_token": add_bos,
+                           "add_eos_token": add_eos, "clean_up_tokenization_spaces": False,
+                           "model_max_length": config["max_position_embeddings"]}
+    for name, key in (("bos_token", "bos_token_id"), ("eos_token", "eos_token_id"),
+                      ("unk_token", "unknown_token_id"), ("pad_token", "padding_token_id")):
+        token_id = metadata.get(f"tokenizer.ggml.{key}")
+        if token_id is not None:
+            out[name] = tokens[token_id]
+    if "tokenizer.chat_template" in metadata:
+        out["chat_template"] = metadata["tokenizer.chat_template"]
+    return out
+
+
+# -- writing an HF checkpoint ------------------------------------------------------------------
+
+def _write_json(path: Path, obj: Any) -> None:
+    path.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def write_hf_checkpoint(gguf_path: str | Path, out_dir: str | Path, progress: bool = False) -> Path:
+    """Write a GGUF file as an HF checkpoint directory: config.json, model.safetensors (float32),
+    generation_config.json, and tokenizer.json + tokenizer_config.json when the file has a tokenizer.
+    Returns `out_dir`.
+    """
+    from safetensors.numpy import save_file
+
+    config, tensors, metadata = read_gguf(gguf_path, progress=progress)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    _write_json(out / "config.json", config)
+    generation = {k: config[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id") if config[k] is not None}
+    _write_json(out / "generation_config.json", generation)
+    if "tokenizer.ggml.model" in metadata:
+        _write_json(out / "tokenizer.json", tokenizer_json(metadata, str(gguf_path)))
+        _write_json(out / "tokenizer_config.json", tokenizer_config(metadata, config))
+    else:
+        warnings.warn(f"{gguf_path}: no tokenizer in the metadata; wrote the model without one", stacklevel=2)
+    # "format": "pt" is what transformers checks before it will load the file
+    save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(out / "model.safetensors"),
+              metadata={"format": "pt"})
+    return out
+
+
+def convert_gguf(gguf_path: str | Path, out_dir: str | Path, progress: bool = True) -> Path:
+    """`tinyllama-ref convert model.gguf OUT_DIR`: `write_hf_checkpoint`, saying what it did."""
+    out = write_hf_checkpoint(gguf_path, out_dir, progress=progress)
+    if progress:
+        config = json.loads((out / "config.json").read_text(encoding="utf-8"))
+        print(f"wrote {out}: {config['num_hidden_layers']} layers, hidden {config['hidden_size']}, "
+              f"{config['num_attention_heads']} heads / {config['num_key_value_heads']} KV heads, "
+              f"vocab {config['vocab_size']} (float32 safetensors)")
+    return out
