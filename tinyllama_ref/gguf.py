@@ -19,6 +19,7 @@ result is an ordinary HF checkpoint directory that needs neither llama.cpp nor t
 from __future__ import annotations
 
 import json
+import os
 import re
 import warnings
 from pathlib import Path
@@ -512,8 +513,10 @@ def write_hf_checkpoint(gguf_path: str | Path, out_dir: str | Path, progress: bo
     else:
         warnings.warn(f"{gguf_path}: no tokenizer in the metadata; wrote the model without one", stacklevel=2)
     # "format": "pt" is what transformers checks before it will load the file
-    save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(out / "model.safetensors"),
-              metadata={"format": "pt"})
+    weights = out / "model.safetensors"
+    save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(weights), metadata={"format": "pt"})
+    # safetensors writes through a private (0600) temporary file; give it the same mode as its neighbours
+    os.chmod(weights, (out / "config.json").stat().st_mode & 0o777)
     return out
 
 
