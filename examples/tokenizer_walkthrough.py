@@ -17,6 +17,8 @@ from tinyllama_ref.tokenizer.bpe import bpe_merge
 from tinyllama_ref.tokenizer.sp_model import SentencePieceBPE
 from tinyllama_ref.tokenizer.sp_normalizer import normalize
 
+DEFAULT_TEXT = "In the beginning God created the heaven and the earth. Café ☃!"
+
 
 def walkthrough(tokenizer, text: str) -> list[str]:
     """The report, line by line."""
@@ -73,7 +75,7 @@ def walkthrough(tokenizer, text: str) -> list[str]:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", help="checkpoint directory or tokenizer file (default: the bundled model)")
-    ap.add_argument("--text", default="In the beginning God created the heaven and the earth. Café ☃!")
+    ap.add_argument("--text", default=DEFAULT_TEXT)
     ap.add_argument("--out", type=Path, help="output directory (default: a new temporary directory)")
     args = ap.parse_args(argv)
     out = args.out or Path(tempfile.mkdtemp(prefix="tinyllama_tokenizer_"))

@@ -178,3 +178,23 @@ def test_walkthrough_hf_and_ours_agree_then_a_planted_rope_bug_is_pinned(tiny_hf
     rows = compare(load_tensors(broken), load_tensors(hf))
     before = [r for r in rows[:[r["name"] for r in rows].index("layers.0.self_attn.q_rope")]]
     assert all(r["status"] == "ok" for r in before) and before[-1]["name"] == "layers.0.self_attn.v"
+
+
+def test_the_parity_kit_guide_lists_the_names_the_code_writes():
+    """docs/guides/parity-kit.md has a table of the dump names: it must match tinyllama_ref.parity."""
+    from tinyllama_ref.parity import LAYER_ORDER, forward_order_key
+
+    guide = (REPO / "docs" / "guides" / "parity-kit.md").read_text(encoding="utf-8")
+    names = []
+    for row in guide.split("## The names", 1)[1].split("##", 1)[0].splitlines():
+        if row.startswith("| `"):
+            cell = row.split("|")[1]
+            parts = [p.strip(" `") for p in cell.split("/")]
+            head = parts[0]
+            names.append(head)
+            names += [head.rsplit(".", 1)[0] + p if p.startswith(".") else p for p in parts[1:]]
+    layer = [n[len("layers.N."):] for n in names if n.startswith("layers.N.")]
+    assert layer == LAYER_ORDER
+    assert [n for n in names if not n.startswith("layers.N.")] == ["input_ids", "embed_tokens", "norm", "logits"]
+    concrete = [n.replace("layers.N.", "layers.0.") for n in names]
+    assert sorted(concrete, key=forward_order_key) == concrete
