@@ -191,37 +191,33 @@ def generate_ids(model, prompts: Sequence[Sequence[int]], sp: SamplingParams, eo
                 use_cache=True, logits_to_keep=1)
     cache = out.past_key_values
     step_mask = mask
-    for step in range(sp.max_new_tokens):
-        logits = B.to_numpy(out.logits[:, -1]).astype(np.float32)  # the one host transfer per step
-        if step == 0:
-            stats.prefill_seconds = time.perf_counter() - t0
-            t0 = time.perf_counter()
-        token = next_tokens(logits, seen, sp, rng)
-        token = np.where(finished, -1, token)
-        for row, t in enumerate(token):
-            if t >= 0:
-                seen[row].append(int(t))
-        stats.new_tokens += 1
-        finished |= np.isin(token, eos) & (token >= 0)
-        yield token
-        if finished.all():
-            stats.stop_reason = "eos"
-            break
-        if step + 1 == sp.max_new_tokens:
-            stats.stop_reason = "length"
-            break
-        if cache.length + 1 >= limit:
-            stats.stop_reason = "context"
+    try:
+        for step in range(sp.max_new_tokens):
+            logits = B.to_numpy(out.logits[:, -1]).astype(np.float32)  # the one host transfer per step
+            if step == 0:
+                stats.prefill_seconds = time.perf_counter() - t0
+                t0 = time.perf_counter()
+            token = np.where(finished, -1, next_tokens(logits, seen, sp, rng))
+            for row, t in enumerate(token):
+                if t >= 0:
+                    seen[row].append(int(t))
+            stats.new_tokens += 1
+            finished |= np.isin(token, eos) & (token >= 0)
+            stats.stop_reason = ("eos" if finished.all() else "length" if step + 1 == sp.max_new_tokens
+                                 else "context" if cache.length + 1 >= limit else "")
+            yield token
+            if stats.stop_reason:
+                break
+            positions = positions[:, -1:] + 1
+            step_mask = np.concatenate([step_mask, np.ones((len(prompts), 1), np.int64)], axis=1)
+            feed = np.where(token < 0, pad_id, token)[:, None]
+            out = model(xp.asarray(feed), attention_mask=xp.asarray(step_mask),
+                        position_ids=xp.asarray(positions), past_key_values=cache, use_cache=True)
+        if stats.stop_reason == "context":
             stats.messages.append(f"stopped: the context window of {limit} tokens is full")
-            break
-        positions = positions[:, -1:] + 1
-        step_mask = np.concatenate([step_mask, np.ones((len(prompts), 1), np.int64)], axis=1)
-        feed = np.where(token < 0, pad_id, token)[:, None]
-        out = model(xp.asarray(feed), attention_mask=xp.asarray(step_mask), position_ids=xp.asarray(positions),
-                    past_key_values=cache, use_cache=True)
-    else:
         stats.stop_reason = stats.stop_reason or "length"
-    stats.decode_seconds = time.perf_counter() - t0
+    finally:  # also when the caller stops early (a stop string): the timings stay right
+        stats.decode_seconds = time.perf_counter() - t0
 
 
 # -- text in, text out -------------------------------------------------------------------------
@@ -300,7 +296,7 @@ def stream(model, tokenizer, prompt: str | Sequence[int], max_new_tokens: int | 
     for token in generate_ids(model, [prompt_ids], sp, eos, stats=stats):
         t = int(token[0])
         if t in eos:
-            break
+            continue  # the generator ends itself after EOS (and records why)
         pending += deltas.push(t)
         cut = _find_stop(pending, sp.stop)
         if cut is not None:

@@ -27,6 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from .tokenizer.hf_bpe import BYTE_TO_CHAR
+
 GGUF_INSTALL_HINT = "pip install 'tinyllama-ref[gguf]'"
 
 # llama.cpp's names -> HF's. Inside a block ("blk.N.<part>"), then outside any block.
@@ -304,24 +306,6 @@ def read_gguf(path: str | Path, progress: bool = False) -> tuple[dict, dict[str,
 
 # -- the tokenizer -----------------------------------------------------------------------------
 
-def bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's byte -> character table: printable bytes stand for themselves, the rest move to 256+.
-
-    >>> table = bytes_to_unicode()
-    >>> table[ord("a")], table[ord(" ")], table[ord("\\n")]
-    ('a', 'Ġ', 'Ċ')
-    """
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    table, shift = {}, 0
-    for b in range(256):
-        if b in printable:
-            table[b] = chr(b)
-        else:
-            table[b] = chr(256 + shift)
-            shift += 1
-    return table
-
-
 # `tokenizer.ggml.pre` names llama.cpp's pre-tokenizer (how text is cut before BPE). Each entry gives
 # what runs before tokenizers' ByteLevel GPT-2 split: nothing, or llama.cpp's "\p{N}" split (every
 # number character alone), or Llama 3's own regex in place of GPT-2's. Each is checked against
@@ -415,7 +399,7 @@ def tokenizer_json(metadata: dict, source: str = "GGUF") -> dict:
     add_bos, add_eos = _add_bos_eos(metadata)
 
     if model == "gpt2":
-        spelling = bytes_to_unicode()
+        spelling = BYTE_TO_CHAR
         alphabet = set(spelling.values())
         # every real byte-level token is spelled in the 256-character alphabet; respell any that is not
         vocab = {tok if set(tok) <= alphabet else "".join(spelling[b] for b in tok.encode("utf-8")): i
