@@ -242,7 +242,8 @@ def render_item(item: Item, repo_root: Path, heading_level: int = 3) -> str:
     title = f"{label}`{item.name}`"
     anchor = f"{item.module}.{item.name}".replace(".", "-").lower()
     parts = [f"{'#' * heading_level} {title} {{#{anchor}}}\n"]
-    parts.append(f'<p class="src-loc"><code>{rel}</code>, lines {item.first}–{item.last}</p>\n')
+    where = f"line {item.first}" if item.first == item.last else f"lines {item.first}–{item.last}"
+    parts.append(f'<p class="src-loc"><code>{rel}</code>, {where}</p>\n')
     if item.comments:
         parts.append(escape_prose(item.comments) + "\n")
     if item.docstring:
