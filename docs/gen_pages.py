@@ -3,8 +3,9 @@
 Nothing here copies the package's source: every chapter is rebuilt from tinyllama_ref/*.py on each
 `mkdocs build`, by tools/docs_annotate.py. READING_PLAN below only says in which order a reader
 meets the definitions. A name it lists that no longer exists fails the (strict) build with a
-message saying so; a definition it does not list still appears, in the last chapter
-("Everything else"), so the site is never missing code.
+message saying so; a definition it does not list still appears, in a last chapter
+("Everything else", written only when there is something to put in it), so the site is never
+missing code. One-line aliases such as `F32 = np.float32` are the only thing left out of it.
 """
 from __future__ import annotations
 
@@ -169,7 +170,8 @@ def problem(message: str) -> None:
 
 # -- pages ---------------------------------------------------------------------------------------
 
-def render_chapter(title: str, entries: list, named: set, rendered: set, figures: dict, outputs: dict) -> str:
+def render_chapter(title: str, entries: list, named: set, rendered: set, figures: dict, outputs: dict,
+                   catch_all: bool = False) -> str:
     parts = [f"# {title}\n"]
     for entry in entries:
         kind = entry[0]
@@ -219,6 +221,8 @@ def render_chapter(title: str, entries: list, named: set, rendered: set, figures
                     problem(f"the reading plan names module {module}, which does not exist")
                 continue
             for item in items_of(module):
+                if item.alias and catch_all:
+                    continue
                 if (module, item.name) not in named and (module, item.name) not in rendered:
                     parts.append(render_item(item, REPO))
                     rendered.add((module, item.name))
@@ -305,11 +309,12 @@ def read_pages(figures: dict, outputs: dict) -> None:
     # Whatever the plan does not place, so that no definition is missing from the site.
     rest = [("text", "Definitions that the chapters above do not place yet, module by module, in file order.")]
     for module in all_modules():
-        left = [it for it in items_of(module) if (module, it.name) not in rendered]
+        left = [it for it in items_of(module) if (module, it.name) not in rendered and not it.alias]
         if left:
             rest += [("text", f"## `{module}`"), ("rest", module)]
     if len(rest) > 1:
-        write(f"read/{OTHERS_PAGE[0]}", render_chapter(OTHERS_PAGE[1], rest, named, rendered, figures, outputs))
+        write(f"read/{OTHERS_PAGE[0]}", render_chapter(OTHERS_PAGE[1], rest, named, rendered, figures, outputs,
+                                                                 catch_all=True))
         summary.append(f"* [{OTHERS_PAGE[1]}]({OTHERS_PAGE[0]})")
     write("read/SUMMARY.md", "\n".join(summary) + "\n")
     chapters = "\n".join(f"- [{title}]({filename})" for filename, title, _ in READING_PLAN)

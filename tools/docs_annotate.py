@@ -40,6 +40,7 @@ class Item:
     doc_lines: tuple[int, int] | None  # the docstring's own lines, left out of the code block
     comments: str  # the comment block right above, as prose ("" when none)
     source_lines: list[str]
+    alias: bool = False  # a one-line `F32 = np.float32`: a shorthand, not something to read about
 
 
 def _comment_block_above(lines: list[str], first: int, floor: int) -> str:
@@ -106,10 +107,11 @@ def module_items(path: Path, root: Path | None = None) -> list[Item]:
         first = pending[0].lineno
         last = pending[-1].end_lineno
         names = [n for node in pending for n in _assigned_names(node)]
+        comments = _comment_block_above(lines, first, pending_floor)
+        alias = len(pending) == 1 and isinstance(pending[0].value, (ast.Name, ast.Attribute)) and not comments
         items.append(Item(name=names[0] if names else "constants", kind="constant", module=modname, path=path,
-                          first=first, last=last, docstring=None, doc_lines=None,
-                          comments=_comment_block_above(lines, first, pending_floor),
-                          source_lines=lines[first - 1:last]))
+                          first=first, last=last, docstring=None, doc_lines=None, comments=comments,
+                          source_lines=lines[first - 1:last], alias=alias))
         pending = []
 
     pending_floor = 0
