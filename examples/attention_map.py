@@ -16,7 +16,6 @@ import numpy as np
 
 import tinyllama_ref as tl
 from tinyllama_ref.cli import default_model_dir
-from tinyllama_ref.tokenizer import load_tokenizer
 
 
 def attention_probs(model, tokenizer, prompt: str, layer: int, head: int):
@@ -64,7 +63,7 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
 
     model_dir = Path(args.model) if args.model else default_model_dir()
-    model, tokenizer = tl.load(model_dir), load_tokenizer(model_dir)
+    model, tokenizer = tl.load(model_dir), tl.load_tokenizer(model_dir)
     pieces, probs = attention_probs(model, tokenizer, args.prompt, args.layer, args.head)
     assert np.allclose(probs.sum(-1), 1, atol=1e-5) and np.all(np.triu(probs, 1) == 0)  # rows sum to 1; causal
     c = model.config

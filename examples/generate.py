@@ -13,7 +13,6 @@ from pathlib import Path
 
 import tinyllama_ref as tl
 from tinyllama_ref.cli import default_model_dir
-from tinyllama_ref.tokenizer import load_tokenizer
 
 
 def main(argv=None) -> int:
@@ -30,7 +29,7 @@ def main(argv=None) -> int:
 
     model_dir = Path(args.model) if args.model else default_model_dir()
     model = tl.load(model_dir)  # config.json + model.safetensors -> params (memory-mapped) and config
-    tokenizer = load_tokenizer(model_dir)  # tokenizer.model (SentencePiece) beside the weights
+    tokenizer = tl.load_tokenizer(model_dir)  # tokenizer.model (SentencePiece) beside the weights
 
     stats = tl.GenerationStats()
     pieces = []

@@ -18,7 +18,6 @@ import numpy as np
 
 import tinyllama_ref as tl
 from tinyllama_ref.cli import default_model_dir
-from tinyllama_ref.tokenizer import load_tokenizer
 
 
 def step_through(model, tokenizer, prompt: str, steps: int):
@@ -81,7 +80,7 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
 
     model_dir = Path(args.model) if args.model else default_model_dir()
-    model, tokenizer = tl.load(model_dir), load_tokenizer(model_dir)
+    model, tokenizer = tl.load(model_dir), tl.load_tokenizer(model_dir)
     lines, cache, prompt_len, worst = step_through(model, tokenizer, args.prompt, args.steps)
     report = "\n".join(lines) + "\n"
     print(report, end="")

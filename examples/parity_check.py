@@ -22,7 +22,6 @@ import tinyllama_ref as tl
 import tinyllama_ref.model
 from tinyllama_ref.cli import default_model_dir
 from tinyllama_ref.parity import compare, compare_files, first_divergence, save_tensors, trace_forward
-from tinyllama_ref.tokenizer import load_tokenizer
 
 
 def apply_rope_interleaved(x, cos, sin):
@@ -45,7 +44,7 @@ def main(argv=None) -> int:
     out = args.out or Path(tempfile.mkdtemp(prefix="tinyllama_parity_"))
     out.mkdir(parents=True, exist_ok=True)
     model_dir = Path(args.model) if args.model else default_model_dir()
-    tokenizer = load_tokenizer(model_dir)
+    tokenizer = tl.load_tokenizer(model_dir)
     ids = [tokenizer.encode(args.prompt)]  # more than one token: position 0 is not rotated at all
 
     # 1. The reference dump: every intermediate under its stable name (see tinyllama_ref/parity.py).
