@@ -385,7 +385,7 @@ def load(path: str | Path, backend: str | None = None, dtype: str = "float32", p
 
     backend: "numpy" or "cupy" (default: $TINYLLAMA_BACKEND, else numpy). dtype: the compute dtype.
     """
-    path = Path(path)
+    path = Path(path).expanduser()
     bar = _progress_bar if progress else None
     if path.suffix == ".gguf":
         from .gguf import read_gguf
