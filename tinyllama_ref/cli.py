@@ -33,16 +33,12 @@ def resolve_model(name: str | None) -> Path:
     path = Path(name).expanduser()
     if path.exists():
         return path
-    try:
-        from .fetch import resolve_model_name
-    except ImportError:
-        resolve_model_name = None
-    if resolve_model_name is not None:
-        resolved = resolve_model_name(name)
-        if resolved is not None:
-            return resolved
-    raise CLIError(f"model not found: {name} (give a checkpoint directory, a .gguf file, or a fetched name "
-                   f"such as 'smollm2' after `tinyllama-ref fetch smollm2`)")
+    from .fetch import KNOWN_MODELS, resolve_model_name
+
+    if name in KNOWN_MODELS:
+        return resolve_model_name(name, progress=sys.stderr.isatty())  # fetched on first use
+    raise CLIError(f"model not found: {name} (give a checkpoint directory, a .gguf file, or a known name: "
+                   f"{', '.join(sorted(KNOWN_MODELS))})")
 
 
 def _load(args, progress: bool = True):

@@ -1,0 +1,173 @@
+"""Generation, streaming, batching, chat and the command line, on the bundled model."""
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import tinyllama_ref as tl
+from tinyllama_ref.chat import chat, trim_to_fit
+from tinyllama_ref.cli import default_model_dir, main
+from tinyllama_ref.generation import ContextLengthError, GenerationStats, _TextDeltas
+
+
+@pytest.fixture(scope="module")
+def bundled():
+    path = default_model_dir()
+    return tl.load(path), tl.load_tokenizer(path)
+
+
+def test_same_seed_same_text(bundled):
+    model, tok = bundled
+    a = tl.generate(model, tok, "And God said", max_new_tokens=12, temperature=0.9, top_k=40, seed=3)
+    b = tl.generate(model, tok, "And God said", max_new_tokens=12, temperature=0.9, top_k=40, seed=3)
+    assert a == b and len(a) > 0
+
+
+def test_streaming_equals_non_streaming(bundled):
+    model, tok = bundled
+    kwargs = dict(max_new_tokens=20, temperature=0.8, top_p=0.9, seed=1)
+    deltas = list(tl.stream(model, tok, "In the beginning", **kwargs))
+    assert len(deltas) > 1
+    assert "".join(deltas) == tl.generate(model, tok, "In the beginning", **kwargs)
+
+
+def test_greedy_text_is_the_decoded_greedy_ids(bundled):
+    """The text streamed for a prompt equals decoding (prompt + new ids) minus the decoded prompt."""
+    model, tok = bundled
+    stats = GenerationStats()
+    text = tl.generate(model, tok, "Once upon a time", max_new_tokens=15, temperature=0,
+                       repetition_penalty=1.0, stats=stats)  # the checkpoint default is 1.1
+    prompt = tok.encode("Once upon a time")
+    ids = prompt + [int(t) for t in _greedy_ids(model, prompt, 15)]
+    full = tok.decode(ids, skip_special_tokens=True)
+    assert full == tok.decode(prompt, skip_special_tokens=True) + text
+    assert stats.new_tokens == 15 and stats.stop_reason == "length"
+
+
+def _greedy_ids(model, prompt, n):
+    out = model([prompt], use_cache=True)
+    ids = []
+    for _ in range(n):
+        t = int(out.logits[0, -1].argmax())
+        ids.append(t)
+        out = model([[t]], past_key_values=out.past_key_values, use_cache=True)
+    return ids
+
+
+def test_batched_generation_equals_one_by_one(bundled):
+    model, tok = bundled
+    prompts = ["Once upon a time", "And the LORD spake unto Moses, saying", "Blessed are"]
+    batched = tl.generate_batch(model, tok, prompts, max_new_tokens=16, temperature=0)
+    alone = [tl.generate(model, tok, p, max_new_tokens=16, temperature=0) for p in prompts]
+    assert batched == alone
+
+
+def test_stop_string_ends_generation_and_is_not_included(bundled):
+    model, tok = bundled
+    full = tl.generate(model, tok, "And God said", max_new_tokens=30, temperature=0)
+    stop = full[len(full) // 2:len(full) // 2 + 3]
+    assert stop.strip()
+    stats = GenerationStats()
+    cut = tl.generate(model, tok, "And God said", max_new_tokens=30, temperature=0, stop=[stop], stats=stats)
+    assert cut == full[:full.index(stop)] and stats.stop_reason == "stop"
+
+
+def test_prompt_longer_than_context_is_a_clear_error(bundled):
+    model, tok = bundled
+    n = model.config.max_position_embeddings
+    with pytest.raises(ContextLengthError, match=f"the prompt has {n + 5} tokens, but the model's context is {n}"):
+        tl.generate(model, tok, [tok.bos_id] + [5] * (n + 4), max_new_tokens=3)
+
+
+def test_generation_stops_at_the_context_limit_with_a_message(bundled):
+    model, tok = bundled
+    n = model.config.max_position_embeddings
+    stats = GenerationStats()
+    tl.generate(model, tok, [tok.bos_id] + [5] * (n - 4), max_new_tokens=50, temperature=0, stats=stats)
+    assert stats.stop_reason == "context" and "context window" in stats.messages[0]
+    assert stats.new_tokens <= 4
+
+
+def test_multibyte_characters_are_emitted_only_when_complete(bundled):
+    _, tok = bundled
+    text = " naïve 世界 🙂 done"
+    ids = tok.encode(text, add_bos=False)
+    deltas = _TextDeltas(tok, [tok.bos_id])
+    pieces = [deltas.push(i) for i in ids] + [deltas.push(-1, final=True)]
+    assert all("\ufffd" not in p for p in pieces)
+    assert "".join(pieces) == tok.decode([tok.bos_id] + ids, skip_special_tokens=True)
+    assert sum(1 for p in pieces if p == "") >= 3  # the byte-fallback pieces of 世, 界 and 🙂 were held back
+
+
+def test_chat_keeps_the_dialog_and_trims_old_turns(bundled):
+    model, tok = bundled
+    lines = iter(["Who made the heaven?", "/reset", "And the earth?"])
+
+    def typed(prompt):  # what a person types, then Ctrl-D
+        try:
+            return next(lines)
+        except StopIteration:
+            raise EOFError from None
+
+    out = __import__("io").StringIO()
+    messages = chat(model, tok, system="Answer in the words of the KJV.", max_new_tokens=8, temperature=0,
+                    input_fn=typed, output=out)
+    assert [m["role"] for m in messages] == ["system", "user", "assistant"]
+    assert messages[1]["content"] == "And the earth?"
+    long = [{"role": "system", "content": "S"}]
+    for i in range(30):
+        long += [{"role": "user", "content": f"question {i} " * 5}, {"role": "assistant", "content": "answer " * 5}]
+    long.append({"role": "user", "content": "last"})
+    kept, ids = trim_to_fit(tok, long, budget=120)
+    assert len(ids) <= 120 and kept[0]["role"] == "system" and kept[-1]["content"] == "last"
+    assert len(kept) < len(long)
+
+
+# -- the command line ------------------------------------------------------------------------
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "tinyllama_ref.cli", *args], capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_cli_generate_is_deterministic_and_reports_speed():
+    a = run_cli("generate", "Once upon a time", "--max-new-tokens", "12", "--seed", "0")
+    b = run_cli("generate", "Once upon a time", "--max-new-tokens", "12", "--seed", "0")
+    assert a.returncode == 0, a.stderr
+    assert a.stdout == b.stdout and a.stdout.startswith("Once upon a time")
+    assert "prefill:" in a.stderr and "decode:" in a.stderr and "tok/s" in a.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["generate", "x", "--model", "/no/such/dir"], "model not found: /no/such/dir"),
+    (["info", "--model", "/no/such/dir"], "model not found"),
+    (["tokenize", "x", "--model", "/no/such/dir"], "model not found"),
+])
+def test_cli_errors_are_one_line(args, message):
+    r = run_cli(*args)
+    assert r.returncode == 1
+    assert message in r.stderr and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("flag, value", [("--top-p", "2"), ("--temperature", "-1"), ("--max-new-tokens", "x"),
+                                         ("--backend", "tpu")])
+def test_cli_bad_flag_values_exit_2(flag, value):
+    r = run_cli("generate", "x", flag, value)
+    assert r.returncode == 2 and flag in r.stderr and "Traceback" not in r.stderr
+
+
+def test_cli_help_everywhere():
+    for cmd in ["generate", "chat", "info", "tokenize", "convert", "fetch", "dump", "compare"]:
+        with pytest.raises(SystemExit) as e:
+            main([cmd, "--help"])
+        assert e.value.code == 0
+
+
+def test_cli_info_and_tokenize(capsys):
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert "parameters:" in out and "kv heads" in out
+    assert main(["tokenize", "In the beginning"]) == 0
+    out = capsys.readouterr().out
+    assert "'▁In'" in out or "▁In" in out
