@@ -50,34 +50,24 @@ def _load(args, progress: bool = True):
     return model, tokenizer
 
 
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {v}")
-    return v
+def _number(kind, ok, expected: str):
+    """An argparse type: parse `kind` from the text and check it, naming what was expected."""
+
+    def parse(text: str):
+        try:
+            v = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+        if not ok(v):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {v}")
+        return v
+
+    return parse
 
 
-def _unit_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not 0 < v <= 1:
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {v}")
-    return v
-
-
-def _non_negative_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"expected a non-negative number, got {v}")
-    return v
+_positive_int = _number(int, lambda v: v >= 0, "a non-negative integer")
+_unit_float = _number(float, lambda v: 0 < v <= 1, "a number in (0, 1]")
+_non_negative_float = _number(float, lambda v: v >= 0, "a non-negative number")
 
 
 def _add_model_args(p: argparse.ArgumentParser, sampling: bool = False) -> None:
