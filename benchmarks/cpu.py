@@ -133,19 +133,14 @@ def run_worker(kind: str, *args, threads: int) -> dict:
 
 def make_random_checkpoint(shape: dict, out: Path) -> Path:
     """A random-weight float32 checkpoint of the given shape, written once and reused."""
-    import numpy as np
-
     import tinyllama_ref as tl
-    from tinyllama_ref.weights import expected_shapes, write_safetensors
+    from tinyllama_ref.weights import random_tensors, write_safetensors
 
     if (out / "model.safetensors").is_file():
         return out
     out.mkdir(parents=True, exist_ok=True)
     config = tl.LlamaConfig.from_dict(shape)
-    rng = np.random.default_rng(0)
-    shapes, optional = expected_shapes(config)
-    tensors = {k: (np.ones(s, np.float32) if k.endswith("norm.weight")
-                   else 0.02 * rng.standard_normal(s, dtype=np.float32)) for k, s in shapes.items() if k not in optional}
+    tensors = random_tensors(config)
     write_safetensors(out / "model.safetensors", tensors, {"format": "pt"})
     (out / "config.json").write_text(json.dumps(config.to_dict()))
     return out

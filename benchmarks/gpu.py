@@ -33,23 +33,6 @@ SHAPES = {
 }
 
 
-def device_tensors(config, xp, dtype, seed=0):
-    """Random weights on the device with every name and shape the config needs."""
-    from tinyllama_ref.weights import expected_shapes
-
-    rng = xp.random.default_rng(seed) if hasattr(xp.random, "default_rng") else xp.random
-    shapes, optional = expected_shapes(config)
-    out = {}
-    for name, shape in shapes.items():
-        if name in optional:
-            continue
-        if name.endswith("norm.weight"):
-            out[name] = xp.ones(shape, dtype=dtype)
-        else:
-            out[name] = (0.02 * rng.standard_normal(shape, dtype=xp.float32)).astype(dtype)
-    return out
-
-
 def sync(xp):
     if xp.__name__ == "cupy":
         xp.cuda.Device().synchronize()
@@ -152,6 +135,7 @@ def main():
 
     import tinyllama_ref as tl
     from tinyllama_ref.backend import get_module
+    from tinyllama_ref.weights import random_tensors
 
     if args.cpu_smoke:
         backend, device, shapes, dtype = "numpy", "cpu", ["smoke"], "float32"
@@ -169,7 +153,7 @@ def main():
     lines = []
     for shape in shapes:
         config = tl.LlamaConfig(**SHAPES[shape])
-        tensors = device_tensors(config, xp, getattr(np, dtype) if backend == "numpy" else getattr(xp, dtype))
+        tensors = random_tensors(config, dtype=getattr(xp, dtype), xp=xp)  # drawn on the device
         nbytes = sum(int(t.nbytes) for t in tensors.values())
         limit = bw * 1e9 / nbytes
         results = {"tinyllama_ref": bench_ours(config, tensors, backend, dtype, args.prompt_tokens,

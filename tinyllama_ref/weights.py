@@ -283,17 +283,18 @@ def build_params(tensors: Mapping[str, np.ndarray], config: LlamaConfig, dtype: 
     return params
 
 
-def random_tensors(config: LlamaConfig, seed: int = 0, std: float = 0.02, dtype=np.float32) -> dict:
-    """Random weights with every name and shape the config needs (norm weights near 1), for tests and benchmarks."""
-    rng = np.random.default_rng(seed)
+def random_tensors(config: LlamaConfig, seed: int = 0, std: float = 0.02, dtype=np.float32, xp=np) -> dict:
+    """Random weights with every name and shape the config needs (norm weights near 1), for tests and benchmarks.
+
+    `xp=cupy` draws them on the GPU (a 7B-shaped model never passes through host memory).
+    """
+    rng = xp.random.default_rng(seed)
     shapes, optional = expected_shapes(config)
     out = {}
     for name, shape in shapes.items():
         if name in optional:
             continue
-        if name.endswith("norm.weight"):
-            arr = 1.0 + 0.1 * rng.standard_normal(shape)
-        else:
-            arr = std * rng.standard_normal(shape)
+        noise = rng.standard_normal(shape, dtype=np.float32)  # float32 draws: half the memory of float64
+        arr = 1.0 + 0.1 * noise if name.endswith("norm.weight") else std * noise
         out[name] = arr.astype(dtype)
     return out
