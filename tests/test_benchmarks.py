@@ -1,0 +1,63 @@
+"""The benchmark scripts run from a fresh clone with their documented commands, so that none of them rots.
+
+Smoke runs only, with tiny sizes: nothing here looks at a time (speed is measured by running the scripts
+themselves, see docs/guides/performance.md). What is checked is that each script finishes, prints its
+table, and, where the peer is installed, that both implementations chose the same greedy tokens.
+"""
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from realdata import mistral_tokenizer_path
+
+REPO = Path(__file__).resolve().parent.parent
+HAS_TORCH = all(importlib.util.find_spec(m) is not None for m in ("torch", "transformers"))
+needs_torch = pytest.mark.skipif(not HAS_TORCH, reason="torch and transformers are not installed "
+                                                       "(pip install -e '.[parity]')")
+
+
+def run_script(*args: str) -> str:
+    proc = subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, f"{' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr[-3000:]}"
+    return proc.stdout
+
+
+def table_rows(out: str, impl: str) -> list[list[str]]:
+    return [line.split() for line in out.splitlines() if f" {impl} " in f" {line} "]
+
+
+def test_cpu_benchmark_bundled_without_torch():
+    out = run_script("benchmarks/cpu.py", "--models", "bundled", "--prompt-tokens", "8", "--new-tokens", "4",
+                     "--no-torch", "--bandwidth-mib", "16")
+    (row,) = [r for r in table_rows(out, "tinyllama_ref") if r[0] == "bundled"]
+    prefill, decode = float(row[2]), float(row[3])
+    assert prefill > 0 and decode > 0
+    assert "matvecs alone" in out and "float32 matvec bandwidth" in out
+
+
+@needs_torch
+def test_cpu_benchmark_bundled_against_torch():
+    out = run_script("benchmarks/cpu.py", "--models", "bundled", "--prompt-tokens", "16", "--new-tokens", "6",
+                     "--bandwidth-mib", "16")
+    assert "bundled: greedy tokens identical to transformers: True" in out
+    assert table_rows(out, "torch") and table_rows(out, "ratio")
+
+
+@needs_torch
+def test_gpu_benchmark_cpu_smoke():
+    out = run_script("benchmarks/gpu.py", "--cpu-smoke", "--prompt-tokens", "16", "--new-tokens", "4")
+    for attn in ("eager", "sdpa"):
+        (line,) = [ln for ln in out.splitlines() if f"transformers {attn}" in ln]
+        assert "(same greedy tokens)" in line, line
+
+
+def test_tokenizer_benchmark_small():
+    pytest.importorskip("sentencepiece", reason="sentencepiece is the peer (pip install -e '.[test]')")
+    model = mistral_tokenizer_path()
+    out = run_script("benchmarks/tokenizer.py", "--model", str(model), "--mb", "0.05")
+    assert "ids identical on all" in out and "ratio ours/sentencepiece" in out
