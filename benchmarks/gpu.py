@@ -42,6 +42,7 @@ def bench_ours(config, tensors, backend, dtype, prompt_tokens, new_tokens):
     import numpy as np
 
     import tinyllama_ref as tl
+    from tinyllama_ref.backend import to_numpy
 
     model = tl.build_model(config, tensors, backend=backend, dtype=dtype)
     xp = model.xp
@@ -52,6 +53,7 @@ def bench_ours(config, tensors, backend, dtype, prompt_tokens, new_tokens):
     out = model(ids, use_cache=True, logits_to_keep=1)
     token = int(out.logits[0, -1].argmax())
     prefill = prompt_tokens / (time.perf_counter() - t0)
+    last_logits = to_numpy(out.logits[0, -1]).astype(np.float32)
     cache, tokens = out.past_key_values, [token]
     t0 = time.perf_counter()
     for _ in range(new_tokens - 1):
@@ -59,7 +61,7 @@ def bench_ours(config, tensors, backend, dtype, prompt_tokens, new_tokens):
         token = int(out.logits[0, -1].argmax())  # the one host transfer per step
         tokens.append(token)
     decode = (new_tokens - 1) / (time.perf_counter() - t0)
-    return prefill, decode, tokens
+    return prefill, decode, tokens, last_logits
 
 
 def bench_hf(config, tensors, attn, torch_dtype, device, prompt_tokens, new_tokens):
@@ -72,6 +74,8 @@ def bench_hf(config, tensors, attn, torch_dtype, device, prompt_tokens, new_toke
     with torch.device("meta"):
         model = LlamaForCausalLM(hf_config)
     model = model.to_empty(device=device).to(torch_dtype).eval()
+    # to_empty leaves non-persistent buffers uninitialised: rebuild the rotary frequencies on the device
+    model.model.rotary_emb = type(model.model.rotary_emb)(hf_config).to(device)
     state = {}
     for name, arr in tensors.items():
         t = torch.from_dlpack(arr) if hasattr(arr, "__dlpack__") and device != "cpu" else torch.from_numpy(
@@ -94,6 +98,7 @@ def bench_hf(config, tensors, attn, torch_dtype, device, prompt_tokens, new_toke
         out = model(ids, use_cache=True, logits_to_keep=1)
         token = int(out.logits[0, -1].argmax())
         prefill = prompt_tokens / (time.perf_counter() - t0)
+        last_logits = out.logits[0, -1].float().cpu().numpy()
         cache, tokens = out.past_key_values, [token]
         t0 = time.perf_counter()
         for _ in range(new_tokens - 1):
@@ -103,7 +108,7 @@ def bench_hf(config, tensors, attn, torch_dtype, device, prompt_tokens, new_toke
             tokens.append(token)
         decode = (new_tokens - 1) / (time.perf_counter() - t0)
     del model, state
-    return prefill, decode, tokens
+    return prefill, decode, tokens, last_logits
 
 
 def copy_bandwidth(xp, mib=1024):
@@ -162,11 +167,13 @@ def main():
             results[f"transformers {attn}"] = bench_hf(config, tensors, attn, torch_dtype, device,
                                                        args.prompt_tokens, args.new_tokens)
         eager = results["transformers eager"][1]
-        for impl, (prefill, decode, tokens) in results.items():
-            same = "" if impl == "tinyllama_ref" else (" (same greedy tokens)" if tokens ==
-                                                        results["tinyllama_ref"][2] else " (tokens differ)")
+        _, _, our_tokens, our_logits = results["tinyllama_ref"]
+        for impl, (prefill, decode, tokens, logits) in results.items():
+            agree = "" if impl == "tinyllama_ref" else (
+                f"  max|Δlogits| {np.abs(logits - our_logits).max():.2g}, "
+                + ("same greedy tokens" if tokens == our_tokens else "tokens differ"))
             lines.append(f"{shape:16s} {impl:18s} {prefill:13.0f} {decode:12.1f} {100 * decode / limit:12.0f}% "
-                         f"{decode / eager:14.2f}x{same}")
+                         f"{decode / eager:14.2f}x{agree}")
         del tensors
     print(head)
     print("\n".join(lines))

@@ -7,6 +7,7 @@ table, and, where the peer is installed, that both implementations chose the sam
 from __future__ import annotations
 
 import importlib.util
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -50,10 +51,16 @@ def test_cpu_benchmark_bundled_against_torch():
 
 @needs_torch
 def test_gpu_benchmark_cpu_smoke():
+    """Both peers are the same model as ours: last-position logits within float32 parity, same tokens.
+
+    (Greedy tokens alone are a weak check on random weights: the peer once ran with uninitialised
+    rotary frequencies, 5e-3 off in the logits, and still chose the same tokens.)
+    """
     out = run_script("benchmarks/gpu.py", "--cpu-smoke", "--prompt-tokens", "16", "--new-tokens", "4")
     for attn in ("eager", "sdpa"):
         (line,) = [ln for ln in out.splitlines() if f"transformers {attn}" in ln]
-        assert "(same greedy tokens)" in line, line
+        gap = float(re.search(r"max\|Δlogits\| (\S+),", line).group(1))
+        assert gap <= 1e-4 and "same greedy tokens" in line, line
 
 
 def test_tokenizer_benchmark_small():
