@@ -46,12 +46,12 @@ INCREMENTAL_CASES = ["gqa", "mqa", "head_dim_explicit", "rope_yarn", "rope_llama
 PREFIX = 8  # tokens fed at once before decoding one at a time
 
 
-def load_case(name: str, dtype: str = "float32"):
+def load_case(name: str, dtype: str = "float32", backend: str = "numpy"):
     """(model, golden arrays, meta) of one golden case."""
     case_dir = GOLDEN_DIR / name
     golden = dict(np.load(case_dir / "golden.npz"))
     meta = json.loads((case_dir / "meta.json").read_text())
-    return tl.load(case_dir, backend="numpy", dtype=dtype), golden, meta
+    return tl.load(case_dir, backend=backend, dtype=dtype), golden, meta
 
 
 def model_inputs(golden: dict) -> dict:
@@ -147,21 +147,26 @@ def test_golden_logits_to_keep():
     assert max_diff(out.logits, golden["logits"][:, -1:]) <= TOL_LOGITS
 
 
+NEEDS_GPU = pytest.mark.skipif(not cupy_available(), reason="the cupy backend needs CuPy and a CUDA GPU")
+
+
+@pytest.mark.parametrize("backend", ["numpy", pytest.param("cupy", marks=NEEDS_GPU)])
 @pytest.mark.parametrize("case", [c for c in ("fp16",) if c in CASES])
-def test_golden_float16_compute(case):
+def test_golden_float16_compute(case, backend):
     """Computing in float16 lands as close to transformers-in-float16 as rounding allows (a looser check)."""
-    model, golden, _ = load_case(case, dtype="float16")
+    model, golden, _ = load_case(case, dtype="float16", backend=backend)
     out = model(**model_inputs(golden))
-    d = max_diff(out.logits, golden["logits_native"])
-    record_parity(case, "max|Δlogits| fp16", d)
-    assert d <= TOL_LOGITS_FP16_NATIVE, f"{case}: float16 compute vs transformers float16: max |Δlogits| = {d:.3g}"
+    d = max_diff(to_numpy(out.logits), golden["logits_native"])
+    record_parity(case, f"max|Δlogits| fp16 {backend}", d)
+    assert d <= TOL_LOGITS_FP16_NATIVE, \
+        f"{case}: float16 compute on {backend} vs transformers float16: max |Δlogits| = {d:.3g}"
 
 
 CUPY_CASES = ["mha", "gqa", "head_dim_explicit", "rope_yarn_explicit", "rope_longrope_long", "rope_llama3",
               "rope_dynamic_long", "left_pad", "cls_single_label", "bf16", "sharded", "openllama_stable_shared"]
 
 
-@pytest.mark.skipif(not cupy_available(), reason="the cupy backend needs CuPy and a CUDA GPU")
+@NEEDS_GPU
 @pytest.mark.parametrize("case", [c for c in CUPY_CASES if c in CASES])
 def test_golden_cupy(case):
     """The same code path on the GPU: logits and loss within the float32 tolerances."""
