@@ -115,7 +115,8 @@ READING_PLAN = [
         ("doc", "tinyllama_ref.weights"), ("rest", "tinyllama_ref.weights"),
         ("text", "## The Model object and `load`"),
         ("defs", M, "Model", "build_model", "load", "_progress_bar"),
-        ("text", "## GGUF files"), ("doc", "tinyllama_ref.gguf?"), ("rest", "tinyllama_ref.gguf?"),
+        ("text", "## GGUF files"), ("doc", "tinyllama_ref.gguf_file?"), ("rest", "tinyllama_ref.gguf_file?"),
+        ("text", "### From GGUF to Hugging Face"), ("doc", "tinyllama_ref.gguf?"), ("rest", "tinyllama_ref.gguf?"),
         ("text", "## Fetching models"), ("doc", "tinyllama_ref.fetch?"), ("rest", "tinyllama_ref.fetch?")]),
     ("a2-backend.md", "B. NumPy and CuPy", [
         ("doc", "tinyllama_ref.backend"), ("rest", "tinyllama_ref.backend")]),

@@ -23,6 +23,7 @@ from gguf import GGMLQuantizationType as Q  # noqa: E402
 from tinyllama_ref.fetch import FetchError, fetch_smollm2, is_complete, resolve_model_name  # noqa: E402
 from tinyllama_ref.gguf import (GGUFError, dequantize_tensor, permute_qk,  # noqa: E402
                                 read_gguf, tokenizer_json, unpermute_qk, write_hf_checkpoint)
+from tinyllama_ref.gguf_file import read_gguf_file  # noqa: E402
 from tinyllama_ref.tokenizer.hf_bpe import bytes_to_unicode  # noqa: E402
 
 import realdata  # noqa: E402
@@ -265,7 +266,7 @@ def test_each_block_type_dequantizes_as_ggml_does(qtype, tmp_path):
     if qtype == Q.F16:
         data = data.view("<f2").reshape(rows, cols)
     path = write_gguf(tmp_path / "t.gguf", {"w": (data, None if qtype == Q.F16 else qtype)})
-    (tensor,) = gguf.GGUFReader(path).tensors
+    (tensor,) = read_gguf_file(path).tensors
     got = dequantize_tensor(tensor)
     decode = BLOCK_TYPES[qtype][3]
     expected = np.array([v for b in blocks for v in decode([int(x) for x in b])], dtype=np.float32)
@@ -518,13 +519,10 @@ def test_hf_checkpoint_directory_loads_with_our_reader(tmp_path):
 # -- 5. the tokenizer against llama.cpp's expectations, SentencePiece and transformers ---------------
 
 LLAMA_CPP_VOCABS = ["llama-spm", "llama-bpe", "gpt-2", "starcoder", "refact", "command-r"]
-SLOW_VOCABS = {"llama-bpe", "refact", "command-r"}  # 128k-256k tokens: 10-50 s in gguf's reader
 
 
 def read_vocab_metadata(path: Path) -> dict:
-    from tinyllama_ref.gguf import read_metadata
-
-    return read_metadata(gguf.GGUFReader(path), str(path))
+    return read_gguf_file(path).metadata
 
 
 def build_tokenizer(metadata: dict):
@@ -532,8 +530,7 @@ def build_tokenizer(metadata: dict):
     return tokenizers.Tokenizer.from_str(json.dumps(tokenizer_json(metadata)))
 
 
-@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW_VOCABS else n
-                                  for n in LLAMA_CPP_VOCABS])
+@pytest.mark.parametrize("name", LLAMA_CPP_VOCABS)
 def test_tokenizer_matches_llama_cpp_test_vocabularies(name):
     """llama.cpp ships vocabulary-only GGUFs with test strings (.inp) and the ids its tokenizer
     must produce (.out, without BOS); ours must produce the same ids for every string."""

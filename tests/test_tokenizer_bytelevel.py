@@ -111,7 +111,6 @@ def test_tokenizer_json_sentencepiece_style_matches_tokenizers(llama_json, legac
     assert ours.decode(ids, skip_special_tokens=True) == hf.decode(ids, skip_special_tokens=True)
 
 
-@pytest.mark.slow  # reading the 128k-token GGUF with gguf.GGUFReader takes ~40 s
 def test_llama3_vocab_matches_llama_cpp_test_vectors():
     vocab = llama_cpp_vocab_path("llama-bpe")
     tok = load_tokenizer(vocab)

@@ -27,7 +27,9 @@ from typing import Any
 
 import numpy as np
 
+from .gguf_file import GGUFError, GGUFTensor, read_gguf_file
 from .tokenizer.hf_bpe import BYTE_TO_CHAR
+from .weights import bf16_to_f32
 
 GGUF_INSTALL_HINT = "pip install 'tinyllama-ref[gguf]'"
 
@@ -53,16 +55,13 @@ GGUF_GLOBAL_PARTS = {
 TOKEN_NORMAL, TOKEN_UNKNOWN, TOKEN_CONTROL, TOKEN_USER_DEFINED, TOKEN_UNUSED, TOKEN_BYTE = 1, 2, 3, 4, 5, 6
 
 
-class GGUFError(ValueError):
-    """A GGUF file this package cannot read faithfully; the message names the file and the key or tensor."""
-
-
 def _import_gguf():
-    """The `gguf` package (llama.cpp's reader), imported only when a GGUF file is actually read."""
+    """The `gguf` package (llama.cpp's Python tools), imported only to dequantize block-quantized tensors."""
     try:
         import gguf
     except ImportError as e:
-        raise ImportError(f"reading GGUF files needs the `gguf` package: {GGUF_INSTALL_HINT}") from e
+        raise ImportError(f"dequantizing block-quantized GGUF tensors needs the `gguf` package: "
+                          f"{GGUF_INSTALL_HINT}") from e
     return gguf
 
 
@@ -109,43 +108,7 @@ def unpermute_qk(w: np.ndarray, n_heads: int) -> np.ndarray:
     return w.reshape(n_heads, half, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-# -- metadata --------------------------------------------------------------------------------
-
-def _scalar(part: np.ndarray, kind, T) -> Any:
-    """One stored value -> a plain Python value (`part` is the reader's little array for it)."""
-    if kind == T.STRING:
-        return bytes(part).decode("utf-8")
-    if kind == T.BOOL:
-        return bool(part[0])
-    if kind in (T.FLOAT32, T.FLOAT64):
-        return float(part[0])
-    return int(part[0])
-
-
-def field_value(field) -> Any:
-    """A GGUFReader field -> str, int, float, bool, or a list of those (arrays)."""
-    T = _import_gguf().GGUFValueType
-    kind = field.types[0]
-    if kind != T.ARRAY:
-        return _scalar(field.parts[field.data[0]], kind, T)
-    if len(field.types) > 2:  # an array of arrays: rare, and only the reader's own walker handles it
-        return field.contents()
-    item = field.types[-1] if len(field.types) > 1 else None
-    return [_scalar(field.parts[i], item, T) for i in field.data]
-
-
-def read_metadata(reader, source: str = "GGUF") -> dict[str, Any]:
-    """All key/values of an open GGUFReader as plain Python values (the header's GGUF.* left out)."""
-    metadata = {}
-    for key, field in reader.fields.items():
-        if key.startswith("GGUF."):
-            continue
-        try:
-            metadata[key] = field_value(field)
-        except UnicodeDecodeError as e:
-            raise GGUFError(f"{source}: metadata key {key!r} holds a string that is not UTF-8 ({e})") from None
-    return metadata
-
+# -- metadata ----------------------------------------------------------------------------------
 
 def _rope_scaling(metadata: dict, arch: str, source: str) -> dict | None:
     """`{arch}.rope.scaling.*` -> HF's `rope_scaling` (None for plain RoPE)."""
@@ -245,20 +208,27 @@ def hf_name(gguf_name: str, source: str = "GGUF") -> str:
                     f"(known: {', '.join(GGUF_GLOBAL_PARTS)}, blk.N.{{{', '.join(GGUF_LAYER_PARTS)}}})")
 
 
-def dequantize_tensor(tensor, source: str = "GGUF") -> np.ndarray:
-    """A GGUFReader tensor -> a float32 NumPy array in NumPy's axis order (a copy, not a file view).
+def dequantize_tensor(tensor: GGUFTensor, source: str = "GGUF") -> np.ndarray:
+    """A GGUF tensor -> a float32 NumPy array of its shape (a copy, not a file view).
 
-    GGUF lists dimensions fastest-first (ne[0] is the length of a row), NumPy slowest-first, so an
-    HF [out, in] matrix appears in the file with shape [in, out]: we reverse it.
+    float32, float16 and bfloat16 are plain element types; the block types (Q4_1: each run of 32
+    weights shares a scale and a minimum) are decoded by the `gguf` package's NumPy code.
     """
-    gguf = _import_gguf()
-    shape = tuple(int(n) for n in reversed(tensor.shape))
-    try:
-        values = gguf.quants.dequantize(tensor.data, tensor.tensor_type)
-    except NotImplementedError:
-        raise GGUFError(f"{source}: tensor {tensor.name!r} is stored as {tensor.tensor_type.name}, which the "
-                        f"installed gguf package cannot dequantize") from None
-    return np.array(values, dtype=np.float32).reshape(shape)  # np.array copies: the file may be closed
+    kind, raw = tensor.type_name, tensor.data
+    if kind == "F32":
+        values = raw.view("<f4")
+    elif kind == "F16":
+        values = raw.view("<f2")
+    elif kind == "BF16":
+        values = bf16_to_f32(raw.view("<u2"))
+    else:
+        gguf = _import_gguf()
+        try:
+            values = gguf.quants.dequantize(raw, gguf.GGMLQuantizationType(tensor.ggml_type))
+        except (NotImplementedError, ValueError):
+            raise GGUFError(f"{source}: tensor {tensor.name!r} is stored as {kind}, which the installed gguf "
+                            f"package cannot dequantize") from None
+    return np.array(values, dtype=np.float32).reshape(tensor.shape)  # np.array copies out of the file
 
 
 def read_gguf(path: str | Path, progress: bool = False) -> tuple[dict, dict[str, np.ndarray], dict]:
@@ -266,20 +236,16 @@ def read_gguf(path: str | Path, progress: bool = False) -> tuple[dict, dict[str,
 
     Quantized tensors are dequantized to float32; q_proj/k_proj rows are returned in HF's layout.
     """
-    gguf = _import_gguf()
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"GGUF file not found: {path}")
     try:
-        reader = gguf.GGUFReader(path)
-    except Exception as e:  # the reader raises ValueError/struct.error/... on a damaged file
-        raise GGUFError(f"{path}: not a readable GGUF file ({type(e).__name__}: {e})") from None
+        file = read_gguf_file(path)
+    except GGUFError as e:
+        raise GGUFError(f"not a readable GGUF file: {e}") from None
     source = str(path)
-    metadata = read_metadata(reader, source)
-    names = [t.name for t in reader.tensors]
-    config = config_from_metadata(metadata, names, source)
+    metadata = file.metadata
+    config = config_from_metadata(metadata, [t.name for t in file.tensors], source)
 
-    items = reader.tensors
+    items = file.tensors
     if progress:
         from tqdm.auto import tqdm
 
@@ -293,7 +259,6 @@ def read_gguf(path: str | Path, progress: bool = False) -> tuple[dict, dict[str,
         elif ".k_proj." in name:
             w = unpermute_qk(w, config["num_key_value_heads"])
         tensors[name] = w
-    del reader  # closes the memory map
 
     embed = tensors.get("model.embed_tokens.weight")
     if embed is None:

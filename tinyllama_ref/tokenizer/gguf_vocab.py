@@ -19,23 +19,9 @@ from .tokenizer import AddedToken, Tokenizer
 
 def read_gguf_metadata(path) -> dict:
     """The key/value metadata of a GGUF file as plain Python values (tensors are not read)."""
-    try:
-        import gguf
-    except ImportError as e:
-        raise ImportError("reading .gguf files needs the `gguf` package: pip install 'tinyllama-ref[gguf]'") from e
-    path = Path(path)
-    try:
-        reader = gguf.GGUFReader(str(path))
-    except (OSError, ValueError) as e:
-        raise ValueError(f"{path} is not a readable GGUF file: {e}") from e
-    meta = {}
-    for key, f in reader.fields.items():
-        value = f.contents()
-        if f.types and f.types[-1] == gguf.GGUFValueType.STRING and isinstance(value, list) \
-                and value and isinstance(value[0], bytes):
-            value = [v.decode("utf-8") for v in value]
-        meta[key] = value
-    return meta
+    from ..gguf_file import read_gguf_file
+
+    return read_gguf_file(path).metadata
 
 
 def tokenizer_from_gguf(path) -> Tokenizer:
@@ -50,7 +36,7 @@ def _require(meta: dict, key: str, source: str):
 
 
 def tokenizer_from_gguf_metadata(meta: dict, source: str = "<gguf metadata>") -> Tokenizer:
-    """A Tokenizer from GGUF metadata (a dict of key -> Python value, as gguf.GGUFReader gives).
+    """A Tokenizer from GGUF metadata (a dict of key -> Python value, as `read_gguf_metadata` gives).
 
     >>> tok = tokenizer_from_gguf_metadata(read_gguf_metadata("model.gguf"))   # doctest: +SKIP
     """
