@@ -24,11 +24,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from timing import PREFILL_REPEATS, last_position, time_greedy  # benchmarks/timing.py, beside this script
+
 ROOT = Path(__file__).resolve().parents[1]
 TINYLLAMA_1B = dict(vocab_size=32000, hidden_size=2048, intermediate_size=5632, num_hidden_layers=22,
                     num_attention_heads=32, num_key_value_heads=4, max_position_embeddings=2048,
                     rms_norm_eps=1e-5, architectures=["LlamaForCausalLM"], model_type="llama")
-PREFILL_REPEATS = 3
 
 
 def peak_rss_mib() -> float:
@@ -54,20 +55,10 @@ def worker_ours(model_dir: str, prompt_tokens: int, new_tokens: int) -> dict:
     load_s = time.perf_counter() - t0
     load_rss = peak_rss_mib()
     model(ids[:4][None])  # warm-up: page the weights in
-    prefill_s = float("inf")
-    for _ in range(PREFILL_REPEATS):  # best of a few: one timing on a shared machine is noise
-        t0 = time.perf_counter()
-        out = model(ids[None], use_cache=True, logits_to_keep=1)
-        prefill_s = min(prefill_s, time.perf_counter() - t0)
-    cache = out.past_key_values
-    token = int(out.logits[0, -1].argmax())
-    tokens = [token]
-    t0 = time.perf_counter()
-    for _ in range(new_tokens - 1):
-        out = model([[token]], past_key_values=cache, use_cache=True)
-        token = int(out.logits[0, -1].argmax())
-        tokens.append(token)
-    decode_s = time.perf_counter() - t0
+    prefill_s, decode_s, tokens, _ = time_greedy(
+        lambda: last_position(model(ids[None], use_cache=True, logits_to_keep=1)),
+        lambda token, cache: last_position(model([[token]], past_key_values=cache, use_cache=True)),
+        new_tokens)
     return dict(load_s=load_s, load_peak_rss_mib=load_rss, prefill_tok_s=prompt_tokens / prefill_s,
                 decode_tok_s=(new_tokens - 1) / decode_s, peak_rss_mib=peak_rss_mib(), tokens=tokens,
                 params=model.num_parameters())
@@ -86,21 +77,11 @@ def worker_torch(model_dir: str, prompt_tokens: int, new_tokens: int) -> dict:
     ids = (torch.arange(prompt_tokens) * 7919 + 11) % vocab
     with torch.inference_mode():
         model(ids[None, :4])
-        prefill_s = float("inf")
-        for _ in range(PREFILL_REPEATS):
-            t0 = time.perf_counter()
-            out = model(ids[None], use_cache=True, logits_to_keep=1)
-            prefill_s = min(prefill_s, time.perf_counter() - t0)
-        cache = out.past_key_values
-        token = int(out.logits[0, -1].argmax())
-        tokens = [token]
-        t0 = time.perf_counter()
-        for _ in range(new_tokens - 1):
-            out = model(torch.tensor([[token]]), past_key_values=cache, use_cache=True)
-            cache = out.past_key_values
-            token = int(out.logits[0, -1].argmax())
-            tokens.append(token)
-        decode_s = time.perf_counter() - t0
+        prefill_s, decode_s, tokens, _ = time_greedy(
+            lambda: last_position(model(ids[None], use_cache=True, logits_to_keep=1)),
+            lambda token, cache: last_position(model(torch.tensor([[token]]), past_key_values=cache,
+                                                     use_cache=True)),
+            new_tokens)
     return dict(load_s=load_s, load_peak_rss_mib=load_rss, prefill_tok_s=prompt_tokens / prefill_s,
                 decode_tok_s=(new_tokens - 1) / decode_s, peak_rss_mib=peak_rss_mib(), tokens=tokens)
 

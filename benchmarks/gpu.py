@@ -1,7 +1,7 @@
 """GPU speed, side by side: tinyllama_ref on CuPy against HF transformers on torch (eager and sdpa), same GPU.
 
-For each shape: prefill tokens/s (one forward over a 512-token prompt) and decode tokens/s (greedy,
-batch 1, 128 new tokens from the KV cache), plus the memory-bandwidth limit for decode: the weight
+For each shape: prefill tokens/s (one forward over a 512-token prompt, best of 3) and decode
+tokens/s (greedy, batch 1, 128 new tokens from the KV cache), plus the memory-bandwidth limit for decode: the weight
 bytes read per token divided by the measured device-to-device copy bandwidth.
 
 Shapes (random float16 weights generated on the device, identical for both implementations):
@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import argparse
 import time
+
+from timing import last_position, time_greedy  # benchmarks/timing.py, beside this script
 
 SHAPES = {
     "llama2-7b": dict(vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
@@ -49,19 +51,11 @@ def bench_ours(config, tensors, backend, dtype, prompt_tokens, new_tokens):
     ids = xp.asarray((np.arange(prompt_tokens) * 7919 + 11) % config.vocab_size)[None]
     model(ids[:, :8])  # warm-up (kernel compilation, cuBLAS handles)
     sync(xp)
-    t0 = time.perf_counter()
-    out = model(ids, use_cache=True, logits_to_keep=1)
-    token = int(out.logits[0, -1].argmax())
-    prefill = prompt_tokens / (time.perf_counter() - t0)
-    last_logits = to_numpy(out.logits[0, -1]).astype(np.float32)
-    cache, tokens = out.past_key_values, [token]
-    t0 = time.perf_counter()
-    for _ in range(new_tokens - 1):
-        out = model(xp.asarray([[token]]), past_key_values=cache, use_cache=True)
-        token = int(out.logits[0, -1].argmax())  # the one host transfer per step
-        tokens.append(token)
-    decode = (new_tokens - 1) / (time.perf_counter() - t0)
-    return prefill, decode, tokens, last_logits
+    prefill_s, decode_s, tokens, logits = time_greedy(
+        lambda: last_position(model(ids, use_cache=True, logits_to_keep=1)),
+        lambda token, cache: last_position(model(xp.asarray([[token]]), past_key_values=cache, use_cache=True)),
+        new_tokens)
+    return prompt_tokens / prefill_s, (new_tokens - 1) / decode_s, tokens, to_numpy(logits).astype(np.float32)
 
 
 def bench_hf(config, tensors, attn, torch_dtype, device, prompt_tokens, new_tokens):
@@ -94,21 +88,13 @@ def bench_hf(config, tensors, attn, torch_dtype, device, prompt_tokens, new_toke
     with torch.inference_mode():
         model(ids[:, :8])
         synchronize()
-        t0 = time.perf_counter()
-        out = model(ids, use_cache=True, logits_to_keep=1)
-        token = int(out.logits[0, -1].argmax())
-        prefill = prompt_tokens / (time.perf_counter() - t0)
-        last_logits = out.logits[0, -1].float().cpu().numpy()
-        cache, tokens = out.past_key_values, [token]
-        t0 = time.perf_counter()
-        for _ in range(new_tokens - 1):
-            out = model(torch.tensor([[token]], device=device), past_key_values=cache, use_cache=True)
-            cache = out.past_key_values
-            token = int(out.logits[0, -1].argmax())
-            tokens.append(token)
-        decode = (new_tokens - 1) / (time.perf_counter() - t0)
+        prefill_s, decode_s, tokens, logits = time_greedy(
+            lambda: last_position(model(ids, use_cache=True, logits_to_keep=1)),
+            lambda token, cache: last_position(model(torch.tensor([[token]], device=device), past_key_values=cache,
+                                                     use_cache=True)),
+            new_tokens)
     del model, state
-    return prefill, decode, tokens, last_logits
+    return prompt_tokens / prefill_s, (new_tokens - 1) / decode_s, tokens, logits.float().cpu().numpy()
 
 
 def copy_bandwidth(xp, mib=1024):
