@@ -145,3 +145,12 @@ def test_agrees_with_llama_cpp_reader_on_a_file_written_by_its_writer(tmp_path):
     for o, t in zip(ours.tensors, theirs.tensors):
         assert o.shape == tuple(int(n) for n in reversed(t.shape)) and o.ggml_type == int(t.tensor_type)
         assert o.data.tobytes() == np.asarray(t.data).tobytes(), o.name
+
+
+def test_block_sizes_agree_with_llama_cpp_table():
+    """Our table of ggml types (name, weights per block, bytes per block) is gguf's own, for every id it lists."""
+    constants = pytest.importorskip("gguf.constants", reason="the gguf package is not installed")
+    from tinyllama_ref.gguf_file import GGML_TYPES
+
+    for q, sizes in constants.GGML_QUANT_SIZES.items():
+        assert GGML_TYPES.get(q.value) == (q.name, *sizes), q.name

@@ -40,7 +40,21 @@ GGML_TYPES = {
     20: ("IQ4_NL", 32, 18), 21: ("IQ3_S", 256, 110), 22: ("IQ2_S", 256, 82), 23: ("IQ4_XS", 256, 136),
     24: ("I8", 1, 1), 25: ("I16", 1, 2), 26: ("I32", 1, 4), 27: ("I64", 1, 8), 28: ("F64", 1, 8),
     29: ("IQ1_M", 256, 56), 30: ("BF16", 1, 2), 34: ("TQ1_0", 256, 54), 35: ("TQ2_0", 256, 66),
+    39: ("MXFP4", 32, 17), 40: ("NVFP4", 64, 36), 41: ("Q1_0", 128, 18),
 }
+
+
+def ggml_type(kind: int) -> tuple[str, int, int] | None:
+    """(name, weights per block, bytes per block) of a ggml type id; newer ids from the gguf package's table."""
+    if kind in GGML_TYPES:
+        return GGML_TYPES[kind]
+    try:
+        from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
+
+        q = GGMLQuantizationType(kind)
+        return (q.name, *GGML_QUANT_SIZES[q])
+    except (ImportError, ValueError, KeyError):
+        return None
 
 
 class GGUFError(ValueError):
@@ -62,7 +76,7 @@ class GGUFTensor:
 
     @property
     def type_name(self) -> str:
-        return GGML_TYPES.get(self.ggml_type, (f"ggml type {self.ggml_type}",))[0]
+        return ggml_type(self.ggml_type)[0]
 
 
 @dataclass
@@ -172,9 +186,10 @@ def read_gguf_file(path: str | Path) -> GGUFFile:
 
 def _tensor(buf, start: int, name: str, ne: list[int], kind: int, offset: int, source: str) -> GGUFTensor:
     """A view of one tensor's bytes, shaped [rows..., bytes per row]."""
-    if kind not in GGML_TYPES:
+    known = ggml_type(kind)
+    if known is None:
         raise GGUFError(f"{source}: tensor {name!r} has ggml type {kind}, which this reader does not know")
-    type_name, block, block_bytes = GGML_TYPES[kind]
+    type_name, block, block_bytes = known
     if not ne or ne[0] % block:
         raise GGUFError(f"{source}: tensor {name!r} ({type_name}) has rows of {ne[0] if ne else 0} values, "
                               f"not a multiple of its block size {block}")
