@@ -93,7 +93,6 @@ def bench_hf(config, tensors, attn, torch_dtype, device, prompt_tokens, new_toke
             lambda token, cache: last_position(model(torch.tensor([[token]], device=device), past_key_values=cache,
                                                      use_cache=True)),
             new_tokens)
-    del model, state
     return prompt_tokens / prefill_s, (new_tokens - 1) / decode_s, tokens, logits.float().cpu().numpy()
 
 

@@ -10,8 +10,7 @@
 """
 from __future__ import annotations
 
-from pathlib import Path
-
+from ..gguf_file import read_gguf_file
 from .sp_model import BYTE, CONTROL, UNKNOWN, USER_DEFINED, SentencePieceBPE
 from .sp_normalizer import NormalizerSpec, parse_charsmap
 from .tokenizer import AddedToken, Tokenizer
@@ -19,8 +18,6 @@ from .tokenizer import AddedToken, Tokenizer
 
 def read_gguf_metadata(path) -> dict:
     """The key/value metadata of a GGUF file as plain Python values (tensors are not read)."""
-    from ..gguf_file import read_gguf_file
-
     return read_gguf_file(path).metadata
 
 
