@@ -6,7 +6,6 @@ invariants a correct decoder must have, on random configs drawn by hypothesis.
 import math
 
 import numpy as np
-import pytest
 from hypothesis import given, settings, strategies as st
 
 import tinyllama_ref as tl

@@ -9,7 +9,6 @@ pins it to `layers.0.self_attn.q_rope`.
 from __future__ import annotations
 
 import importlib.util
-import io
 import json
 from pathlib import Path
 
