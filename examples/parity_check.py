@@ -54,12 +54,12 @@ def main(argv=None) -> int:
     theirs = trace_forward(tl.load(model_dir, dtype="float64"), ids)
     save_tensors(out / "float64.safetensors", theirs)
     # 3. A buggy implementation: the same code with RoPE on the wrong pairs.
-    original = tinyllama_ref.model.apply_rope
-    tinyllama_ref.model.apply_rope = apply_rope_interleaved
+    original = tinyllama_ref.instrumented.apply_rope
+    tinyllama_ref.instrumented.apply_rope = apply_rope_interleaved
     try:
         broken = trace_forward(tl.load(model_dir, dtype="float32"), ids)
     finally:
-        tinyllama_ref.model.apply_rope = original
+        tinyllama_ref.instrumented.apply_rope = original
     save_tensors(out / "broken.safetensors", broken)
 
     report = io.StringIO()

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from tinyllama_ref.config import LlamaConfig
-from tinyllama_ref.rope import rope_inv_freq
+from tinyllama_ref.rope_scaling import rope_inv_freq
 
 HEAD_DIM = 128  # LLaMA-7B: 4096 hidden / 32 heads
 TRAINED = 4096  # the context length the model was trained with (Llama-2)

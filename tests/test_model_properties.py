@@ -9,8 +9,9 @@ import numpy as np
 from hypothesis import given, settings, strategies as st
 
 import tinyllama_ref as tl
-from tinyllama_ref.layers import linear, linear_tp
-from tinyllama_ref.rope import apply_rope, rope_cos_sin, rope_inv_freq
+from tinyllama_ref.llama import apply_rope, linear, rope_cos_sin
+from tinyllama_ref.rope_scaling import rope_inv_freq
+from tinyllama_ref.tensor_parallel import linear_tp
 from tinyllama_ref.weights import random_tensors
 
 TOL = 1e-4  # max |Δlogits| in float32, as for parity with transformers
@@ -166,7 +167,7 @@ def test_list_input_is_a_batch_of_one():
        st.integers(1, 2))
 def test_grouped_attention_equals_repeat_kv_then_plain_attention(heads, s, past, b):
     """Stacking a group's query heads against one shared k/v head == copying k/v per head (repeat_kv)."""
-    from tinyllama_ref.layers import attention_mask_bias, repeat_kv, scaled_dot_product_attention, softmax
+    from tinyllama_ref.llama import attention_mask_bias, repeat_kv, scaled_dot_product_attention, softmax
 
     h, g = heads
     rng = np.random.default_rng(h * 100 + s * 10 + past)

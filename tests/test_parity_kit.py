@@ -162,9 +162,9 @@ def test_walkthrough_hf_and_ours_agree_then_a_planted_rope_bug_is_pinned(tiny_hf
     assert worst < 1e-4, f"largest difference {worst:.2e}"
 
     # Step 5: a broken implementation. Its dump diverges first at layer 0's rotated queries.
-    import tinyllama_ref.model
+    import tinyllama_ref.instrumented
 
-    monkeypatch.setattr(tinyllama_ref.model, "apply_rope", apply_rope_interleaved)
+    monkeypatch.setattr(tinyllama_ref.instrumented, "apply_rope", apply_rope_interleaved)
     assert cli.main(["dump", "--model", model, "--prompt", PROMPT, "--out", str(broken)]) == 0
     monkeypatch.undo()
     capsys.readouterr()

@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import regex
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -49,7 +50,7 @@ def smollm2_original(smollm2, tmp_path_factory):
 
 @pytest.mark.live
 @SETTINGS
-@given(text=mixed.filter(lambda s: not any(c.isdigit() for c in s)))
+@given(text=mixed.filter(lambda s: not regex.search(r"\p{N}", s)))  # \p{N}: what the digit split cuts ('¼' too)
 def test_smollm2_gguf_matches_transformers(smollm2, text):
     ours, hf = smollm2
     ids = hf.encode(text, add_special_tokens=False)

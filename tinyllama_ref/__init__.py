@@ -7,7 +7,8 @@
 from . import chat
 from .config import ConfigError, LlamaConfig
 from .generation import GenerationStats, SamplingParams, generate, generate_batch, stream
-from .model import InputError, KVCache, Model, ModelOutput, build_model, forward, load
+from .kv_cache import KVCache
+from .model import InputError, Model, ModelOutput, build_model, forward, load
 from .tokenizer import Tokenizer, load_tokenizer
 from .weights import CheckpointError
 

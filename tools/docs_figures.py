@@ -39,7 +39,7 @@ def load_example(name: str):
 
 def causal_padding_mask(path: Path) -> Path:
     """Three masks from `attention_mask_bias`: plain causal, a left-padded row, and one cached decoding step."""
-    from tinyllama_ref.layers import attention_mask_bias
+    from tinyllama_ref.llama import attention_mask_bias
 
     plt = _plt()
     padded = np.array([[1, 1, 1, 1, 1, 1], [0, 0, 1, 1, 1, 1]])  # row 1: two pad tokens on the left
@@ -71,7 +71,7 @@ def causal_padding_mask(path: Path) -> Path:
 
 def gqa_head_sharing(path: Path, n_heads: int = 8, n_kv_heads: int = 2) -> Path:
     """Query heads and the key/value head each one reads, as `repeat_kv` assigns them."""
-    from tinyllama_ref.layers import repeat_kv
+    from tinyllama_ref.llama import repeat_kv
 
     plt = _plt()
     n_rep = n_heads // n_kv_heads
@@ -103,7 +103,8 @@ def gqa_head_sharing(path: Path, n_heads: int = 8, n_kv_heads: int = 2) -> Path:
 def rope_rotation(path: Path, head_dim: int = 64) -> Path:
     """RoPE makes q·k depend on the offset only: scores of fixed q, k placed at many position pairs."""
     from tinyllama_ref.config import LlamaConfig
-    from tinyllama_ref.rope import apply_rope, rope_cos_sin, rope_inv_freq
+    from tinyllama_ref.llama import apply_rope, rope_cos_sin
+    from tinyllama_ref.rope_scaling import rope_inv_freq
 
     plt = _plt()
     config = LlamaConfig(hidden_size=head_dim * 4, num_attention_heads=4)

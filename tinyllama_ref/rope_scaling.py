@@ -1,21 +1,12 @@
-r"""Rotary position embedding (RoPE) and its six documented variants.
+r"""RoPE scalings: five ways to stretch a model's context by changing RoPE's frequencies.
 
-RoPE encodes position $m$ by rotating each pair of query/key features by the angle $m\,\theta_i$,
-where $\theta_i = b^{-2i/d}$ ($b$ = `rope_theta`, $d$ = head_dim, $i = 0 \dots d/2-1$):
-
-$$\begin{pmatrix} q'_{i} \\ q'_{i+d/2} \end{pmatrix} =
-  \begin{pmatrix} \cos m\theta_i & -\sin m\theta_i \\ \sin m\theta_i & \cos m\theta_i \end{pmatrix}
-  \begin{pmatrix} q_{i} \\ q_{i+d/2} \end{pmatrix}$$
-
-Because rotations compose, $\langle R_m q, R_n k\rangle = \langle q, R_{n-m} k\rangle$: the attention
-score depends only on the offset $n - m$. Hugging Face pairs feature $i$ with $i + d/2$
-("rotate half"); Meta and llama.cpp pair $2i$ with $2i+1$ (see `gguf.py` for the permutation
-between the two layouts).
-
-The scaling variants only change the inverse frequencies $\theta_i$ (and, for yarn and longrope,
-multiply cos and sin by an attention factor). As in transformers' `modeling_rope_utils.py`, one
-registry maps each `rope_type` to a function returning `(inv_freq, attention_factor)`. All of it is
-computed in float32, whatever the weights' dtype.
+The core (`llama.py`) rotates pair $i$ of a query or key at position $m$ by $m\,\theta_i$ with
+$\theta_i = b^{-2i/d}$. A model trained on $L$ positions has never seen the slow pairs turn further
+than $L\,\theta_i$; each scaling below changes the $\theta_i$ (and, for yarn and longrope, multiplies
+cos and sin by an attention factor) so that longer inputs stay in familiar territory. As in
+transformers' `modeling_rope_utils.py`, one registry maps each `rope_type` of the config to a function
+returning `(inv_freq, attention_factor)`, which is all the core consumes. All of it is computed in
+float32 NumPy, whatever the weights' dtype.
 """
 from __future__ import annotations
 
@@ -23,8 +14,8 @@ import math
 
 import numpy as np
 
-from .backend import xp_of
 from .config import LlamaConfig
+from .llama import rope_frequencies
 
 F32 = np.float32
 
@@ -34,19 +25,14 @@ def _exponents(dim: int) -> np.ndarray:
     return np.arange(0, dim, 2, dtype=np.int64).astype(F32) / F32(dim)
 
 
-def _base_inv_freq(base: float, dim: int) -> np.ndarray:
-    r"""$\theta_i = b^{-2i/d}$ (the original RoPE frequencies)."""
-    return (F32(1.0) / np.power(F32(base), _exponents(dim))).astype(F32)
-
-
 def default_inv_freq(p: dict, dim: int, max_pos: int, seq_len: int | None):
     """Original RoPE (Su et al. 2021): no scaling."""
-    return _base_inv_freq(p["rope_theta"], dim), 1.0
+    return rope_frequencies(p["rope_theta"], dim), 1.0
 
 
 def linear_inv_freq(p: dict, dim: int, max_pos: int, seq_len: int | None):
     r"""Position interpolation (kaiokendev; Chen et al. 2023): $\theta_i / s$, i.e. position $m$ acts as $m/s$."""
-    return (_base_inv_freq(p["rope_theta"], dim) / F32(p["factor"])).astype(F32), 1.0
+    return (rope_frequencies(p["rope_theta"], dim) / F32(p["factor"])).astype(F32), 1.0
 
 
 def dynamic_inv_freq(p: dict, dim: int, max_pos: int, seq_len: int | None):
@@ -55,7 +41,7 @@ def dynamic_inv_freq(p: dict, dim: int, max_pos: int, seq_len: int | None):
     n = max(seq_len or max_pos, max_pos)
     s = p["factor"]
     base = p["rope_theta"] * ((s * n / max_pos) - (s - 1)) ** (dim / (dim - 2))
-    return _base_inv_freq(base, dim), 1.0
+    return rope_frequencies(base, dim), 1.0
 
 
 def yarn_inv_freq(p: dict, dim: int, max_pos: int, seq_len: int | None):
@@ -113,7 +99,7 @@ def longrope_inv_freq(p: dict, dim: int, max_pos: int, seq_len: int | None):
 def llama3_inv_freq(p: dict, dim: int, max_pos: int, seq_len: int | None):
     r"""Llama 3.1: wavelengths longer than $L/\text{low}$ are divided by $s$, shorter than $L/\text{high}$
     are kept, and those between are blended smoothly."""
-    inv_freq = _base_inv_freq(p["rope_theta"], dim)
+    inv_freq = rope_frequencies(p["rope_theta"], dim)
     s, lo, hi = p["factor"], p["low_freq_factor"], p["high_freq_factor"]
     orig = p["original_max_position_embeddings"]
     wavelen = F32(2 * math.pi) / inv_freq
@@ -144,31 +130,3 @@ def rope_inv_freq(config: LlamaConfig, seq_len: int | None = None) -> tuple[np.n
     p = config.rope_parameters
     fn = ROPE_INIT_FUNCTIONS[p["rope_type"]]
     return fn(p, config.head_dim, config.max_position_embeddings, seq_len)
-
-
-def rope_cos_sin(inv_freq, position_ids, attention_factor: float = 1.0):
-    r"""cos and sin of $m\,\theta_i$ for each position: [batch, seq] -> two [batch, seq, head_dim] arrays.
-
-    The frequencies are repeated ([θ0..θ(d/2-1), θ0..θ(d/2-1)]) to match the rotate-half pairing.
-    """
-    xp = xp_of(position_ids)
-    inv_freq = xp.asarray(inv_freq, dtype=F32)
-    freqs = position_ids[..., None].astype(F32) * inv_freq  # [b, s, d/2]
-    emb = xp.concatenate([freqs, freqs], axis=-1)  # [b, s, d]
-    return xp.cos(emb) * F32(attention_factor), xp.sin(emb) * F32(attention_factor)
-
-
-def rotate_half(x):
-    """[x1, x2] -> [-x2, x1] on the last axis: the 90° turn of every (x[i], x[i + d/2]) pair."""
-    xp = xp_of(x)
-    half = x.shape[-1] // 2
-    return xp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
-
-
-def apply_rope(x, cos, sin):
-    r"""Rotate queries or keys [batch, heads, seq, head_dim] by their positions: $x\cos + \mathrm{rot}(x)\sin$.
-
-    cos and sin are [batch, seq, head_dim]; they broadcast over the heads axis.
-    """
-    cos, sin = cos[:, None].astype(x.dtype), sin[:, None].astype(x.dtype)
-    return x * cos + rotate_half(x) * sin
