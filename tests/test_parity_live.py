@@ -173,3 +173,19 @@ def test_live_sequence_classification(data):
     d = float(np.abs(got - want).max())
     record_parity("sequence classification", "max|Δlogits|", d, table="live parity (worst per rope type)")
     assert d <= TOL_LOGITS, f"max |Δlogits| = {d:.3g} for config {config_kwargs}"
+
+
+@pytest.mark.parametrize("hidden_act", ["silu", "swish", "relu", "gelu", "gelu_new", "gelu_pytorch_tanh"])
+def test_live_every_activation(hidden_act):
+    """`llama.py` calls SiLU itself; any other `hidden_act` runs through `instrumented.decoder_layer`."""
+    config_kwargs = dict(vocab_size=48, hidden_size=32, intermediate_size=40, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                         hidden_act=hidden_act)
+    ids = np.random.default_rng(1).integers(0, 48, (2, 12))
+    with tempfile.TemporaryDirectory() as tmp:
+        hf = build_and_save(transformers.LlamaForCausalLM, config_kwargs, 7, Path(tmp))
+        want = hf_logits(hf, ids, None, None)
+        got = np.asarray(tl.load(tmp)(ids).logits)
+    d = float(np.abs(got - want).max())
+    record_parity(f"hidden_act {hidden_act}", "max|Δlogits|", d, table="live parity (worst per rope type)")
+    assert d <= TOL_LOGITS, f"max |Δlogits| = {d:.3g} with hidden_act={hidden_act}"

@@ -1,19 +1,15 @@
 r"""The activation functions a config can name (`hidden_act`); LLaMA uses SiLU, $z\,\sigma(z)$.
 
 The others appear in configs of LLaMA-architecture models trained elsewhere, and transformers runs
-them, so we do too: `activation(config.hidden_act)` picks one by name.
+them, so we do too: `activation(config.hidden_act)` picks one by name. `llama.py` calls SiLU
+directly; a config that names another runs through `instrumented.decoder_layer`.
 """
 from __future__ import annotations
 
 import math
 
 from .backend import xp_of
-
-
-def silu(x):
-    r"""SiLU, also called swish (Elfwing et al. 2017): $x\,\sigma(x) = x / (1 + e^{-x})$. LLaMA's choice."""
-    xp = xp_of(x)
-    return x / (1 + xp.exp(-x))
+from .llama import silu
 
 
 def relu(x):

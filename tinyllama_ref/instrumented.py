@@ -1,8 +1,9 @@
 """The decoder layer again, built from `llama.py`'s functions one named step at a time.
 
-Two things need to reach inside a layer: the parity kit's `dump`, which records every intermediate
-under a stable name (`parity.py` lists them), and `pretraining_tp`, which computes each projection
-in slices (`tensor_parallel.py`). Neither is written into the core. `model.forward` runs this layer
+Three things need to reach inside a layer: the parity kit's `dump`, which records every intermediate
+under a stable name (`parity.py` lists them), `pretraining_tp`, which computes each projection in
+slices (`tensor_parallel.py`), and an activation other than SiLU (`activations.py`). None of them is
+written into the core. `model.forward` runs this layer
 instead of `llama.decoder_layer` when one of them is asked for. With the plain projection it is the
 same computation, op for op: tests/test_instrumented.py checks the logits are bit-identical.
 """

@@ -16,7 +16,6 @@ import math
 
 import numpy as np
 
-from .activations import activation
 from .backend import xp_of
 
 F32 = np.float32
@@ -173,13 +172,17 @@ def self_attention(p: dict, x, cos, sin, mask_bias, config, cache=None, layer: i
     return linear(merge_heads(out), p["o_proj"]), probs
 
 
-def swiglu_mlp(p: dict, x, act):
+def silu(x):
+    r"""SiLU, or swish (Elfwing et al. 2017): $x\,\sigma(x) = x / (1 + e^{-x})$."""
+    return x / (1 + xp_of(x).exp(-x))
+
+
+def swiglu_mlp(p: dict, x):
     r"""SwiGLU (Shazeer 2020): $W_\text{down}\,(\mathrm{SiLU}(W_\text{gate} x) \odot W_\text{up} x)$.
 
-    $\mathrm{SiLU}(z) = z\,\sigma(z)$ gates the up projection feature by feature.
-    [b, s, D] -> gate, up [b, s, F] -> [b, s, D]
+    The SiLU of one projection gates the other, feature by feature. [b, s, D] -> [b, s, F] -> [b, s, D]
     """
-    return linear(act(linear(x, p["gate_proj"])) * linear(x, p["up_proj"]), p["down_proj"])
+    return linear(silu(linear(x, p["gate_proj"])) * linear(x, p["up_proj"]), p["down_proj"])
 
 
 def decoder_layer(p: dict, x, cos, sin, mask_bias, config, cache=None, layer: int = 0, past_len: int = 0):
@@ -188,8 +191,7 @@ def decoder_layer(p: dict, x, cos, sin, mask_bias, config, cache=None, layer: in
     attn, probs = self_attention(p["self_attn"], rms_norm(x, p["input_layernorm"]["weight"], eps), cos, sin,
                                  mask_bias, config, cache, layer, past_len)
     x = x + attn
-    x = x + swiglu_mlp(p["mlp"], rms_norm(x, p["post_attention_layernorm"]["weight"], eps),
-                       activation(config.hidden_act))
+    x = x + swiglu_mlp(p["mlp"], rms_norm(x, p["post_attention_layernorm"]["weight"], eps))
     return x, probs
 
 

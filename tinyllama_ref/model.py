@@ -115,7 +115,8 @@ def forward(params: dict, config: LlamaConfig, input_ids, attention_mask=None, p
     if trace is not None:
         trace.update(input_ids=input_ids, embed_tokens=x)
     layer_fn = llama.decoder_layer
-    if trace is not None or config.pretraining_tp > 1:  # steps inside the layer are observed, or sliced
+    if trace is not None or config.pretraining_tp > 1 or config.hidden_act not in ("silu", "swish"):
+        # a variant inside the layer: its steps are observed, its projections sliced, or its activation another
         layer_fn = partial(instrumented.decoder_layer, trace=trace, project=sliced_projection(config.pretraining_tp))
     hidden_states, attentions = [x], []
     for i, layer_params in enumerate(m["layers"]):
