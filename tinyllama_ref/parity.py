@@ -19,6 +19,10 @@ Stable names, in forward order (b = batch, s = tokens, h/g = query/kv heads, d =
     norm                                    [b, s, D]
     logits                                  [b, s, V]
 
+`input_ids`, `embed_tokens`, `norm` and `logits` are recorded by `model.forward`; the names inside
+a layer by `instrumented.decoder_layer`, which runs the same functions as `llama.decoder_layer` and
+gives bit-identical logits (tests/test_instrumented.py). The core itself is never wrapped.
+
 Another implementation that writes the same names (safetensors or .npz) can be checked with
 `tinyllama-ref compare ours.safetensors theirs.safetensors`, which names the first tensor that diverges.
 """
