@@ -6,6 +6,7 @@ invariants a correct decoder must have, on random configs drawn by hypothesis.
 import math
 
 import numpy as np
+import pytest
 from hypothesis import given, settings, strategies as st
 
 import tinyllama_ref as tl
@@ -182,3 +183,17 @@ def test_grouped_attention_equals_repeat_kv_then_plain_attention(heads, s, past,
     ref_probs = softmax(q @ kr.swapaxes(-1, -2) * d ** -0.5 + bias)
     np.testing.assert_allclose(probs, ref_probs, atol=1e-6)
     np.testing.assert_allclose(out, ref_probs @ vr, atol=1e-5)
+
+
+def test_labels_are_checked_before_the_cache_is_written():
+    """A call that fails validation leaves the cache as it was, so a corrected retry computes the same."""
+    config = tl.LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=16, num_hidden_layers=1,
+                            num_attention_heads=2)
+    model = make_model(config)
+    cache = model([[1, 2, 3]], use_cache=True).past_key_values
+    for labels, keep in (([[1, 2]], 0), ([[1]], 2)):  # the wrong shape; logits not kept for every position
+        with pytest.raises(tl.InputError):
+            model([[4]], past_key_values=cache, labels=labels, logits_to_keep=keep)
+        assert cache.length == 3
+    fresh = model([[1, 2, 3]], use_cache=True).past_key_values
+    np.testing.assert_array_equal(model([[4]], past_key_values=cache).logits, model([[4]], past_key_values=fresh).logits)

@@ -101,6 +101,8 @@ def forward(params: dict, config: LlamaConfig, input_ids, attention_mask=None, p
     b, s = input_ids.shape
     if config.head == "sequence_classification" and config.pad_token_id is None and b != 1:
         raise InputError("sequence classification of a batch needs a pad_token_id in the config")
+    if labels is not None and config.head == "causal_lm":  # checked before the cache is written
+        labels = check_labels(labels, logits_to_keep, b, s, xp)
     m = params["model"]
     x = llama.embed(m["embed_tokens"]["weight"], input_ids)  # [b, s, D]
     if config.is_open_llama and config.use_stable_embedding:
@@ -145,16 +147,20 @@ def forward(params: dict, config: LlamaConfig, input_ids, attention_mask=None, p
         if trace is not None:
             trace["logits"] = out.logits
         if labels is not None:
-            out.loss = losses.causal_lm_loss(out.logits, check_labels(labels, out.logits, b, s, xp))
+            out.loss = losses.causal_lm_loss(out.logits, labels)
     return out
 
 
-def check_labels(labels, logits, b: int, s: int, xp):
+def check_labels(labels, logits_to_keep, b: int, s: int, xp):
     """Labels for the causal-LM loss: the shape of input_ids, and logits kept for every position."""
     labels = xp.asarray(labels)
     if labels.shape != (b, s):
         raise InputError(f"labels must have the shape of input_ids {(b, s)}, got {tuple(labels.shape)}")
-    if logits.shape[1] != s:
+    if isinstance(logits_to_keep, (int, np.integer)):
+        kept = s if logits_to_keep == 0 else min(int(logits_to_keep), s)
+    else:
+        kept = len(logits_to_keep)
+    if kept != s:
         raise InputError("labels need logits for every position: use logits_to_keep=0 with labels")
     return labels
 
