@@ -191,9 +191,9 @@ def test_labels_are_checked_before_the_cache_is_written():
                             num_attention_heads=2)
     model = make_model(config)
     cache = model([[1, 2, 3]], use_cache=True).past_key_values
-    for labels, keep in (([[1, 2]], 0), ([[1]], 2)):  # the wrong shape; logits not kept for every position
+    for labels, keep in (([[1, 2, 3]], 0), ([[4, 5]], 1)):  # the wrong shape; logits not kept for every position
         with pytest.raises(tl.InputError):
-            model([[4]], past_key_values=cache, labels=labels, logits_to_keep=keep)
+            model([[4, 5]], past_key_values=cache, labels=labels, logits_to_keep=keep)
         assert cache.length == 3
     fresh = model([[1, 2, 3]], use_cache=True).past_key_values
     np.testing.assert_array_equal(model([[4]], past_key_values=cache).logits, model([[4]], past_key_values=fresh).logits)
