@@ -21,9 +21,9 @@ gguf = pytest.importorskip("gguf", reason="the gguf package is not installed: pi
 from gguf import GGMLQuantizationType as Q  # noqa: E402
 
 from tinyllama_ref.fetch import FetchError, fetch_smollm2, is_complete, resolve_model_name  # noqa: E402
-from tinyllama_ref.gguf import (GGUFError, dequantize_tensor, permute_qk,  # noqa: E402
+from tinyllama_ref.formats.gguf import (GGUFError, dequantize_tensor, permute_qk,  # noqa: E402
                                 read_gguf, tokenizer_json, unpermute_qk, write_hf_checkpoint)
-from tinyllama_ref.gguf_file import read_gguf_file  # noqa: E402
+from tinyllama_ref.formats.gguf_file import read_gguf_file  # noqa: E402
 from tinyllama_ref.tokenizer.hf_bpe import bytes_to_unicode  # noqa: E402
 
 import realdata  # noqa: E402

@@ -11,7 +11,7 @@ from hypothesis import given, settings, strategies as st
 import tinyllama_ref as tl
 from tinyllama_ref.layers import linear, linear_tp
 from tinyllama_ref.rope import apply_rope, rope_cos_sin, rope_inv_freq
-from tinyllama_ref.weights import random_tensors
+from tinyllama_ref.formats.checkpoint import random_tensors
 
 TOL = 1e-4  # max |Δlogits| in float32, as for parity with transformers
 

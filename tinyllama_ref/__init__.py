@@ -6,10 +6,10 @@
 """
 from . import chat
 from .config import ConfigError, LlamaConfig
+from .formats.safetensors import CheckpointError
 from .generation import GenerationStats, SamplingParams, generate, generate_batch, stream
 from .model import InputError, KVCache, Model, ModelOutput, build_model, forward, load
 from .tokenizer import Tokenizer, load_tokenizer
-from .weights import CheckpointError
 
 __version__ = "0.1.0"
 

@@ -23,7 +23,7 @@ from .config import LlamaConfig
 from .layers import (activation, attention_mask_bias, embed, layer_norm, linear, linear_tp, merge_heads,
                      rms_norm, scaled_dot_product_attention, split_heads, swiglu_mlp, tap)
 from .rope import apply_rope, rope_cos_sin, rope_inv_freq
-from .weights import build_params, read_checkpoint_tensors
+from .formats.checkpoint import build_params, read_checkpoint_tensors
 
 F32 = np.float32
 
@@ -361,7 +361,7 @@ class Model:
                        output_hidden_states, output_attentions, labels, logits_to_keep)
 
     def num_parameters(self) -> int:
-        from .weights import flatten
+        from .formats.checkpoint import flatten
 
         seen, total = set(), 0
         for arr in flatten(self.params).values():
@@ -388,7 +388,7 @@ def load(path: str | Path, backend: str | None = None, dtype: str = "float32", p
     path = Path(path).expanduser()
     bar = _progress_bar if progress else None
     if path.suffix == ".gguf":
-        from .gguf import read_gguf
+        from .formats.gguf import read_gguf
 
         config_dict, tensors, _ = read_gguf(path)
         config = LlamaConfig.from_dict(config_dict, source=str(path))

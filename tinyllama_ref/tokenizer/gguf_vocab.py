@@ -10,7 +10,7 @@
 """
 from __future__ import annotations
 
-from ..gguf_file import read_gguf_file
+from ..formats.gguf_file import read_gguf_file
 from .sp_model import BYTE, CONTROL, UNKNOWN, USER_DEFINED, SentencePieceBPE
 from .sp_normalizer import NormalizerSpec, parse_charsmap
 from .tokenizer import AddedToken, Tokenizer

@@ -27,9 +27,9 @@ from typing import Any
 
 import numpy as np
 
+from ..tokenizer.hf_bpe import BYTE_TO_CHAR
 from .gguf_file import GGUFError, GGUFTensor, read_gguf_file
-from .tokenizer.hf_bpe import BYTE_TO_CHAR
-from .weights import bf16_to_f32
+from .safetensors import bf16_to_f32
 
 GGUF_INSTALL_HINT = "pip install 'tinyllama-ref[gguf]'"
 
