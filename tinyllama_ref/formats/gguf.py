@@ -19,7 +19,6 @@ result is an ordinary HF checkpoint directory that needs neither llama.cpp nor t
 from __future__ import annotations
 
 import json
-import os
 import re
 import warnings
 from pathlib import Path
@@ -29,7 +28,7 @@ import numpy as np
 
 from ..tokenizer.hf_bpe import BYTE_TO_CHAR
 from .gguf_file import GGUFError, GGUFTensor, read_gguf_file
-from .safetensors import bf16_to_f32
+from .safetensors import bf16_to_f32, write_safetensors
 
 GGUF_INSTALL_HINT = "pip install 'tinyllama-ref[gguf]'"
 
@@ -448,8 +447,6 @@ def write_hf_checkpoint(gguf_path: str | Path, out_dir: str | Path, progress: bo
     generation_config.json, and tokenizer.json + tokenizer_config.json when the file has a tokenizer.
     Returns `out_dir`.
     """
-    from safetensors.numpy import save_file
-
     config, tensors, metadata = read_gguf(gguf_path, progress=progress)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -462,10 +459,7 @@ def write_hf_checkpoint(gguf_path: str | Path, out_dir: str | Path, progress: bo
     else:
         warnings.warn(f"{gguf_path}: no tokenizer in the metadata; wrote the model without one", stacklevel=2)
     # "format": "pt" is what transformers checks before it will load the file
-    weights = out / "model.safetensors"
-    save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(weights), metadata={"format": "pt"})
-    # safetensors writes through a private (0600) temporary file; give it the same mode as its neighbours
-    os.chmod(weights, (out / "config.json").stat().st_mode & 0o777)
+    write_safetensors(out / "model.safetensors", tensors, metadata={"format": "pt"})
     return out
 
 

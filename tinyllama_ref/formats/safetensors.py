@@ -1,4 +1,4 @@
-"""safetensors files: read (memory-mapped, bfloat16 rebuilt exactly) and written.
+"""safetensors files: read (memory-mapped, bfloat16 rebuilt exactly) and written (atomically).
 
 A safetensors file is an 8-byte little-endian header length N, N bytes of JSON naming each tensor's
 dtype, shape and byte range, then the raw bytes. We read it ourselves so that float32 tensors are
@@ -9,7 +9,10 @@ which file and which tensor.
 from __future__ import annotations
 
 import json
+import os
+import secrets
 import struct
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterable, Mapping
 
@@ -96,7 +99,13 @@ def read_safetensors(path: str | Path) -> dict[str, np.ndarray]:
 
 def write_safetensors(path: str | Path, tensors: Mapping[str, np.ndarray], metadata: dict | None = None,
                       bf16: Iterable[str] = ()) -> None:
-    """Write tensors to a safetensors file. Names listed in `bf16` are stored as bfloat16 (rounded)."""
+    """Write tensors to a safetensors file. Names listed in `bf16` are stored as bfloat16 (rounded).
+
+    The file appears whole or not at all: it is written to a temporary file beside `path`, synced
+    to disk, then renamed onto `path`. A reader that has the old file memory-mapped keeps reading
+    the old bytes, and a crash leaves the old file (or none), never half a file. The new file gets
+    the permissions `open(path, "w")` would give it (0o666 less the umask).
+    """
     bf16 = set(bf16)
     names = {np.dtype(v).name: k for k, v in SAFETENSORS_DTYPES.items() if k != "BF16"}
     header: dict = {"__metadata__": {str(k): str(v) for k, v in (metadata or {}).items()}}
@@ -107,14 +116,37 @@ def write_safetensors(path: str | Path, tensors: Mapping[str, np.ndarray], metad
             data, dtype_name = f32_to_bf16(arr), "BF16"
         else:
             data, dtype_name = np.ascontiguousarray(arr), names[arr.dtype.name]
-        raw = data.tobytes()
-        header[name] = {"dtype": dtype_name, "shape": list(arr.shape), "data_offsets": [offset, offset + len(raw)]}
-        blobs.append(raw)
-        offset += len(raw)
+        header[name] = {"dtype": dtype_name, "shape": list(arr.shape), "data_offsets": [offset, offset + data.nbytes]}
+        blobs.append(data)
+        offset += data.nbytes
     head = json.dumps(header, separators=(",", ":")).encode("utf-8")
     head += b" " * (-len(head) % 8)  # align the data to 8 bytes, as the reference writer does
-    with open(path, "wb") as f:
+    with _replacing(Path(path)) as f:
         f.write(struct.pack("<Q", len(head)))
         f.write(head)
-        for raw in blobs:
-            f.write(raw)
+        for data in blobs:
+            f.write(data.reshape(-1).view(np.uint8))  # the array's own bytes, no copy
+
+
+@contextmanager
+def _replacing(path: Path):
+    """A new file opened for writing that replaces `path` only once it is complete and on disk."""
+    for _ in range(100):
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            # O_EXCL: a name nobody else holds; mode 0o666 less the umask, as a plain open() creates
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+            break
+        except FileExistsError:
+            continue
+    else:
+        raise FileExistsError(f"could not create a temporary file beside {path}")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
