@@ -123,6 +123,8 @@ READING_PLAN = [
         ("rest", "tinyllama_ref.formats.gguf_file?"),
         ("text", "### From GGUF to Hugging Face"), ("doc", "tinyllama_ref.formats.gguf?"),
         ("rest", "tinyllama_ref.formats.gguf?"),
+        ("text", "### llama.cpp's pre-tokenizers"), ("doc", "tinyllama_ref.formats.gguf_pretokenizers?"),
+        ("rest", "tinyllama_ref.formats.gguf_pretokenizers?"),
         ("text", "## Fetching models"), ("doc", "tinyllama_ref.fetch?"), ("rest", "tinyllama_ref.fetch?")]),
     ("a2-backend.md", "B. NumPy and CuPy", [
         ("doc", "tinyllama_ref.backend"), ("rest", "tinyllama_ref.backend")]),
