@@ -107,6 +107,7 @@ READING_PLAN = [
         ("text", "## SentencePiece BPE"), ("doc", TOK + "sp_model"), ("rest", TOK + "sp_model"),
         ("text", "## The merge loop"), ("doc", TOK + "bpe"), ("rest", TOK + "bpe"),
         ("text", "## The Tokenizer object and its loaders"), ("rest", TOK + "tokenizer"),
+        ("doc", TOK + "loaders?"), ("rest", TOK + "loaders?"),
         ("text", "## Reading `tokenizer.model`: protobuf"), ("doc", TOK + "protobuf"), ("rest", TOK + "protobuf"),
         ("text", "## Byte-level BPE and `tokenizer.json`"), ("doc", TOK + "hf_bpe?"), ("rest", TOK + "hf_bpe?"),
         ("doc", TOK + "hf_json?"), ("rest", TOK + "hf_json?"),
