@@ -133,7 +133,8 @@ READING_PLAN = [
         ("doc", "tinyllama_ref.parity"), ("rest", "tinyllama_ref.parity")]),
     ("a4-cli.md", "D. The command line and chat", [
         ("doc", "tinyllama_ref.cli"), ("rest", "tinyllama_ref.cli"),
-        ("text", "## Chat"), ("doc", "tinyllama_ref.chat?"), ("rest", "tinyllama_ref.chat?")]),
+        ("text", "## Chat"), ("doc", "tinyllama_ref.conversation?"),
+        ("rest", "tinyllama_ref.conversation?")]),
 ]
 OTHERS_PAGE = ("a9-everything-else.md", "E. Everything else")
 

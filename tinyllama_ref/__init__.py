@@ -4,8 +4,8 @@
     model = tl.load("path/to/checkpoint")          # HF directory or .gguf file
     out = model([[1, 15043, 3186]])               # out.logits: [batch, seq, vocab]
 """
-from . import chat
 from .config import ConfigError, LlamaConfig
+from .conversation import chat
 from .formats.safetensors import CheckpointError
 from .generation import GenerationStats, SamplingParams, generate, generate_batch, stream
 from .model import InputError, KVCache, Model, ModelOutput, build_model, forward, load

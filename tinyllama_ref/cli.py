@@ -110,7 +110,7 @@ def cmd_generate(args) -> int:
 
 
 def cmd_chat(args) -> int:
-    from .chat import chat
+    from .conversation import chat
 
     model, tokenizer = _load(args)
     chat(model, tokenizer, system=args.system, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
