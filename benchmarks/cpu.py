@@ -141,7 +141,8 @@ def run_worker(kind: str, *args, threads: int) -> dict:
 def make_random_checkpoint(shape: dict, out: Path) -> Path:
     """A random-weight float32 checkpoint of the given shape, written once and reused."""
     import tinyllama_ref as tl
-    from tinyllama_ref.weights import random_tensors, write_safetensors
+    from tinyllama_ref.formats.checkpoint import random_tensors
+    from tinyllama_ref.formats.safetensors import write_safetensors
 
     if (out / "model.safetensors").is_file():
         return out
@@ -159,7 +160,7 @@ def matrices_read_per_token(model_dir: Path) -> list[tuple[int, int]]:
     Not the embedding table, of which a step reads one row (unless the head is tied to it).
     """
     from tinyllama_ref.config import LlamaConfig
-    from tinyllama_ref.weights import expected_shapes
+    from tinyllama_ref.formats.checkpoint import expected_shapes
 
     config = LlamaConfig.from_json(model_dir / "config.json")
     shapes, _ = expected_shapes(config)
@@ -175,7 +176,7 @@ def bytes_read_per_token(model_dir: Path) -> int:
 def weight_bytes(model_dir: Path) -> int:
     """All float32 weight bytes (what loading holds), the tied head counted once."""
     from tinyllama_ref.config import LlamaConfig
-    from tinyllama_ref.weights import expected_shapes
+    from tinyllama_ref.formats.checkpoint import expected_shapes
 
     import numpy as np
 

@@ -125,7 +125,7 @@ def main():
 
     import tinyllama_ref as tl
     from tinyllama_ref.backend import get_module
-    from tinyllama_ref.weights import random_tensors
+    from tinyllama_ref.formats.checkpoint import random_tensors
 
     if args.cpu_smoke:
         backend, device, shapes, dtype = "numpy", "cpu", ["smoke"], "float32"

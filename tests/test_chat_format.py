@@ -6,7 +6,7 @@ import shutil
 import pytest
 
 from realdata import mistral_tokenizer_path
-from tinyllama_ref import chat
+from tinyllama_ref.conversation import apply_chat_template, compile_chat_template, format_dialog
 from tinyllama_ref.tokenizer import load_tokenizer
 
 spm = pytest.importorskip("sentencepiece")
@@ -60,7 +60,7 @@ def mistral():
 @pytest.mark.parametrize("dialog", DIALOGS)
 def test_format_dialog_matches_meta_reference(mistral, dialog):
     tok, sp = mistral
-    assert chat.format_dialog(dialog, tok) == meta_chat_completion_tokens(sp, dialog)
+    assert format_dialog(dialog, tok) == meta_chat_completion_tokens(sp, dialog)
 
 
 @pytest.mark.parametrize("messages, error", [
@@ -75,7 +75,7 @@ def test_format_dialog_matches_meta_reference(mistral, dialog):
 ])
 def test_format_dialog_errors(mistral, messages, error):
     with pytest.raises(ValueError, match=error.replace("[", r"\[")):
-        chat.format_dialog(messages, mistral[0])
+        format_dialog(messages, mistral[0])
 
 
 @pytest.fixture(scope="module")
@@ -96,25 +96,25 @@ def hf_llama2_chat(tmp_path_factory):
 def test_llama2_chat_template_matches_transformers(hf_llama2_chat, dialog):
     hf, ours = hf_llama2_chat
     text = hf.apply_chat_template(dialog, tokenize=False, add_generation_prompt=True)
-    assert chat.apply_chat_template(ours, dialog, tokenize=False) == text
+    assert apply_chat_template(ours, dialog, tokenize=False) == text
     hf_ids = hf.apply_chat_template(dialog, tokenize=True, add_generation_prompt=True, return_dict=False)
-    assert chat.apply_chat_template(ours, dialog) == list(hf_ids)
+    assert apply_chat_template(ours, dialog) == list(hf_ids)
 
 
 def test_template_errors_are_raised(hf_llama2_chat):
     import jinja2
     _, ours = hf_llama2_chat
     with pytest.raises(jinja2.exceptions.TemplateError, match="must alternate"):
-        chat.apply_chat_template(ours, [{"role": "assistant", "content": "x"}])
+        apply_chat_template(ours, [{"role": "assistant", "content": "x"}])
     ours_no_template = load_tokenizer(mistral_tokenizer_path())
     with pytest.raises(ValueError, match="has no chat template"):
-        chat.apply_chat_template(ours_no_template, [{"role": "user", "content": "x"}])
+        apply_chat_template(ours_no_template, [{"role": "user", "content": "x"}])
 
 
 def test_template_sandbox_and_helpers():
-    t = chat.compile_chat_template("{{ x | tojson }} {{ strftime_now('%Y') | length }}{% for i in [1,2,3] %}"
+    t = compile_chat_template("{{ x | tojson }} {{ strftime_now('%Y') | length }}{% for i in [1,2,3] %}"
                                    "{% if i == 2 %}{% break %}{% endif %}{{ i }}{% endfor %}")
     assert t.render(x={"é": 1}) == '{"é": 1} 41'
     import jinja2
     with pytest.raises(jinja2.exceptions.SecurityError):
-        chat.compile_chat_template("{{ ''.__class__.__mro__ }}").render()
+        compile_chat_template("{{ ''.__class__.__mro__ }}").render()

@@ -4,7 +4,7 @@ import pytest
 
 import tinyllama_ref as tl
 from tinyllama_ref.backend import cupy_available, to_numpy
-from tinyllama_ref.weights import random_tensors
+from tinyllama_ref.formats.checkpoint import random_tensors
 
 pytestmark = pytest.mark.skipif(not cupy_available(), reason="CuPy with a CUDA GPU is not available here")
 

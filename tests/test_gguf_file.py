@@ -1,4 +1,4 @@
-"""Our GGUF container reader (`tinyllama_ref.gguf_file`): every value type, tensor views, and bad files.
+"""Our GGUF container reader (`tinyllama_ref.formats.gguf_file`): every value type, tensor views, and bad files.
 
 Files are written two ways: by hand with `struct` here (so that the reader is tested without the
 `gguf` package, which it does not need), and by llama.cpp's own `gguf.GGUFWriter`, whose reader
@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tinyllama_ref.gguf_file import GGUFError, read_gguf_file
+from tinyllama_ref.formats.gguf_file import GGUFError, read_gguf_file
 
 
 def gguf_string(s: str) -> bytes:
@@ -150,7 +150,7 @@ def test_agrees_with_llama_cpp_reader_on_a_file_written_by_its_writer(tmp_path):
 def test_block_sizes_agree_with_llama_cpp_table():
     """Our table of ggml types (name, weights per block, bytes per block) is gguf's own, for every id it lists."""
     constants = pytest.importorskip("gguf.constants", reason="the gguf package is not installed")
-    from tinyllama_ref.gguf_file import GGML_TYPES
+    from tinyllama_ref.formats.gguf_file import GGML_TYPES
 
     for q, sizes in constants.GGML_QUANT_SIZES.items():
         assert GGML_TYPES.get(q.value) == (q.name, *sizes), q.name

@@ -11,7 +11,7 @@ from hypothesis import given, settings, strategies as st
 import tinyllama_ref as tl
 from tinyllama_ref import llama
 from tinyllama_ref.parity import LAYER_ORDER, trace_forward
-from tinyllama_ref.weights import random_tensors  # formats.checkpoint after the move
+from tinyllama_ref.formats.checkpoint import random_tensors
 
 
 @st.composite

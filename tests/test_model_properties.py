@@ -13,7 +13,7 @@ import tinyllama_ref as tl
 from tinyllama_ref.llama import apply_rope, linear, rope_cos_sin
 from tinyllama_ref.rope_scaling import rope_inv_freq
 from tinyllama_ref.tensor_parallel import linear_tp
-from tinyllama_ref.weights import random_tensors
+from tinyllama_ref.formats.checkpoint import random_tensors
 
 TOL = 1e-4  # max |Δlogits| in float32, as for parity with transformers
 

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from realdata import llama_cpp_vocab_path, mistral_tokenizer_path, smollm2_gguf_path, training_corpus
-from tinyllama_ref import chat
+from tinyllama_ref.conversation import apply_chat_template
 from tinyllama_ref.tokenizer import load_tokenizer
 from tinyllama_ref.tokenizer.hf_bpe import bytes_to_unicode
 
@@ -132,10 +132,10 @@ def test_llama3_vocab_matches_llama_cpp_test_vectors():
 def test_smollm2_chat_template_matches_transformers(smollm2, messages, add_generation_prompt):
     ours, hf = smollm2
     text = hf.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
-    assert chat.apply_chat_template(ours, messages, add_generation_prompt, tokenize=False) == text
+    assert apply_chat_template(ours, messages, add_generation_prompt, tokenize=False) == text
     ids = hf.apply_chat_template(messages, tokenize=True, add_generation_prompt=add_generation_prompt,
                                  return_dict=False)
-    assert chat.apply_chat_template(ours, messages, add_generation_prompt) == list(ids)
+    assert apply_chat_template(ours, messages, add_generation_prompt) == list(ids)
 
 
 def test_gguf_metadata_fields(smollm2):

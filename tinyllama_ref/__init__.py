@@ -4,13 +4,13 @@
     model = tl.load("path/to/checkpoint")          # HF directory or .gguf file
     out = model([[1, 15043, 3186]])               # out.logits: [batch, seq, vocab]
 """
-from . import chat
 from .config import ConfigError, LlamaConfig
+from .conversation import chat
+from .formats.safetensors import CheckpointError
 from .generation import GenerationStats, SamplingParams, generate, generate_batch, stream
 from .kv_cache import KVCache
 from .model import InputError, Model, ModelOutput, build_model, forward, load
 from .tokenizer import Tokenizer, load_tokenizer
-from .weights import CheckpointError
 
 __version__ = "0.1.0"
 

@@ -110,7 +110,7 @@ def cmd_generate(args) -> int:
 
 
 def cmd_chat(args) -> int:
-    from .chat import chat
+    from .conversation import chat
 
     model, tokenizer = _load(args)
     chat(model, tokenizer, system=args.system, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
@@ -120,7 +120,7 @@ def cmd_chat(args) -> int:
 
 def cmd_info(args) -> int:
     import tinyllama_ref as tl
-    from .weights import flatten
+    from .formats.checkpoint import flatten
 
     path = resolve_model(args.model)
     model = tl.load(path, dtype="float32")
@@ -158,7 +158,7 @@ def cmd_tokenize(args) -> int:
 
 
 def cmd_convert(args) -> int:
-    from .gguf import convert_gguf
+    from .formats.gguf import convert_gguf
 
     out = convert_gguf(args.gguf, args.out_dir, progress=sys.stderr.isatty())
     print(f"wrote {out}")

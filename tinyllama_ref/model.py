@@ -23,7 +23,7 @@ from .config import LlamaConfig
 from .kv_cache import KVCache, cache_signature
 from .rope_scaling import rope_inv_freq
 from .tensor_parallel import sliced_projection
-from .weights import build_params, flatten, read_checkpoint_tensors
+from .formats.checkpoint import build_params, flatten, read_checkpoint_tensors
 
 
 class InputError(ValueError):
@@ -239,7 +239,7 @@ def load(path: str | Path, backend: str | None = None, dtype: str = "float32", p
     path = Path(path).expanduser()
     bar = _progress_bar if progress else None
     if path.suffix == ".gguf":
-        from .gguf import read_gguf
+        from .formats.gguf import read_gguf
 
         config_dict, tensors, _ = read_gguf(path)
         config = LlamaConfig.from_dict(config_dict, source=str(path))

@@ -38,7 +38,7 @@ import numpy as np
 
 from .backend import to_numpy
 from .model import forward
-from .weights import read_safetensors, read_safetensors_header, write_safetensors
+from .formats.safetensors import read_safetensors, read_safetensors_header, write_safetensors
 
 LAYER_ORDER = ["input_layernorm", "self_attn.q", "self_attn.k", "self_attn.v", "self_attn.q_rope",
                "self_attn.k_rope", "self_attn.probs", "self_attn.context", "self_attn.o_proj", "attn_residual",

@@ -5,6 +5,7 @@
     >>> tok.decode(tok.encode("Hello world"), skip_special_tokens=True)    # doctest: +SKIP
     'Hello world'
 """
-from .tokenizer import AddedToken, BatchEncoding, Tokenizer, load_tokenizer, tokenizer_from_file
+from .loaders import load_tokenizer, tokenizer_from_file
+from .tokenizer import AddedToken, BatchEncoding, Tokenizer
 
 __all__ = ["AddedToken", "BatchEncoding", "Tokenizer", "load_tokenizer", "tokenizer_from_file"]

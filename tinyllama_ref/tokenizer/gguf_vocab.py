@@ -5,13 +5,15 @@
     tokenizer.ggml.scores       SentencePiece scores ("llama")
     tokenizer.ggml.token_type   1 normal, 2 unknown, 3 control, 4 user-defined, 5 unused, 6 byte (SentencePiece's numbering)
     tokenizer.ggml.merges       "left right" strings, best first ("gpt2")
-    tokenizer.ggml.pre          the name of the pre-tokenizer regex ("gpt2")
+    tokenizer.ggml.pre          the pre-tokenizer's name ("gpt2"; see tinyllama_ref.formats.gguf_pretokenizers)
     tokenizer.ggml.{bos,eos,unknown,padding}_token_id, tokenizer.ggml.add_{bos,eos}_token, tokenizer.chat_template
 """
 from __future__ import annotations
 
-from ..gguf_file import read_gguf_file
-from .sp_model import BYTE, CONTROL, UNKNOWN, USER_DEFINED, SentencePieceBPE
+from ..formats.gguf_file import read_gguf_file
+from ..formats.gguf_pretokenizers import gguf_pre_tokenizer
+from .hf_bpe import MergesBPE
+from .sp_model import BYTE, CONTROL, NORMAL, UNKNOWN, USER_DEFINED, SentencePieceBPE
 from .sp_normalizer import NormalizerSpec, parse_charsmap
 from .tokenizer import AddedToken, Tokenizer
 
@@ -40,7 +42,7 @@ def tokenizer_from_gguf_metadata(meta: dict, source: str = "<gguf metadata>") ->
     kind = _require(meta, "tokenizer.ggml.model", source)
     tokens = list(_require(meta, "tokenizer.ggml.tokens", source))
     n = len(tokens)
-    types = list(meta.get("tokenizer.ggml.token_type") or [1] * n)
+    types = list(meta.get("tokenizer.ggml.token_type") or [NORMAL] * n)
     if len(types) != n:
         raise ValueError(f"{source}: {n} tokens but {len(types)} token types")
 
@@ -62,10 +64,10 @@ def tokenizer_from_gguf_metadata(meta: dict, source: str = "<gguf metadata>") ->
                                  normalizer=spec, byte_fallback=BYTE in types, source=source)
         special_types = (CONTROL, UNKNOWN)
     elif kind == "gpt2":
-        from .hf_bpe import MergesBPE, pretokenizer_pattern_for
         merges = list(_require(meta, "tokenizer.ggml.merges", source))
-        patterns, ignore_merges = pretokenizer_pattern_for(meta.get("tokenizer.ggml.pre", "default"), source)
-        model = MergesBPE.from_vocab_and_merges(tokens, merges, patterns, source=source, ignore_merges=ignore_merges)
+        pre = gguf_pre_tokenizer(meta.get("tokenizer.ggml.pre"), source)
+        model = MergesBPE.from_vocab_and_merges(tokens, merges, list(pre.splits), source=source,
+                                                ignore_merges=pre.ignore_merges)
         special_types = (CONTROL, USER_DEFINED, UNKNOWN)
     else:
         raise NotImplementedError(f"{source}: tokenizer.ggml.model = {kind!r} is not supported "

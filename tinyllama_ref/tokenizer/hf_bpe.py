@@ -17,15 +17,6 @@ from dataclasses import dataclass, field
 from .bpe import bpe_merge, encode_words
 
 GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
-LLAMA3_PATTERN = (r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"""
-                  r"""|\s*[\r\n]+|\s+(?!\S)|\s+""")
-# tokenizer.ggml.pre -> the regexes llama.cpp (llama-vocab.cpp) applies one after another, and ignore_merges
-GGUF_PRE_TOKENIZERS = {
-    "default": ([GPT2_PATTERN], False), "gpt2": ([GPT2_PATTERN], False),
-    "smollm": ([r"\p{N}", GPT2_PATTERN], False),  # SmolLM2: digits one by one, then GPT-2's regex
-    "starcoder": ([r"\p{N}", GPT2_PATTERN], False), "refact": ([r"\p{N}", GPT2_PATTERN], False),
-    "llama-bpe": ([LLAMA3_PATTERN], True), "llama3": ([LLAMA3_PATTERN], True),
-}
 
 
 def bytes_to_unicode() -> dict[int, str]:
@@ -247,14 +238,3 @@ DECODER_STEPS = {
     "strip": _decode_strip,
     "metaspace": _decode_metaspace,
 }
-
-
-def pretokenizer_pattern_for(pre: str, source: str) -> tuple[list[str], bool]:
-    """The regexes and ignore_merges flag llama.cpp uses for a GGUF `tokenizer.ggml.pre` name."""
-    if pre not in GGUF_PRE_TOKENIZERS:
-        raise NotImplementedError(f"{source}: tokenizer.ggml.pre = {pre!r} is not supported "
-                                  f"(known: {', '.join(sorted(GGUF_PRE_TOKENIZERS))})")
-    return GGUF_PRE_TOKENIZERS[pre]
-
-
-

@@ -24,7 +24,7 @@ from .bpe import bpe_merge, decode_utf8_per_byte, encode_words, make_splitter
 from .protobuf import ProtobufError, parse_message
 from .sp_normalizer import SPACE_SYMBOL, NormalizerSpec, normalize, parse_charsmap
 
-# ModelProto.SentencePiece.Type
+# ModelProto.SentencePiece.Type; GGUF's tokenizer.ggml.token_type uses the same numbers (llama.cpp's llama_token_type)
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
 MERGEABLE = (NORMAL, USER_DEFINED, UNUSED)  # the rest are "reserved": never formed by a merge
 BPE_MODEL_TYPE = 2

@@ -1,4 +1,4 @@
-"""The Tokenizer front object: special tokens, BOS/EOS, batching, and the loaders for every file kind.
+"""The Tokenizer front object: special tokens, BOS/EOS, batching (its loaders are in `loaders`).
 
 A Tokenizer wraps one model (SentencePiece BPE for LLaMA, byte-level BPE for GPT-2-style
 vocabularies) and adds what Hugging Face's tokenizers add around it:
@@ -12,10 +12,8 @@ vocabularies) and adds what Hugging Face's tokenizers add around it:
 """
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
@@ -66,11 +64,6 @@ class Tokenizer:
 
     def __post_init__(self):
         self.set_added_tokens(self.added_tokens)
-
-    @staticmethod
-    def from_file(path) -> "Tokenizer":
-        """A tokenizer from one file: tokenizer.model (SentencePiece), tokenizer.json (HF tokenizers) or .gguf."""
-        return tokenizer_from_file(path)
 
     # --- vocabulary -------------------------------------------------------------------------
     @property
@@ -201,116 +194,3 @@ class Tokenizer:
             special = self.special_ids
             ids = [i for i in ids if i not in special]
         return self.model.decode(ids, render_control=not skip_special_tokens)
-
-
-# --- loading ------------------------------------------------------------------------------------
-TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json")
-
-
-def load_tokenizer(path) -> Tokenizer:
-    """The tokenizer of a checkpoint directory (or a single file).
-
-    In a directory we use tokenizer.model (SentencePiece) when present, else tokenizer.json,
-    else a single *.gguf; tokenizer_config.json and special_tokens_map.json beside it set
-    add_bos_token / add_eos_token / legacy / special tokens / chat_template.
-    """
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"no tokenizer at {path}: the path does not exist")
-    if path.is_file():
-        return tokenizer_from_file(path)
-    for name in TOKENIZER_FILES:
-        if (path / name).is_file():
-            tok = tokenizer_from_file(path / name)
-            break
-    else:
-        ggufs = sorted(path.glob("*.gguf"))
-        if len(ggufs) != 1:
-            found = ", ".join(p.name for p in sorted(path.iterdir())[:20]) or "nothing"
-            raise FileNotFoundError(f"no tokenizer in {path}: expected one of {', '.join(TOKENIZER_FILES)} "
-                                    f"or a single .gguf file, found {found}")
-        tok = tokenizer_from_file(ggufs[0])
-    apply_tokenizer_config(tok, path)
-    return tok
-
-
-def tokenizer_from_file(path) -> Tokenizer:
-    """A Tokenizer from one file; the kind is read from the suffix, else from the first bytes."""
-    path = Path(path)
-    try:
-        with open(path, "rb") as f:
-            head = f.read(8)
-    except OSError as e:
-        raise FileNotFoundError(f"cannot read tokenizer file {path}: {e.strerror or e}") from e
-    if path.suffix == ".gguf" or head.startswith(b"GGUF"):
-        from .gguf_vocab import tokenizer_from_gguf
-        return tokenizer_from_gguf(path)
-    if path.suffix == ".json" or head.lstrip().startswith(b"{"):
-        from .hf_json import tokenizer_from_json
-        return tokenizer_from_json(path)
-    from .sp_model import load_sentencepiece_model
-    return tokenizer_from_sentencepiece(load_sentencepiece_model(path))
-
-
-def tokenizer_from_sentencepiece(model) -> Tokenizer:
-    """Wrap a SentencePiece model the way HF's LlamaTokenizer does: BOS on, EOS off, control pieces and
-    <unk> matched in text."""
-    from .sp_model import CONTROL, UNKNOWN
-    added = [AddedToken(p, i) for i, (p, t) in enumerate(zip(model.pieces, model.types)) if t in (CONTROL, UNKNOWN)]
-    return Tokenizer(model=model, added_tokens=added, bos_id=model.bos_id, eos_id=model.eos_id,
-                     unk_id=model.unk_id, pad_id=model.pad_id, add_bos=model.bos_id is not None,
-                     add_eos=False, legacy=True, source=model.source)
-
-
-def _token_content(value):
-    """A special token from tokenizer_config.json: a string, or an AddedToken dict with "content"."""
-    if isinstance(value, dict):
-        return value.get("content")
-    return value
-
-
-def apply_tokenizer_config(tok: Tokenizer, directory: Path) -> None:
-    """Apply tokenizer_config.json, special_tokens_map.json and chat_template.jinja from a checkpoint directory."""
-    config = {}
-    for name in ("special_tokens_map.json", "tokenizer_config.json"):  # the config wins where both say
-        p = directory / name
-        if p.is_file():
-            try:
-                data = json.loads(p.read_text(encoding="utf-8"))
-            except (json.JSONDecodeError, UnicodeDecodeError) as e:
-                raise ValueError(f"{p} is not valid JSON: {e}") from None
-            if not isinstance(data, dict):
-                raise ValueError(f"{p} must hold a JSON object, got {type(data).__name__}")
-            config.update(data)
-    added = {t.content: t for t in tok.added_tokens}
-    for key, value in (config.get("added_tokens_decoder") or {}).items():
-        content = _token_content(value)
-        if content is not None and content not in added:
-            added[content] = AddedToken(content, int(key), special=bool(value.get("special", True)),
-                                        lstrip=bool(value.get("lstrip", False)), rstrip=bool(value.get("rstrip", False)))
-    for attr in ("bos", "eos", "unk", "pad"):
-        if f"{attr}_token" not in config:
-            continue
-        content = _token_content(config[f"{attr}_token"])
-        if content is None:
-            setattr(tok, f"{attr}_id", None)
-            continue
-        i = added[content].id if content in added else tok.piece_to_id(content)
-        if i is None:
-            raise ValueError(f"{directory}: {attr}_token {content!r} is not in the vocabulary of {tok.source}")
-        setattr(tok, f"{attr}_id", i)
-        added.setdefault(content, AddedToken(content, i))
-    tok.set_added_tokens(added.values())
-    if "add_bos_token" in config:
-        tok.add_bos = bool(config["add_bos_token"])
-    if "add_eos_token" in config:
-        tok.add_eos = bool(config["add_eos_token"])
-    if config.get("legacy") is not None:
-        tok.legacy = bool(config["legacy"])
-    template = config.get("chat_template")
-    if isinstance(template, list):  # [{"name": "default", "template": ...}, ...]
-        template = {t.get("name"): t.get("template") for t in template}.get("default")
-    if (directory / "chat_template.jinja").is_file():
-        template = (directory / "chat_template.jinja").read_text(encoding="utf-8")
-    if template:
-        tok.chat_template = template

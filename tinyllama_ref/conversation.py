@@ -1,4 +1,5 @@
-"""Chat prompts: Meta's Llama-2-chat format, and the Jinja chat templates that checkpoints carry.
+"""Conversations: Meta's Llama-2-chat prompt format, the Jinja chat templates that checkpoints carry,
+and the interactive chat (`chat`, exported as `tinyllama_ref.chat`).
 
 Llama-2-chat (Meta's `chat_completion` in llama/generation.py) puts each user/assistant exchange
 in its own BOS ... EOS sequence, and folds the optional system prompt into the first user turn:
@@ -183,15 +184,3 @@ def chat(model, tokenizer, system: str | None = None, max_new_tokens: int | None
         print(file=output)
         messages.append({"role": "assistant", "content": "".join(parts).strip()})
     return messages
-
-
-class _CallableModule(type(json)):
-    """Lets `tl.chat(model, tokenizer)` start a chat while `tl.chat.format_dialog` stays a module function."""
-
-    def __call__(self, *args, **kwargs):
-        return chat(*args, **kwargs)
-
-
-import sys as _sys  # noqa: E402
-
-_sys.modules[__name__].__class__ = _CallableModule

@@ -19,7 +19,6 @@ result is an ordinary HF checkpoint directory that needs neither llama.cpp nor t
 from __future__ import annotations
 
 import json
-import os
 import re
 import warnings
 from pathlib import Path
@@ -27,9 +26,11 @@ from typing import Any
 
 import numpy as np
 
+from ..tokenizer.hf_bpe import BYTE_TO_CHAR
+from ..tokenizer.sp_model import CONTROL, NORMAL, UNKNOWN, USER_DEFINED  # = tokenizer.ggml.token_type values
 from .gguf_file import GGUFError, GGUFTensor, read_gguf_file
-from .tokenizer.hf_bpe import BYTE_TO_CHAR
-from .weights import bf16_to_f32
+from .gguf_pretokenizers import PreTokenizer, gguf_pre_tokenizer
+from .safetensors import bf16_to_f32, write_safetensors
 
 GGUF_INSTALL_HINT = "pip install 'tinyllama-ref[gguf]'"
 
@@ -50,9 +51,6 @@ GGUF_GLOBAL_PARTS = {
     "output_norm": "model.norm",
     "output": "lm_head",
 }
-
-# tokenizer.ggml.token_type values (llama.cpp's llama_token_type / gguf.TokenType)
-TOKEN_NORMAL, TOKEN_UNKNOWN, TOKEN_CONTROL, TOKEN_USER_DEFINED, TOKEN_UNUSED, TOKEN_BYTE = 1, 2, 3, 4, 5, 6
 
 
 def _import_gguf():
@@ -271,32 +269,12 @@ def read_gguf(path: str | Path, progress: bool = False) -> tuple[dict, dict[str,
 
 # -- the tokenizer -----------------------------------------------------------------------------
 
-# `tokenizer.ggml.pre` names llama.cpp's pre-tokenizer (how text is cut before BPE). Each entry gives
-# what runs before tokenizers' ByteLevel GPT-2 split: nothing, or llama.cpp's "\p{N}" split (every
-# number character alone), or Llama 3's own regex in place of GPT-2's. Each is checked against
-# llama.cpp's expected token ids for its test vocabularies (tests/test_gguf.py).
-_DIGITS = {"type": "Digits", "individual_digits": True}
-_LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
-                 r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
-BYTE_LEVEL_PRE = {
-    "gpt2": [], "gpt-2": [],                                   # llama.cpp's LLAMA_VOCAB_PRE_TYPE_GPT2
-    "starcoder": [_DIGITS], "refact": [_DIGITS], "command-r": [_DIGITS], "smollm": [_DIGITS],  # ..._STARCODER & co
-    "llama-bpe": "llama3", "llama3": "llama3", "llama-v3": "llama3",  # ..._LLAMA3
-}
-
-
-def _byte_level_pre_tokenizer(pre: str | None, source: str) -> dict:
-    if pre not in BYTE_LEVEL_PRE:
-        said = "is missing" if pre is None else f"is {pre!r}"
-        raise GGUFError(f"{source}: tokenizer.ggml.pre (how text is split before BPE) {said}; supported: "
-                        f"{', '.join(sorted(BYTE_LEVEL_PRE))}")
-    if BYTE_LEVEL_PRE[pre] == "llama3":
-        return {"type": "Sequence", "pretokenizers": [
-            {"type": "Split", "pattern": {"Regex": _LLAMA3_SPLIT}, "behavior": "Isolated", "invert": False},
-            {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False}]}
-    byte_level = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}
-    first = BYTE_LEVEL_PRE[pre]
-    return {"type": "Sequence", "pretokenizers": [*first, byte_level]} if first else byte_level
+def _byte_level_pre_tokenizer(pre: PreTokenizer) -> dict:
+    """A pre-tokenizer in tokenizer.json's terms: each regex an Isolated split, then bytes -> characters."""
+    splits = [{"type": "Split", "pattern": {"Regex": regex}, "behavior": "Isolated", "invert": False}
+              for regex in pre.splits]
+    byte_level = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False}
+    return {"type": "Sequence", "pretokenizers": [*splits, byte_level]}
 
 
 def sentencepiece_merges(vocab: dict[str, int], scores: dict[str, float]) -> list[tuple[str, str]]:
@@ -360,7 +338,7 @@ def tokenizer_json(metadata: dict, source: str = "GGUF") -> dict:
     tokens = metadata.get("tokenizer.ggml.tokens")
     if model is None or tokens is None:
         raise GGUFError(f"{source}: no tokenizer in the metadata (tokenizer.ggml.model/tokens missing)")
-    types = metadata.get("tokenizer.ggml.token_type") or [TOKEN_NORMAL] * len(tokens)
+    types = metadata.get("tokenizer.ggml.token_type") or [NORMAL] * len(tokens)
     add_bos, add_eos = _add_bos_eos(metadata)
 
     if model == "gpt2":
@@ -372,15 +350,14 @@ def tokenizer_json(metadata: dict, source: str = "GGUF") -> dict:
         merges = [m.split(" ") for m in metadata.get("tokenizer.ggml.merges", [])]
         # a CONTROL token outside the alphabet is a converter's mislabel; as transformers, skip it
         added = [_added_token(i, tok, True) for i, (tok, kind) in enumerate(zip(tokens, types))
-                 if kind == TOKEN_CONTROL and set(tok) <= alphabet]
+                 if kind == CONTROL and set(tok) <= alphabet]
         added += [_added_token(i, tok, False) for i, (tok, kind) in enumerate(zip(tokens, types))
-                  if kind == TOKEN_USER_DEFINED and tok in vocab]
-        pre = metadata.get("tokenizer.ggml.pre")  # older files lack it: then we cannot know the split
-        pre_tokenizer = _byte_level_pre_tokenizer(pre, source)
-        # Llama 3 takes a whole piece that is in the vocabulary as is, before trying any merge
+                  if kind == USER_DEFINED and tok in vocab]
+        pre = gguf_pre_tokenizer(metadata.get("tokenizer.ggml.pre"), source)
+        pre_tokenizer = _byte_level_pre_tokenizer(pre)
         bpe = {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": "",
                "end_of_word_suffix": "", "fuse_unk": False, "byte_fallback": False,
-               "ignore_merges": BYTE_LEVEL_PRE[pre] == "llama3", "vocab": vocab, "merges": merges}
+               "ignore_merges": pre.ignore_merges, "vocab": vocab, "merges": merges}
         decoder = {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True}
         normalizer = None
     elif model == "llama":
@@ -392,9 +369,9 @@ def tokenizer_json(metadata: dict, source: str = "GGUF") -> dict:
             if scores is None:
                 raise GGUFError(f"{source}: a SentencePiece vocabulary needs tokenizer.ggml.scores or merges")
             merges = [list(m) for m in sentencepiece_merges(vocab, dict(zip(tokens, scores)))]
-        added = [_added_token(i, tok, kind in (TOKEN_CONTROL, TOKEN_UNKNOWN))
+        added = [_added_token(i, tok, kind in (CONTROL, UNKNOWN))
                  for i, (tok, kind) in enumerate(zip(tokens, types))
-                 if kind in (TOKEN_CONTROL, TOKEN_UNKNOWN, TOKEN_USER_DEFINED)]
+                 if kind in (CONTROL, UNKNOWN, USER_DEFINED)]
         unk_id = metadata.get("tokenizer.ggml.unknown_token_id")
         bpe = {"type": "BPE", "dropout": None, "unk_token": tokens[unk_id] if unk_id is not None else None,
                "continuing_subword_prefix": None, "end_of_word_suffix": None, "fuse_unk": True,
@@ -448,8 +425,6 @@ def write_hf_checkpoint(gguf_path: str | Path, out_dir: str | Path, progress: bo
     generation_config.json, and tokenizer.json + tokenizer_config.json when the file has a tokenizer.
     Returns `out_dir`.
     """
-    from safetensors.numpy import save_file
-
     config, tensors, metadata = read_gguf(gguf_path, progress=progress)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -462,10 +437,7 @@ def write_hf_checkpoint(gguf_path: str | Path, out_dir: str | Path, progress: bo
     else:
         warnings.warn(f"{gguf_path}: no tokenizer in the metadata; wrote the model without one", stacklevel=2)
     # "format": "pt" is what transformers checks before it will load the file
-    weights = out / "model.safetensors"
-    save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(weights), metadata={"format": "pt"})
-    # safetensors writes through a private (0600) temporary file; give it the same mode as its neighbours
-    os.chmod(weights, (out / "config.json").stat().st_mode & 0o777)
+    write_safetensors(out / "model.safetensors", tensors, metadata={"format": "pt"})
     return out
 
 

@@ -1,10 +1,7 @@
-"""Reading and writing checkpoints: safetensors files, sharded or not, and the parameter tree.
+"""Checkpoint directories and the parameter tree: which tensors a config needs, checked and nested.
 
-A safetensors file is an 8-byte little-endian header length N, N bytes of JSON naming each tensor's
-dtype, shape and byte range, then the raw bytes. We read it ourselves so that float32 tensors are
-memory-mapped (nothing is read until used, nothing is read twice), bfloat16 is rebuilt exactly as
-float32 (its 16 bits are the top half of a float32), and a damaged file gets an error that says
-which file and which tensor.
+A checkpoint directory holds one `model.safetensors`, or shards named by
+`model.safetensors.index.json` (each file is read by `tinyllama_ref.formats.safetensors`).
 
 The parameter tree mirrors the checkpoint's names: "model.layers.0.self_attn.q_proj.weight" is
 `params["model"]["layers"][0]["self_attn"]["q_proj"]["weight"]`.
@@ -12,92 +9,15 @@ The parameter tree mirrors the checkpoint's names: "model.layers.0.self_attn.q_p
 from __future__ import annotations
 
 import json
-import struct
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Mapping
 
 import numpy as np
 
-from .config import LlamaConfig
+from ..config import LlamaConfig
+from .safetensors import CheckpointError, read_safetensors
 
-SAFETENSORS_DTYPES = {
-    "F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": np.uint16,  # BF16: raw bits, see below
-    "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_,
-}
 COMPUTE_DTYPES = ("float32", "float16", "float64")
-MAX_HEADER = 100 * 1024 * 1024  # the safetensors format's own limit
-
-
-class CheckpointError(ValueError):
-    """A checkpoint file or tensor that cannot be used; the message says which and why."""
-
-
-def bf16_to_f32(bits: np.ndarray) -> np.ndarray:
-    """bfloat16 bits (uint16) -> float32, exactly: bfloat16 is the top 16 bits of a float32.
-
-    >>> bf16_to_f32(np.array([0x3F80, 0xC000], dtype=np.uint16))
-    array([ 1., -2.], dtype=float32)
-    """
-    return (bits.astype(np.uint32) << 16).view(np.float32)
-
-
-def f32_to_bf16(x: np.ndarray) -> np.ndarray:
-    """float32 -> bfloat16 bits (uint16), rounding to nearest even as torch does."""
-    u = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32).astype(np.uint64)
-    rounded = (u + 0x7FFF + ((u >> 16) & 1)) >> 16
-    return rounded.astype(np.uint16)
-
-
-def read_safetensors_header(path: Path) -> tuple[dict, int]:
-    """The JSON header of a safetensors file and the offset where tensor data starts."""
-    size = path.stat().st_size
-    with open(path, "rb") as f:
-        head = f.read(8)
-        if len(head) < 8:
-            raise CheckpointError(f"{path}: truncated safetensors file ({size} bytes, no header)")
-        (n,) = struct.unpack("<Q", head)
-        if n > MAX_HEADER or 8 + n > size:
-            raise CheckpointError(f"{path}: corrupt safetensors header (header length {n}, file size {size})")
-        raw = f.read(n)
-    try:
-        header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{path}: corrupt safetensors header: not JSON ({e})") from None
-    if not isinstance(header, dict):
-        raise CheckpointError(f"{path}: corrupt safetensors header: not a JSON object")
-    return header, 8 + n
-
-
-def read_safetensors(path: str | Path) -> dict[str, np.ndarray]:
-    """All tensors of one safetensors file as NumPy arrays, memory-mapped (read-only).
-
-    bfloat16 tensors come back as float32 (converted exactly); everything else keeps its dtype.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint file not found: {path}")
-    header, start = read_safetensors_header(path)
-    size = path.stat().st_size
-    mm = np.memmap(path, dtype=np.uint8, mode="r") if size > start else np.zeros(0, np.uint8)
-    out = {}
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        try:
-            dtype_name, shape, (begin, end) = info["dtype"], list(info["shape"]), info["data_offsets"]
-        except (KeyError, TypeError, ValueError):
-            raise CheckpointError(f"{path}: corrupt header entry for tensor {name!r}: {info!r}") from None
-        if dtype_name not in SAFETENSORS_DTYPES:
-            raise CheckpointError(f"{path}: tensor {name!r} has unsupported dtype {dtype_name}")
-        dtype = np.dtype(SAFETENSORS_DTYPES[dtype_name])
-        count = int(np.prod(shape, dtype=np.int64))
-        if end - begin != count * dtype.itemsize or begin < 0 or start + end > size:
-            raise CheckpointError(
-                f"{path}: tensor {name!r} ({dtype_name}, shape {shape}) needs {count * dtype.itemsize} bytes at "
-                f"[{begin}, {end}) but the file holds {size - start} data bytes: truncated or corrupt file")
-        arr = np.asarray(mm[start + begin:start + end]).view(dtype).reshape(shape)  # a plain view of the map
-        out[name] = bf16_to_f32(arr) if dtype_name == "BF16" else arr
-    return out
 
 
 def checkpoint_files(ckpt_dir: Path) -> list[Path]:
@@ -133,32 +53,6 @@ def read_checkpoint_tensors(ckpt_dir: str | Path) -> dict[str, np.ndarray]:
                 raise CheckpointError(f"{f}: tensor {name!r} appears in more than one shard")
             tensors[name] = arr
     return tensors
-
-
-def write_safetensors(path: str | Path, tensors: Mapping[str, np.ndarray], metadata: dict | None = None,
-                      bf16: Iterable[str] = ()) -> None:
-    """Write tensors to a safetensors file. Names listed in `bf16` are stored as bfloat16 (rounded)."""
-    bf16 = set(bf16)
-    names = {np.dtype(v).name: k for k, v in SAFETENSORS_DTYPES.items() if k != "BF16"}
-    header: dict = {"__metadata__": {str(k): str(v) for k, v in (metadata or {}).items()}}
-    blobs, offset = [], 0
-    for name, arr in tensors.items():
-        arr = np.asarray(arr)
-        if name in bf16:
-            data, dtype_name = f32_to_bf16(arr), "BF16"
-        else:
-            data, dtype_name = np.ascontiguousarray(arr), names[arr.dtype.name]
-        raw = data.tobytes()
-        header[name] = {"dtype": dtype_name, "shape": list(arr.shape), "data_offsets": [offset, offset + len(raw)]}
-        blobs.append(raw)
-        offset += len(raw)
-    head = json.dumps(header, separators=(",", ":")).encode("utf-8")
-    head += b" " * (-len(head) % 8)  # align the data to 8 bytes, as the reference writer does
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(head)))
-        f.write(head)
-        for raw in blobs:
-            f.write(raw)
 
 
 # -- the parameter tree --------------------------------------------------------------------
@@ -265,7 +159,7 @@ def to_compute(arr: np.ndarray, dtype: str, xp):
         raise ValueError(f"dtype {dtype!r} is not supported; choose one of {', '.join(COMPUTE_DTYPES)}")
     if xp is np:
         return arr if arr.dtype == np.dtype(dtype) else arr.astype(dtype)
-    from .backend import is_cupy_array
+    from ..backend import is_cupy_array
 
     if not is_cupy_array(arr):
         arr = xp.asarray(np.asarray(arr))  # one host->device copy in the file's dtype

@@ -1,0 +1,8 @@
+"""File formats, one module each: safetensors files, checkpoint directories, GGUF.
+
+    safetensors          one .safetensors file: read (memory-mapped) and written (atomically)
+    checkpoint           a checkpoint directory (sharded or not) and the parameter tree the model uses
+    gguf_file            llama.cpp's GGUF container: metadata and tensor views
+    gguf                 a GGUF file as a Hugging Face checkpoint: config, tensors, tokenizer.json
+    gguf_pretokenizers   llama.cpp's pre-tokenizers, shared by `gguf` and the tokenizer
+"""

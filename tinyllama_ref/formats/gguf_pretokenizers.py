@@ -1,0 +1,64 @@
+r"""llama.cpp's pre-tokenizers: how a GGUF byte-level BPE vocabulary cuts text before merging.
+
+A "gpt2" (byte-level BPE) vocabulary names its pre-tokenizer in `tokenizer.ggml.pre`. llama.cpp
+(llama-vocab.cpp) maps the name to a pre-tokenizer type, and the type to a list of regexes that run
+one after another: each cuts every piece of text at its matches, keeping the matches and the text
+between them. Then each piece's UTF-8 bytes are spelled in GPT-2's byte alphabet and merged.
+
+Both readers of a GGUF vocabulary take the pre-tokenizer from this one table: `load_tokenizer`
+(`tinyllama_ref.tokenizer.gguf_vocab`) runs the regexes itself, and `convert`
+(`tinyllama_ref.formats.gguf`) writes them into the `tokenizer.json` it makes. So both accept the
+same names and cut text the same way.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..tokenizer.hf_bpe import GPT2_PATTERN
+from .gguf_file import GGUFError
+
+
+@dataclass(frozen=True)
+class PreTokenizer:
+    """The regexes applied in order before byte-level BPE, and whether merges are skipped."""
+    splits: tuple[str, ...]
+    ignore_merges: bool = False  # a piece that is itself a token is taken whole, before any merge
+
+
+# Llama 3's regex. llama.cpp spells its contractions "(?:'[sS]|'[tT]|...)" because C++'s std::regex
+# has no (?i:...); the two differ only where case folding goes beyond ASCII ("'ſ" is "'s" here).
+LLAMA3_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+                  r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+# llama.cpp writes GPT-2's regex without its last "|\s+"; no cut changes, since text that no
+# alternative matches stays a piece of its own anyway.
+GPT2 = PreTokenizer((GPT2_PATTERN,))
+DIGITS_THEN_GPT2 = PreTokenizer((r"\p{N}", GPT2_PATTERN))
+LLAMA3 = PreTokenizer((LLAMA3_PATTERN,), ignore_merges=True)
+DEFAULT = PreTokenizer((r"[\p{P}\$\+<=>\^~\|]+", GPT2_PATTERN, r"\p{N}+", r"[0-9][0-9][0-9]"))
+
+# tokenizer.ggml.pre -> pre-tokenizer. Each comment names llama.cpp's type (LLAMA_VOCAB_PRE_TYPE_*).
+GGUF_PRE_TOKENIZERS = {
+    "default": DEFAULT,             # DEFAULT: runs of punctuation, GPT-2's regex, runs of numbers, runs of 3 digits
+    "gpt-2": GPT2,                  # GPT2: GPT-2's regex alone
+    "gpt2": GPT2,                   # not a name llama.cpp knows (it would fall back to "default"); read as "gpt-2"
+    "starcoder": DIGITS_THEN_GPT2,  # STARCODER: every number character alone, then GPT-2's regex
+    "refact": DIGITS_THEN_GPT2,     # REFACT: the regexes of STARCODER
+    "command-r": DIGITS_THEN_GPT2,  # COMMAND_R (Command-R): the regexes of STARCODER
+    "smollm": DIGITS_THEN_GPT2,     # SMOLLM (SmolLM2): the regexes of STARCODER
+    "llama-bpe": LLAMA3,            # LLAMA3 (Llama 3): its own regex; a piece that is a token skips the merges
+    "llama3": LLAMA3,               # LLAMA3, another name for it
+    "llama-v3": LLAMA3,             # LLAMA3, another name for it
+}
+
+
+def gguf_pre_tokenizer(pre: str | None, source: str = "GGUF") -> PreTokenizer:
+    """The pre-tokenizer that a `tokenizer.ggml.pre` value names (None: the file has no such key).
+
+    >>> gguf_pre_tokenizer("llama-bpe").ignore_merges
+    True
+    """
+    if pre not in GGUF_PRE_TOKENIZERS:
+        said = "is missing" if pre is None else f"is {pre!r}"
+        raise GGUFError(f"{source}: tokenizer.ggml.pre (how text is split before BPE) {said}; supported: "
+                        f"{', '.join(sorted(GGUF_PRE_TOKENIZERS))}")
+    return GGUF_PRE_TOKENIZERS[pre]

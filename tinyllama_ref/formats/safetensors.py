@@ -1,0 +1,152 @@
+"""safetensors files: read (memory-mapped, bfloat16 rebuilt exactly) and written (atomically).
+
+A safetensors file is an 8-byte little-endian header length N, N bytes of JSON naming each tensor's
+dtype, shape and byte range, then the raw bytes. We read it ourselves so that float32 tensors are
+memory-mapped (nothing is read until used, nothing is read twice), bfloat16 is rebuilt exactly as
+float32 (its 16 bits are the top half of a float32), and a damaged file gets an error that says
+which file and which tensor.
+"""
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import struct
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterable, Mapping
+
+import numpy as np
+
+SAFETENSORS_DTYPES = {
+    "F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": np.uint16,  # BF16: raw bits, see below
+    "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_,
+}
+MAX_HEADER = 100 * 1024 * 1024  # the safetensors format's own limit
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file or tensor that cannot be used; the message says which and why."""
+
+
+def bf16_to_f32(bits: np.ndarray) -> np.ndarray:
+    """bfloat16 bits (uint16) -> float32, exactly: bfloat16 is the top 16 bits of a float32.
+
+    >>> bf16_to_f32(np.array([0x3F80, 0xC000], dtype=np.uint16))
+    array([ 1., -2.], dtype=float32)
+    """
+    return (bits.astype(np.uint32) << 16).view(np.float32)
+
+
+def f32_to_bf16(x: np.ndarray) -> np.ndarray:
+    """float32 -> bfloat16 bits (uint16), rounding to nearest even as torch does."""
+    u = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32).astype(np.uint64)
+    rounded = (u + 0x7FFF + ((u >> 16) & 1)) >> 16
+    return rounded.astype(np.uint16)
+
+
+def read_safetensors_header(path: Path) -> tuple[dict, int]:
+    """The JSON header of a safetensors file and the offset where tensor data starts."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise CheckpointError(f"{path}: truncated safetensors file ({size} bytes, no header)")
+        (n,) = struct.unpack("<Q", head)
+        if n > MAX_HEADER or 8 + n > size:
+            raise CheckpointError(f"{path}: corrupt safetensors header (header length {n}, file size {size})")
+        raw = f.read(n)
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path}: corrupt safetensors header: not JSON ({e})") from None
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path}: corrupt safetensors header: not a JSON object")
+    return header, 8 + n
+
+
+def read_safetensors(path: str | Path) -> dict[str, np.ndarray]:
+    """All tensors of one safetensors file as NumPy arrays, memory-mapped (read-only).
+
+    bfloat16 tensors come back as float32 (converted exactly); everything else keeps its dtype.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint file not found: {path}")
+    header, start = read_safetensors_header(path)
+    size = path.stat().st_size
+    mm = np.memmap(path, dtype=np.uint8, mode="r") if size > start else np.zeros(0, np.uint8)
+    out = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            dtype_name, shape, (begin, end) = info["dtype"], list(info["shape"]), info["data_offsets"]
+        except (KeyError, TypeError, ValueError):
+            raise CheckpointError(f"{path}: corrupt header entry for tensor {name!r}: {info!r}") from None
+        if dtype_name not in SAFETENSORS_DTYPES:
+            raise CheckpointError(f"{path}: tensor {name!r} has unsupported dtype {dtype_name}")
+        dtype = np.dtype(SAFETENSORS_DTYPES[dtype_name])
+        count = int(np.prod(shape, dtype=np.int64))
+        if end - begin != count * dtype.itemsize or begin < 0 or start + end > size:
+            raise CheckpointError(
+                f"{path}: tensor {name!r} ({dtype_name}, shape {shape}) needs {count * dtype.itemsize} bytes at "
+                f"[{begin}, {end}) but the file holds {size - start} data bytes: truncated or corrupt file")
+        arr = np.asarray(mm[start + begin:start + end]).view(dtype).reshape(shape)  # a plain view of the map
+        out[name] = bf16_to_f32(arr) if dtype_name == "BF16" else arr
+    return out
+
+
+def write_safetensors(path: str | Path, tensors: Mapping[str, np.ndarray], metadata: dict | None = None,
+                      bf16: Iterable[str] = ()) -> None:
+    """Write tensors to a safetensors file. Names listed in `bf16` are stored as bfloat16 (rounded).
+
+    The file appears whole or not at all: it is written to a temporary file beside `path`, synced
+    to disk, then renamed onto `path`. A reader that has the old file memory-mapped keeps reading
+    the old bytes, and a crash leaves the old file (or none), never half a file. The new file gets
+    the permissions `open(path, "w")` would give it (0o666 less the umask).
+    """
+    bf16 = set(bf16)
+    names = {np.dtype(v).name: k for k, v in SAFETENSORS_DTYPES.items() if k != "BF16"}
+    header: dict = {"__metadata__": {str(k): str(v) for k, v in (metadata or {}).items()}}
+    blobs, offset = [], 0
+    for name, arr in tensors.items():
+        arr = np.asarray(arr)
+        if name in bf16:
+            data, dtype_name = f32_to_bf16(arr), "BF16"
+        else:
+            data, dtype_name = np.ascontiguousarray(arr), names[arr.dtype.name]
+        header[name] = {"dtype": dtype_name, "shape": list(arr.shape), "data_offsets": [offset, offset + data.nbytes]}
+        blobs.append(data)
+        offset += data.nbytes
+    head = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    head += b" " * (-len(head) % 8)  # align the data to 8 bytes, as the reference writer does
+    with _replacing(Path(path)) as f:
+        f.write(struct.pack("<Q", len(head)))
+        f.write(head)
+        for data in blobs:
+            f.write(data.reshape(-1).view(np.uint8))  # the array's own bytes, no copy
+
+
+@contextmanager
+def _replacing(path: Path):
+    """A new file opened for writing that replaces `path` only once it is complete and on disk."""
+    for _ in range(100):
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            # O_EXCL: a name nobody else holds; mode 0o666 less the umask, as a plain open() creates
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+            break
+        except FileExistsError:
+            continue
+    else:
+        raise FileExistsError(f"could not create a temporary file beside {path}")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
