@@ -6,9 +6,16 @@ the terminal summary prints one row per case, so `python -m pytest tests/test_go
     case                      max|Δlogits|  ...
     mha                       2.4e-07       ...
 """
+import sys
+from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 
+import numpy as np
 import pytest
+
+import tinyllama_ref as tl
+from tinyllama_ref.backend import cupy_available, to_numpy
 
 GOLDEN_DIR = Path(__file__).parent / "fixtures" / "golden"
 
@@ -25,6 +32,63 @@ def record_parity(case: str, column: str, value: float, table: str = "golden par
 @pytest.fixture(scope="session")
 def golden_dir() -> Path:
     return GOLDEN_DIR
+
+
+@dataclass
+class Backend:
+    """The array module a test runs on: "numpy", "double" (tests/cupy_double.py) or real "cupy"."""
+
+    name: str
+    xp: ModuleType
+    transfers: object = None  # the double's counter (cupy_double.transfers); None on the others
+
+    @property
+    def model_backend(self) -> str:
+        """What `tl.load(..., backend=...)` takes: the double stands in for "cupy"."""
+        return "numpy" if self.name == "numpy" else "cupy"
+
+    def load(self, path, **kwargs):
+        return tl.load(path, backend=self.model_backend, **kwargs)
+
+    def build(self, config, tensors, **kwargs):
+        return tl.build_model(config, tensors, backend=self.model_backend, **kwargs)
+
+    @staticmethod
+    def to_numpy(x) -> np.ndarray:
+        return to_numpy(x)
+
+
+NO_GPU = "real CuPy needs CuPy and a CUDA GPU, and this machine has none (the CuPy double ran the same test)"
+
+
+def install_double(monkeypatch):
+    """Put the CuPy double in sys.modules["cupy"] for one test; returns it with its counts reset."""
+    import cupy_double
+
+    monkeypatch.setitem(sys.modules, "cupy", cupy_double)
+    cupy_double.transfers.reset()
+    return cupy_double
+
+
+@pytest.fixture(params=["numpy", "double", "cupy"])
+def backend(request, monkeypatch) -> Backend:
+    """Run a test on NumPy, on the strict CuPy double, and on real CuPy when a GPU is present."""
+    if request.param == "numpy":
+        return Backend("numpy", np)
+    if request.param == "double":
+        double = install_double(monkeypatch)
+        return Backend("double", double, double.transfers)
+    if not cupy_available():
+        pytest.skip(NO_GPU)
+    import cupy
+
+    return Backend("cupy", cupy)
+
+
+@pytest.fixture
+def double(monkeypatch):
+    """The CuPy double alone, for what only it can show (transfer counts, strictness)."""
+    return install_double(monkeypatch)
 
 
 def pytest_terminal_summary(terminalreporter):
