@@ -61,34 +61,31 @@ class Backend:
 NO_GPU = "real CuPy needs CuPy and a CUDA GPU, and this machine has none (the CuPy double ran the same test)"
 
 
-def install_double(monkeypatch):
-    """Put the CuPy double in sys.modules["cupy"] for one test; returns it with its counts reset."""
+@pytest.fixture
+def double():
+    """The CuPy double as sys.modules["cupy"] for one test, its counts reset (own patch: a test's
+    `monkeypatch.undo()` leaves it in place)."""
     import cupy_double
 
-    monkeypatch.setitem(sys.modules, "cupy", cupy_double)
-    cupy_double.transfers.reset()
-    return cupy_double
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(sys.modules, "cupy", cupy_double)
+        cupy_double.transfers.reset()
+        yield cupy_double
 
 
 @pytest.fixture(params=["numpy", "double", "cupy"])
-def backend(request, monkeypatch) -> Backend:
+def backend(request) -> Backend:
     """Run a test on NumPy, on the strict CuPy double, and on real CuPy when a GPU is present."""
     if request.param == "numpy":
         return Backend("numpy", np)
     if request.param == "double":
-        double = install_double(monkeypatch)
+        double = request.getfixturevalue("double")
         return Backend("double", double, double.transfers)
     if not cupy_available():
         pytest.skip(NO_GPU)
     import cupy
 
     return Backend("cupy", cupy)
-
-
-@pytest.fixture
-def double(monkeypatch):
-    """The CuPy double alone, for what only it can show (transfer counts, strictness)."""
-    return install_double(monkeypatch)
 
 
 def pytest_terminal_summary(terminalreporter):
