@@ -38,12 +38,13 @@ class Transfers:
         self.reset()
 
     def reset(self) -> None:
-        self.to_device = 0
-        self.to_host = 0
+        self.to_device = self.to_host = 0  # how many copies
+        self.bytes_to_device = self.bytes_to_host = 0  # how much they moved
         self.log: list[str] = []
 
     def count(self, direction: str, what: str, nbytes: int = 0) -> None:
         setattr(self, direction, getattr(self, direction) + 1)
+        setattr(self, f"bytes_{direction}", getattr(self, f"bytes_{direction}") + nbytes)
         self.log.append(f"{'up  ' if direction == 'to_device' else 'down'} {what} ({nbytes} B) at {_caller()}")
 
     def __repr__(self) -> str:
@@ -100,7 +101,7 @@ def _device_function(fn, name: str):
     def call(*args, **kwargs):
         args, kwargs = _operand(list(args), name), {k: _operand(v, name) for k, v in kwargs.items()}
         if name in DATA_DEPENDENT:
-            transfers.count("to_host", f"{name} (output size read back)")
+            transfers.count("to_host", f"{name} (output size read back)", 8)
         return _wrap(fn(*args, **kwargs))
 
     call.__name__ = name
@@ -112,7 +113,7 @@ def _index(key, where="indexing"):
         return tuple(_index(k, where) for k in key)
     if isinstance(key, ndarray):
         if key._a.dtype == bool:
-            transfers.count("to_host", "boolean-mask index (its count read back)")
+            transfers.count("to_host", "boolean-mask index (its count read back)", 8)
         return key._a
     if isinstance(key, np.ndarray):
         _refuse_host(where)
