@@ -18,7 +18,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from . import backend as B
-from . import heads, instrumented, llama, losses, open_llama
+from . import fused, heads, instrumented, llama, losses, open_llama
 from .config import LlamaConfig
 from .kv_cache import KVCache, cache_signature
 from .rope_scaling import RopeTables
@@ -129,7 +129,8 @@ def forward(params: dict, config: LlamaConfig, input_ids, attention_mask=None, p
         cache = KVCache.allocate(config, b, max(s, 16), like=x)
     # On the device already, computed once per model (Dynamic NTK and LongRoPE: once per length bucket).
     inv_freq, attention_factor = (rope or RopeTables(config, xp)).for_positions(position_ids, furthest)
-    cos, sin = llama.rope_cos_sin(inv_freq, position_ids, attention_factor)  # [b, s, d]
+    cos, sin = llama.rope_cos_sin(inv_freq, position_ids, attention_factor)  # [b, s, d], float32
+    cos, sin = cos.astype(x.dtype, copy=False), sin.astype(x.dtype, copy=False)  # cast once, not in every layer
     mask_bias = llama.attention_mask_bias(attention_mask, s, past + s, past)  # [b, 1, s, t]
 
     if trace is not None:
@@ -138,6 +139,8 @@ def forward(params: dict, config: LlamaConfig, input_ids, attention_mask=None, p
     if trace is not None or config.pretraining_tp > 1 or config.hidden_act not in ("silu", "swish"):
         # a variant inside the layer: its steps are observed, its projections sliced, or its activation another
         layer_fn = partial(instrumented.decoder_layer, trace=trace, project=sliced_projection(config.pretraining_tp))
+    elif xp is not np and fused.ENABLED:  # on CuPy: the same layer, its pointwise steps fused into single kernels
+        layer_fn = fused.decoder_layer
     hidden_states, attentions = [x], []
     for i, layer_params in enumerate(m["layers"]):
         x, probs = layer_fn(layer_params, x, cos, sin, mask_bias, config, cache, i, past)
