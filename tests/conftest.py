@@ -1,4 +1,8 @@
-"""Shared pytest set-up: where the golden fixtures live, and the parity table printed at the end.
+"""Shared pytest set-up: the golden fixtures, the backends a test runs on, and the parity table printed at the end.
+
+The `backend` fixture runs a test on NumPy, on the strict CuPy double (tests/cupy_double.py), and on
+real CuPy when a GPU is present; the real-CuPy cases carry the `gpu` marker, so that
+`pytest -m gpu` (what benchmarks/gpu_check.sh runs) selects every test that needs a GPU.
 
 Tests that compare with transformers record their worst error with `record_parity(case, column, value)`;
 the terminal summary prints one row per case, so `python -m pytest tests/test_golden.py -s` ends with
@@ -86,6 +90,12 @@ def backend(request) -> Backend:
     import cupy
 
     return Backend("cupy", cupy)
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if getattr(item, "callspec", None) and item.callspec.params.get("backend") == "cupy":
+            item.add_marker(pytest.mark.gpu)
 
 
 def pytest_terminal_summary(terminalreporter):
