@@ -112,3 +112,16 @@ def test_the_book_runs_on_every_backend(backend):
     ids = np.random.default_rng(1).integers(0, config.vocab_size, (2, 10))
     book = llama.forward(model.params, config, backend.xp.asarray(ids))
     assert np.abs(backend.to_numpy(book) - backend.to_numpy(model(ids).logits)).max() <= TOL
+
+
+def test_forward_takes_host_inputs_for_device_params(backend):
+    """`tl.forward` with the model's device params and NumPy inputs: checked on the host, copied up once each."""
+    config = dict(configs())["mha"]
+    model = backend.build(config, random_tensors(config, std=0.3))
+    ids = np.random.default_rng(3).integers(0, config.vocab_size, (2, 9))
+    mask, positions = np.ones_like(ids), np.broadcast_to(np.arange(9), (2, 9)).copy()
+    mask[1, :2], positions[1] = 0, np.maximum(np.arange(9) - 2, 0)
+    out = tl.forward(model.params, config, ids, attention_mask=mask, position_ids=positions, labels=ids)
+    want = model(ids, attention_mask=mask, position_ids=positions, labels=ids)
+    assert np.abs(backend.to_numpy(out.logits) - backend.to_numpy(want.logits)).max() <= TOL
+    assert abs(float(out.loss) - float(want.loss)) <= TOL
