@@ -1,6 +1,8 @@
 r"""LLaMA in one file, in the order of the paper (Touvron et al. 2023; Llama 2: grouped-query attention).
 
-    tokens -> embedding -> N x [ x += Attention(RMSNorm(x));  x += SwiGLU(RMSNorm(x)) ] -> RMSNorm -> logits
+    tokens -> embedding
+           -> N x [ x += Attention(RMSNorm(x));  x += SwiGLU(RMSNorm(x)) ]
+           -> RMSNorm -> logits
 
 Every function is pure and takes plain arrays, NumPy or CuPy (`xp_of` finds the module from its
 inputs), and parameter dicts keyed by the checkpoint's own names (`q_proj`, `gate_proj`, ...).
