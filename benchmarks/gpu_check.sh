@@ -9,7 +9,8 @@
 #   bash benchmarks/gpu_check.sh --cpu-smoke            # the script's own plumbing, on a machine without a GPU
 #
 # torch with CUDA must be installed already: the `parity` extra pins torch==2.13.0, the CPU build CI uses,
-# so this script installs every other requirement of the gpu, parity and test extras and leaves torch alone.
+# so this script installs every other requirement of the gpu, parity and test extras and leaves torch alone
+# (nothing at all when they import already, as on a machine without network access).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 START=$SECONDS
@@ -37,7 +38,12 @@ CuPy path on a GPU; without one, run the test suite (pytest): its CuPy double ch
 CUDA is not installed (or sees no GPU): install the CUDA build of torch first; this script does not replace torch."
 fi
 
-# 1. The extras, without torch.
+# 1. The extras, without torch (skipped when they all import already: the machine may be offline).
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # this checkout's package, installed or not
+if python -c "import cupy, transformers, tokenizers, gguf, accelerate, google.protobuf, pytest, hypothesis, \
+sentencepiece, matplotlib" 2>/dev/null; then
+  GPU_CHECK_SKIP_INSTALL=1
+fi
 if [ "$SMOKE" = 0 ] && [ "${GPU_CHECK_SKIP_INSTALL:-0}" != 1 ]; then
   mapfile -t REQS < <(python - <<'EOF'
 import re
