@@ -1,4 +1,8 @@
-"""Shared pytest set-up: where the golden fixtures live, and the parity table printed at the end.
+"""Shared pytest set-up: the golden fixtures, the backends a test runs on, and the parity table printed at the end.
+
+The `backend` fixture runs a test on NumPy, on the strict CuPy double (tests/cupy_double.py), and on
+real CuPy when a GPU is present; the real-CuPy cases carry the `gpu` marker, so that
+`pytest -m gpu` (what benchmarks/gpu_check.sh runs) selects every test that needs a GPU.
 
 Tests that compare with transformers record their worst error with `record_parity(case, column, value)`;
 the terminal summary prints one row per case, so `python -m pytest tests/test_golden.py -s` ends with
@@ -6,9 +10,16 @@ the terminal summary prints one row per case, so `python -m pytest tests/test_go
     case                      max|Δlogits|  ...
     mha                       2.4e-07       ...
 """
+import sys
+from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 
+import numpy as np
 import pytest
+
+import tinyllama_ref as tl
+from tinyllama_ref.backend import cupy_available, to_numpy
 
 GOLDEN_DIR = Path(__file__).parent / "fixtures" / "golden"
 
@@ -25,6 +36,66 @@ def record_parity(case: str, column: str, value: float, table: str = "golden par
 @pytest.fixture(scope="session")
 def golden_dir() -> Path:
     return GOLDEN_DIR
+
+
+@dataclass
+class Backend:
+    """The array module a test runs on: "numpy", "double" (tests/cupy_double.py) or real "cupy"."""
+
+    name: str
+    xp: ModuleType
+    transfers: object = None  # the double's counter (cupy_double.transfers); None on the others
+
+    @property
+    def model_backend(self) -> str:
+        """What `tl.load(..., backend=...)` takes: the double stands in for "cupy"."""
+        return "numpy" if self.name == "numpy" else "cupy"
+
+    def load(self, path, **kwargs):
+        return tl.load(path, backend=self.model_backend, **kwargs)
+
+    def build(self, config, tensors, **kwargs):
+        return tl.build_model(config, tensors, backend=self.model_backend, **kwargs)
+
+    @staticmethod
+    def to_numpy(x) -> np.ndarray:
+        return to_numpy(x)
+
+
+NO_GPU = "real CuPy needs CuPy and a CUDA GPU, and this machine has none (the CuPy double ran the same test)"
+
+
+@pytest.fixture
+def double():
+    """The CuPy double as sys.modules["cupy"] for one test, its counts reset (own patch: a test's
+    `monkeypatch.undo()` leaves it in place)."""
+    import cupy_double
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(sys.modules, "cupy", cupy_double)
+        cupy_double.transfers.reset()
+        yield cupy_double
+
+
+@pytest.fixture(params=["numpy", "double", "cupy"])
+def backend(request) -> Backend:
+    """Run a test on NumPy, on the strict CuPy double, and on real CuPy when a GPU is present."""
+    if request.param == "numpy":
+        return Backend("numpy", np)
+    if request.param == "double":
+        double = request.getfixturevalue("double")
+        return Backend("double", double, double.transfers)
+    if not cupy_available():
+        pytest.skip(NO_GPU)
+    import cupy
+
+    return Backend("cupy", cupy)
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if getattr(item, "callspec", None) and item.callspec.params.get("backend") == "cupy":
+            item.add_marker(pytest.mark.gpu)
 
 
 def pytest_terminal_summary(terminalreporter):

@@ -68,3 +68,28 @@ def test_tokenizer_benchmark_small():
     model = mistral_tokenizer_path()
     out = run_script("benchmarks/tokenizer.py", "--model", str(model), "--mb", "0.05")
     assert "ids identical on all" in out and "ratio ours/sentencepiece" in out
+
+
+def run_gpu_check(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    import os
+
+    return subprocess.run(["bash", "benchmarks/gpu_check.sh", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=600, env={**os.environ, **(env or {})})
+
+
+def test_gpu_check_stops_clearly_without_a_gpu():
+    if subprocess.run("nvidia-smi -L", shell=True, capture_output=True).returncode == 0:
+        pytest.skip("a GPU is visible here: the script would run for real")
+    r = run_gpu_check()
+    assert r.returncode == 1 and "no NVIDIA GPU is visible" in r.stderr and "Traceback" not in r.stderr
+
+
+@needs_torch
+def test_gpu_check_plumbing_on_the_cpu(tmp_path):
+    """`--cpu-smoke`: the same stages (GPU tests, which skip here; the benchmark on its CPU smoke shape), one report."""
+    r = run_gpu_check("--cpu-smoke", env={"OUT": str(tmp_path)})
+    assert r.returncode == 0, r.stderr
+    report = (tmp_path / "gpu_check.md").read_text(encoding="utf-8")
+    assert report == r.stdout and "GPU tests (pytest -m gpu): " in report and " skipped" in report
+    assert "| smoke | tinyllama_ref |" in report and "| smoke | transformers sdpa |" in report
+    assert "PASS  max|Δlogits| against eager transformers, float32" in report

@@ -27,11 +27,11 @@ def ckpt(tmp_path):
 
 
 @pytest.fixture
-def model(ckpt):
-    return tl.load(ckpt)
+def model(ckpt, backend):
+    return backend.load(ckpt)
 
 
-# -- inputs --------------------------------------------------------------------------------
+# -- inputs (on NumPy, the CuPy double, and real CuPy when a GPU is present) ----------------
 
 def test_token_id_out_of_range_names_the_id_and_position(model):
     with pytest.raises(tl.InputError, match=r"token id 32 at position \(0, 2\) is outside the vocabulary \[0, 32\)"):
@@ -65,8 +65,8 @@ def test_position_ids_of_wrong_shape(model):
         model([[1, 2, 3]], position_ids=[[0, 1]])
 
 
-def test_cache_from_another_model_is_refused(tmp_path, model):
-    other = tl.load(save_checkpoint(tmp_path / "other", tl.LlamaConfig(**{**CONFIG, "num_hidden_layers": 1})))
+def test_cache_from_another_model_is_refused(tmp_path, model, backend):
+    other = backend.load(save_checkpoint(tmp_path / "other", tl.LlamaConfig(**{**CONFIG, "num_hidden_layers": 1})))
     cache = other([[1, 2]], use_cache=True).past_key_values
     with pytest.raises(tl.InputError, match="comes from another model"):
         model([[3]], past_key_values=cache, use_cache=True)

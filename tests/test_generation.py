@@ -1,4 +1,8 @@
-"""Generation, streaming, batching, chat and the command line, on the bundled model."""
+"""Generation, streaming, batching, chat and the command line, on the bundled model.
+
+The tests that take `bundled` run on every backend (NumPy, the CuPy double, real CuPy when a GPU is
+present; see the `backend` fixture in conftest.py), with the same assertions.
+"""
 import subprocess
 import sys
 
@@ -7,13 +11,21 @@ import pytest
 import tinyllama_ref as tl
 from tinyllama_ref.conversation import chat, trim_to_fit
 from tinyllama_ref.cli import default_model_dir, main
-from tinyllama_ref.generation import ContextLengthError, GenerationStats, _TextDeltas
+from tinyllama_ref.generation import ContextLengthError, GenerationStats, SamplingParams, _TextDeltas, generate_ids
+
+MODELS = {}  # backend name -> the bundled model loaded on it (loaded once per run)
 
 
 @pytest.fixture(scope="module")
-def bundled():
-    path = default_model_dir()
-    return tl.load(path), tl.load_tokenizer(path)
+def tokenizer():
+    return tl.load_tokenizer(default_model_dir())
+
+
+@pytest.fixture
+def bundled(backend, tokenizer):
+    if backend.name not in MODELS:
+        MODELS[backend.name] = backend.load(default_model_dir())
+    return MODELS[backend.name], tokenizer
 
 
 def test_same_seed_same_text(bundled):
@@ -62,6 +74,23 @@ def test_batched_generation_equals_one_by_one(bundled):
     assert batched == alone
 
 
+SAMPLERS = [dict(temperature=0.9, top_k=40), dict(temperature=0.8, top_p=0.9),
+            dict(temperature=1.0, repetition_penalty=1.3), dict(temperature=0.7, top_k=20, top_p=0.95,
+                                                                 repetition_penalty=1.1)]
+
+
+@pytest.mark.parametrize("kwargs", SAMPLERS, ids=["top_k", "top_p", "repetition_penalty", "all"])
+def test_sampled_tokens_are_the_same_on_every_backend(bundled, kwargs):
+    """Sampling runs on the host from the last row of logits: same seed, same tokens, whatever the device."""
+    model, tok = bundled
+    prompts = [tok.encode("And God said"), tok.encode("In the beginning God created")]
+    sp = SamplingParams(max_new_tokens=12, seed=5, **kwargs)
+    if "numpy" not in MODELS:
+        MODELS["numpy"] = tl.load(default_model_dir())
+    want = [t.tolist() for t in generate_ids(MODELS["numpy"], prompts, sp)]
+    assert [t.tolist() for t in generate_ids(model, prompts, sp)] == want
+
+
 def test_stop_string_ends_generation_and_is_not_included(bundled):
     model, tok = bundled
     full = tl.generate(model, tok, "And God said", max_new_tokens=30, temperature=0)
@@ -88,8 +117,8 @@ def test_generation_stops_at_the_context_limit_with_a_message(bundled):
     assert stats.new_tokens <= 4
 
 
-def test_multibyte_characters_are_emitted_only_when_complete(bundled):
-    _, tok = bundled
+def test_multibyte_characters_are_emitted_only_when_complete(tokenizer):
+    tok = tokenizer
     text = " naïve 世界 🙂 done"
     ids = tok.encode(text, add_bos=False)
     deltas = _TextDeltas(tok, [tok.bos_id])

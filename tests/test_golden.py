@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 import tinyllama_ref as tl
-from tinyllama_ref.backend import cupy_available, to_numpy
+from tinyllama_ref.backend import to_numpy
 from conftest import GOLDEN_DIR, record_parity
 
 TOL_LOGITS = 1e-4  # max |Δ| of logits, float32 compute
@@ -74,38 +74,43 @@ def test_fixtures_present():
     assert not missing, f"golden fixtures missing under {GOLDEN_DIR}: {sorted(missing)} (run tools/make_golden.py)"
 
 
+def column(name: str, backend) -> str:
+    """The parity table's column: NumPy's figures under the plain name, the other backends' beside them."""
+    return name if backend.name == "numpy" else f"{name} {backend.name}"
+
+
 @pytest.mark.parametrize("case", CASES)
-def test_golden(case):
-    model, golden, meta = load_case(case)
+def test_golden(case, backend):
+    model, golden, meta = load_case(case, backend=backend.model_backend)
     n_layers = meta["num_layers"]
     out = model(**model_inputs(golden), output_hidden_states=True, output_attentions="attentions" in golden)
     real = real_positions(golden)
     cls = golden["logits"].ndim == 2  # sequence classification: [batch, num_labels], already pooled
 
-    logits = np.asarray(out.logits)
+    logits = to_numpy(out.logits)
     assert logits.shape == golden["logits"].shape, f"{case}: logits shape {logits.shape} != {golden['logits'].shape}"
     d_logits = max_diff(logits, golden["logits"]) if cls else max_diff(logits[real], golden["logits"][real])
-    record_parity(case, "max|Δlogits|", d_logits)
+    record_parity(case, column("max|Δlogits|", backend), d_logits)
 
     assert len(out.hidden_states) == n_layers + 1, f"{case}: {len(out.hidden_states)} hidden states, want {n_layers + 1}"
-    hidden = np.stack([np.asarray(h) for h in out.hidden_states])  # [L+1, b, s, D]
+    hidden = np.stack([to_numpy(h) for h in out.hidden_states])  # [L+1, b, s, D]
     d_hidden = max_diff(hidden[:, real], golden["hidden_states"][:, real])
-    record_parity(case, "max|Δhidden|", d_hidden)
+    record_parity(case, column("max|Δhidden|", backend), d_hidden)
 
     d_attn = None
     if "attentions" in golden:
-        attn = np.stack([np.asarray(a) for a in out.attentions])  # [L, b, h, q, k]
+        attn = np.stack([to_numpy(a) for a in out.attentions])  # [L, b, h, q, k]
         assert attn.shape == golden["attentions"].shape, f"{case}: attentions shape {attn.shape}"
         rows = real[None, :, None, :, None]  # real query rows, every key
         rows = np.broadcast_to(rows, attn.shape)
         d_attn = max_diff(attn[rows], golden["attentions"][rows])
-        record_parity(case, "max|Δattn|", d_attn)
+        record_parity(case, column("max|Δattn|", backend), d_attn)
 
     d_loss = None
     if "loss" in golden:
         assert out.loss is not None, f"{case}: labels given but no loss returned"
         d_loss = abs(float(out.loss) - float(golden["loss"])) / abs(float(golden["loss"]))
-        record_parity(case, "rel|Δloss|", d_loss)
+        record_parity(case, column("rel|Δloss|", backend), d_loss)
 
     assert d_logits <= TOL_LOGITS, f"{case}: max |Δlogits| = {d_logits:.3g} > {TOL_LOGITS}"
     for i in range(n_layers + 1):  # name the first hidden state that drifts: it localises the bug
@@ -119,9 +124,9 @@ def test_golden(case):
 
 
 @pytest.mark.parametrize("case", [c for c in INCREMENTAL_CASES if c in CASES])
-def test_golden_incremental_decoding(case):
+def test_golden_incremental_decoding(case, backend):
     """Prefix at once, then one token per call through the KV cache: each step's logits = the golden ones."""
-    model, golden, _ = load_case(case)
+    model, golden, _ = load_case(case, backend=backend.model_backend)
     ids = golden["input_ids"]
     mask, pos = golden.get("attention_mask"), golden.get("position_ids")
     real = real_positions(golden)
@@ -132,11 +137,11 @@ def test_golden_incremental_decoding(case):
         out = model(ids[:, start:end], attention_mask=None if mask is None else mask[:, :end],
                     position_ids=None if pos is None else pos[:, start:end], past_key_values=cache, use_cache=True)
         cache = out.past_key_values
-        got, want, keep = np.asarray(out.logits), golden["logits"][:, start:end], real[:, start:end]
+        got, want, keep = to_numpy(out.logits), golden["logits"][:, start:end], real[:, start:end]
         d = max_diff(got[keep], want[keep])
         worst = max(worst, d)
         assert d <= TOL_LOGITS, f"{case}: positions [{start}, {end}) decoded with the cache: max |Δlogits| = {d:.3g}"
-    record_parity(case, "max|Δlogits| cached", worst)
+    record_parity(case, column("max|Δlogits| cached", backend), worst)
 
 
 def test_golden_logits_to_keep():
@@ -147,39 +152,15 @@ def test_golden_logits_to_keep():
     assert max_diff(out.logits, golden["logits"][:, -1:]) <= TOL_LOGITS
 
 
-NEEDS_GPU = pytest.mark.skipif(not cupy_available(), reason="the cupy backend needs CuPy and a CUDA GPU")
-
-
-@pytest.mark.parametrize("backend", ["numpy", pytest.param("cupy", marks=NEEDS_GPU)])
 @pytest.mark.parametrize("case", [c for c in ("fp16",) if c in CASES])
 def test_golden_float16_compute(case, backend):
     """Computing in float16 lands as close to transformers-in-float16 as rounding allows (a looser check)."""
-    model, golden, _ = load_case(case, dtype="float16", backend=backend)
+    model, golden, _ = load_case(case, dtype="float16", backend=backend.model_backend)
     out = model(**model_inputs(golden))
     d = max_diff(to_numpy(out.logits), golden["logits_native"])
-    record_parity(case, f"max|Δlogits| fp16 {backend}", d)
+    record_parity(case, f"max|Δlogits| fp16 {backend.name}", d)
     assert d <= TOL_LOGITS_FP16_NATIVE, \
-        f"{case}: float16 compute on {backend} vs transformers float16: max |Δlogits| = {d:.3g}"
-
-
-CUPY_CASES = ["mha", "gqa", "head_dim_explicit", "rope_yarn_explicit", "rope_longrope_long", "rope_llama3",
-              "rope_dynamic_long", "left_pad", "cls_single_label", "bf16", "sharded", "openllama_stable_shared"]
-
-
-@NEEDS_GPU
-@pytest.mark.parametrize("case", [c for c in CUPY_CASES if c in CASES])
-def test_golden_cupy(case):
-    """The same code path on the GPU: logits and loss within the float32 tolerances."""
-    model = tl.load(GOLDEN_DIR / case, backend="cupy")
-    golden = dict(np.load(GOLDEN_DIR / case / "golden.npz"))
-    out = model(**model_inputs(golden))
-    logits, real = to_numpy(out.logits), real_positions(golden)
-    d = max_diff(logits, golden["logits"]) if logits.ndim == 2 else max_diff(logits[real], golden["logits"][real])
-    record_parity(case, "max|Δlogits| cupy", d)
-    assert d <= TOL_LOGITS, f"{case} on cupy: max |Δlogits| = {d:.3g} > {TOL_LOGITS}"
-    if "loss" in golden:
-        rel = abs(float(to_numpy(out.loss)) - float(golden["loss"])) / abs(float(golden["loss"]))
-        assert rel <= TOL_LOSS_REL, f"{case} on cupy: relative loss error {rel:.3g} > {TOL_LOSS_REL}"
+        f"{case}: float16 compute on {backend.name} vs transformers float16: max |Δlogits| = {d:.3g}"
 
 
 def _rope(cfg: dict) -> dict:

@@ -2,7 +2,8 @@
 
 Non-live: `compare` on synthetic dumps names the first divergence in forward order and exits 1.
 Live (torch + transformers): build a tiny Hugging Face checkpoint, dump it with tools/dump_hf.py
-and with `tinyllama-ref dump`, compare -> everything agrees; then plant a bug (RoPE applied to
+and with `tinyllama-ref dump` (on NumPy, the CuPy double, and real CuPy when a GPU is present),
+compare -> everything agrees; then plant a bug (RoPE applied to
 interleaved pairs instead of half-split ones, monkeypatched here only) and check that compare
 pins it to `layers.0.self_attn.q_rope`.
 """
@@ -139,18 +140,25 @@ def tiny_hf_checkpoint(tmp_path_factory) -> Path:
 PROMPT = "The model rotates queries and keys by their position."
 
 
-@pytest.mark.live
-def test_walkthrough_hf_and_ours_agree_then_a_planted_rope_bug_is_pinned(tiny_hf_checkpoint, tmp_path,
-                                                                           monkeypatch, capsys):
-    model = str(tiny_hf_checkpoint)
-    hf, ours, broken = tmp_path / "hf.safetensors", tmp_path / "ours.safetensors", tmp_path / "broken.safetensors"
+@pytest.fixture(scope="module")
+def hf_dump(tiny_hf_checkpoint, tmp_path_factory) -> Path:
+    """Step 2 of the walk-through: dump from transformers (once: every backend compares with it)."""
     import torch
 
     torch.set_num_threads(1)
-    # Step 2: dump from transformers.
-    assert _dump_hf_module().main(["--model", model, "--prompt", PROMPT, "--out", str(hf)]) == 0
+    hf = tmp_path_factory.mktemp("hf_dump") / "hf.safetensors"
+    assert _dump_hf_module().main(["--model", str(tiny_hf_checkpoint), "--prompt", PROMPT, "--out", str(hf)]) == 0
+    return hf
+
+
+@pytest.mark.live
+def test_walkthrough_hf_and_ours_agree_then_a_planted_rope_bug_is_pinned(tiny_hf_checkpoint, hf_dump, backend,
+                                                                           tmp_path, monkeypatch, capsys):
+    model = str(tiny_hf_checkpoint)
+    hf, ours, broken = hf_dump, tmp_path / "ours.safetensors", tmp_path / "broken.safetensors"
+    on = ["--backend", backend.model_backend]  # our side runs on NumPy, the CuPy double, or real CuPy
     # Step 3: dump from us.
-    assert cli.main(["dump", "--model", model, "--prompt", PROMPT, "--out", str(ours)]) == 0
+    assert cli.main(["dump", "--model", model, "--prompt", PROMPT, "--out", str(ours), *on]) == 0
     # Step 4: compare: every tensor agrees, token ids included.
     capsys.readouterr()
     assert cli.main(["compare", str(ours), str(hf)]) == 0, capsys.readouterr().out
@@ -165,7 +173,7 @@ def test_walkthrough_hf_and_ours_agree_then_a_planted_rope_bug_is_pinned(tiny_hf
     import tinyllama_ref.instrumented
 
     monkeypatch.setattr(tinyllama_ref.instrumented, "apply_rope", apply_rope_interleaved)
-    assert cli.main(["dump", "--model", model, "--prompt", PROMPT, "--out", str(broken)]) == 0
+    assert cli.main(["dump", "--model", model, "--prompt", PROMPT, "--out", str(broken), *on]) == 0
     monkeypatch.undo()
     capsys.readouterr()
     assert cli.main(["compare", str(broken), str(hf)]) == 1

@@ -20,6 +20,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from . import backend as B
+from .kv_cache import KVCache
 
 NEG_INF = -np.inf
 
@@ -187,13 +188,19 @@ def generate_ids(model, prompts: Sequence[Sequence[int]], sp: SamplingParams, eo
     stats.prompt_tokens = int(mask.sum())
 
     t0 = time.perf_counter()
-    out = model(xp.asarray(ids), attention_mask=xp.asarray(mask), position_ids=xp.asarray(positions),
+    # What the steps need lives on the model's device, allocated once for the whole generation: the KV
+    # cache, the attention mask (the prompt's padding, then a 1 for every new token) and the next positions.
+    b, n = ids.shape
+    capacity = min(n + sp.max_new_tokens, limit)
+    cache = KVCache.allocate(model.config, b, capacity, like=model.params["model"]["embed_tokens"]["weight"])
+    full_mask = xp.ones((b, capacity), dtype=np.int64)
+    full_mask[:, :n] = xp.asarray(mask)  # copied up once
+    next_positions = full_mask[:, :n].sum(axis=-1, keepdims=True)  # [b, 1]: each row's count of real tokens
+    out = model(ids, attention_mask=full_mask[:, :n], position_ids=positions, past_key_values=cache,
                 use_cache=True, logits_to_keep=1)
-    cache = out.past_key_values
-    step_mask = mask
     try:
         for step in range(sp.max_new_tokens):
-            logits = B.to_numpy(out.logits[:, -1]).astype(np.float32)  # the one host transfer per step
+            logits = B.to_numpy(out.logits[:, -1]).astype(np.float32)  # the one copy down per step
             if step == 0:
                 stats.prefill_seconds = time.perf_counter() - t0
                 t0 = time.perf_counter()
@@ -208,11 +215,10 @@ def generate_ids(model, prompts: Sequence[Sequence[int]], sp: SamplingParams, eo
             yield token
             if stats.stop_reason:
                 break
-            positions = positions[:, -1:] + 1
-            step_mask = np.concatenate([step_mask, np.ones((len(prompts), 1), np.int64)], axis=1)
-            feed = np.where(token < 0, pad_id, token)[:, None]
-            out = model(xp.asarray(feed), attention_mask=xp.asarray(step_mask),
-                        position_ids=xp.asarray(positions), past_key_values=cache, use_cache=True)
+            feed = np.where(token < 0, pad_id, token)[:, None]  # checked on the host: the one copy up per step
+            out = model(feed, attention_mask=full_mask[:, :cache.length + 1], position_ids=next_positions,
+                        past_key_values=cache, use_cache=True)
+            next_positions = next_positions + 1  # on the device
         if stats.stop_reason == "context":
             stats.messages.append(f"stopped: the context window of {limit} tokens is full")
         stats.stop_reason = stats.stop_reason or "length"

@@ -18,10 +18,10 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from . import backend as B
-from . import heads, instrumented, llama, losses, open_llama
+from . import fused, heads, instrumented, llama, losses, open_llama
 from .config import LlamaConfig
 from .kv_cache import KVCache, cache_signature
-from .rope_scaling import rope_inv_freq
+from .rope_scaling import RopeTables
 from .tensor_parallel import sliced_projection
 from .formats.checkpoint import build_params, flatten, read_checkpoint_tensors
 
@@ -43,7 +43,13 @@ class ModelOutput:
 
 
 def check_inputs(config: LlamaConfig, input_ids, attention_mask, position_ids, cache, xp):
-    """Validate ids, mask, positions and cache; return them as backend arrays with defaults filled in."""
+    """Validate ids, mask, positions and cache; return them as backend arrays with defaults filled in.
+
+    Host (NumPy) inputs are checked on the host, then copied to the device once: the checks cost no
+    device sync. Ids already on the device cost one sync (a single "any out of range?" read back).
+    Also returns the cache length and the furthest position when it is known without reading the
+    device (None when positions were given as device arrays).
+    """
     if input_ids.ndim != 2:
         raise InputError(f"input_ids must be [batch, seq] (or a single [seq] sequence); got shape "
                          f"{tuple(input_ids.shape)}")
@@ -52,11 +58,9 @@ def check_inputs(config: LlamaConfig, input_ids, attention_mask, position_ids, c
     b, s = input_ids.shape
     if s == 0:
         raise InputError("input_ids is empty: give at least one token")
-    lo, hi = int(input_ids.min()), int(input_ids.max())
-    if lo < 0 or hi >= config.vocab_size:
-        bad = lo if lo < 0 else hi
-        where = tuple(int(i) for i in xp.argwhere(input_ids == bad)[0])
-        raise InputError(f"token id {bad} at position {where} is outside the vocabulary [0, {config.vocab_size})")
+    if not B.is_cupy_array(input_ids) or bool(((input_ids < 0) | (input_ids >= config.vocab_size)).any()):
+        check_ids_in_vocabulary(B.to_numpy(input_ids), config.vocab_size)  # on the host: reads no device
+    input_ids = xp.asarray(input_ids)
     past = 0
     if cache is not None:
         if not isinstance(cache, KVCache):
@@ -74,30 +78,44 @@ def check_inputs(config: LlamaConfig, input_ids, attention_mask, position_ids, c
         if attention_mask.shape != (b, past + s):
             raise InputError(f"attention_mask must have shape [batch, past + seq] = {(b, past + s)}, "
                              f"got {tuple(attention_mask.shape)}")
+    furthest = past + s - 1
     if position_ids is None:
         position_ids = xp.broadcast_to(xp.arange(past, past + s, dtype=np.int64)[None], (b, s))
     else:
-        position_ids = xp.asarray(position_ids)
         if position_ids.ndim == 1:
             position_ids = position_ids[None]
         if position_ids.shape not in ((b, s), (1, s)) or position_ids.dtype.kind not in "iu":
             raise InputError(f"position_ids must be integers of shape [batch, seq] = {(b, s)} (or [1, seq]), "
                              f"got {tuple(position_ids.shape)} {position_ids.dtype}")
-        position_ids = xp.broadcast_to(position_ids, (b, s))
-    return attention_mask, position_ids, past
+        furthest = None if B.is_cupy_array(position_ids) else int(position_ids.max())
+        position_ids = xp.broadcast_to(xp.asarray(position_ids), (b, s))
+    return input_ids, attention_mask, position_ids, past, furthest
+
+
+def check_ids_in_vocabulary(ids: np.ndarray, vocab_size: int) -> None:
+    """Raise InputError naming the first id outside [0, vocab_size) and where it is (host ids)."""
+    bad = (ids < 0) | (ids >= vocab_size)
+    if bad.any():
+        where = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise InputError(f"token id {int(ids[where])} at position {where} is outside the vocabulary "
+                         f"[0, {vocab_size})")
 
 
 def forward(params: dict, config: LlamaConfig, input_ids, attention_mask=None, position_ids=None,
             past_key_values: KVCache | None = None, use_cache: bool = False, output_hidden_states: bool = False,
             output_attentions: bool = False, labels=None, logits_to_keep: int | Sequence[int] = 0,
-            trace: dict | None = None) -> ModelOutput:
+            trace: dict | None = None, rope: RopeTables | None = None) -> ModelOutput:
     """Run the model on a batch of token ids [batch, seq]; see `ModelOutput` for what comes back.
 
-    `trace`, if a dict, receives every intermediate under the stable names of `parity.py`.
+    Inputs may be NumPy arrays (checked on the host, then copied to the model's device once) or
+    arrays of the model's own module. `trace`, if a dict, receives every intermediate under the
+    stable names of `parity.py`. `rope`: the model's RoPE frequencies, kept on its device
+    (`Model` passes its own; without one they are computed for this call).
     """
     xp = B.xp_of(params["model"]["embed_tokens"]["weight"])
     cache = past_key_values
-    attention_mask, position_ids, past = check_inputs(config, input_ids, attention_mask, position_ids, cache, xp)
+    input_ids, attention_mask, position_ids, past, furthest = check_inputs(config, input_ids, attention_mask,
+                                                                           position_ids, cache, xp)
     b, s = input_ids.shape
     if config.head == "sequence_classification" and config.pad_token_id is None and b != 1:
         raise InputError("sequence classification of a batch needs a pad_token_id in the config")
@@ -109,9 +127,10 @@ def forward(params: dict, config: LlamaConfig, input_ids, attention_mask=None, p
         x = open_llama.stable_embedding(m["embed_layer_norm"], x)
     if use_cache and cache is None:
         cache = KVCache.allocate(config, b, max(s, 16), like=x)
-    # Dynamic NTK and LongRoPE choose their frequencies from the furthest position.
-    inv_freq, attention_factor = rope_inv_freq(config, seq_len=int(position_ids.max()) + 1)
-    cos, sin = llama.rope_cos_sin(inv_freq, position_ids, attention_factor)  # [b, s, d]
+    # On the device already, computed once per model (Dynamic NTK and LongRoPE: once per length bucket).
+    inv_freq, attention_factor = (rope or RopeTables(config, xp)).for_positions(position_ids, furthest)
+    cos, sin = llama.rope_cos_sin(inv_freq, position_ids, attention_factor)  # [b, s, d], float32
+    cos, sin = cos.astype(x.dtype, copy=False), sin.astype(x.dtype, copy=False)  # cast once, not in every layer
     mask_bias = llama.attention_mask_bias(attention_mask, s, past + s, past)  # [b, 1, s, t]
 
     if trace is not None:
@@ -120,6 +139,8 @@ def forward(params: dict, config: LlamaConfig, input_ids, attention_mask=None, p
     if trace is not None or config.pretraining_tp > 1 or config.hidden_act not in ("silu", "swish"):
         # a variant inside the layer: its steps are observed, its projections sliced, or its activation another
         layer_fn = partial(instrumented.decoder_layer, trace=trace, project=sliced_projection(config.pretraining_tp))
+    elif xp is not np and fused.ENABLED:  # on CuPy: the same layer, its pointwise steps fused into single kernels
+        layer_fn = fused.decoder_layer
     hidden_states, attentions = [x], []
     for i, layer_params in enumerate(m["layers"]):
         x, probs = layer_fn(layer_params, x, cos, sin, mask_bias, config, cache, i, past)
@@ -177,23 +198,25 @@ class Model:
     generation_config: dict = field(default_factory=dict)
 
     xp: Any = field(default=None, repr=False)  # numpy or cupy: resolved once, from `backend`
+    rope: RopeTables | None = field(default=None, repr=False)  # RoPE frequencies on the device, made once
 
     def __post_init__(self):
         if self.xp is None:
             self.backend = B.resolve_backend(self.backend)
             self.xp = B.get_module(self.backend)
+        if self.rope is None:
+            self.rope = RopeTables(self.config, self.xp)
 
     def as_input(self, ids, name: str = "input_ids"):
-        """Python lists, NumPy or CuPy arrays -> a [batch, seq] integer array of this model's backend."""
-        xp = self.xp
-        if B.is_cupy_array(ids) and xp is np:
+        """Python lists, NumPy or CuPy arrays -> a [batch, seq] integer array: NumPy, or already on this
+        model's device. Host data stays on the host here: `forward` checks it there, then copies it up once."""
+        if B.is_cupy_array(ids) and self.xp is np:
             ids = B.to_numpy(ids)
         if not hasattr(ids, "ndim"):
             try:
                 ids = np.asarray(ids)
             except ValueError as e:  # ragged nested lists
                 raise InputError(f"{name} must be a rectangular list of token ids: {e}") from None
-        ids = xp.asarray(ids)
         if ids.ndim == 1:
             ids = ids[None]
         if ids.size and ids.dtype.kind not in "iu":
@@ -211,7 +234,7 @@ class Model:
         elif labels is not None:
             labels = self.xp.asarray(labels)
         return forward(self.params, self.config, ids, mask, pos, past_key_values, use_cache,
-                       output_hidden_states, output_attentions, labels, logits_to_keep)
+                       output_hidden_states, output_attentions, labels, logits_to_keep, rope=self.rope)
 
     def num_parameters(self) -> int:
         seen, total = set(), 0

@@ -130,3 +130,43 @@ def rope_inv_freq(config: LlamaConfig, seq_len: int | None = None) -> tuple[np.n
     p = config.rope_parameters
     fn = ROPE_INIT_FUNCTIONS[p["rope_type"]]
     return fn(p, config.head_dim, config.max_position_embeddings, seq_len)
+
+
+class RopeTables:
+    """One model's inverse frequencies, on its device, computed once per length bucket instead of every forward.
+
+    Only "dynamic" and "longrope" depend on the length (the furthest position + 1): longrope has two
+    buckets (within its original context, and beyond), dynamic NTK one up to `max_position_embeddings`
+    and one per length past it. Every other type has a single table. `rope_tables(seq_len)` returns what
+    `rope_inv_freq` returns, with the frequencies as an array of the model's module (copied up once).
+    """
+
+    MAX_BUCKETS = 16  # dynamic NTK past the trained length makes one per length: keep the memory bounded
+
+    def __init__(self, config: LlamaConfig, xp=np):
+        self.config, self.xp, self.buckets = config, xp, {}
+        self.rope_type = config.rope_parameters["rope_type"]
+        self.length_dependent = self.rope_type in ("dynamic", "longrope")
+
+    def bucket(self, seq_len: int | None):
+        """The key under which `seq_len` shares its frequencies with every other length of its bucket."""
+        if self.rope_type == "dynamic":
+            return max(seq_len or 0, self.config.max_position_embeddings)  # as dynamic_inv_freq's n
+        if self.rope_type == "longrope":
+            return bool(seq_len and seq_len > self.config.rope_parameters["original_max_position_embeddings"])
+        return None
+
+    def for_positions(self, position_ids, furthest: int | None):
+        """The frequencies for these positions, the largest being `furthest` (None: not known on the host)."""
+        if self.length_dependent and furthest is None:
+            furthest = int(position_ids.max())  # positions given on the device: one sync to read the largest
+        return self(None if furthest is None else furthest + 1)
+
+    def __call__(self, seq_len: int | None = None):
+        key = self.bucket(seq_len)
+        if key not in self.buckets:
+            if len(self.buckets) >= self.MAX_BUCKETS:
+                self.buckets.clear()
+            inv_freq, attention_factor = rope_inv_freq(self.config, seq_len)
+            self.buckets[key] = (self.xp.asarray(inv_freq), attention_factor)  # the one host->device copy
+        return self.buckets[key]
