@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-gguf = pytest.importorskip("gguf", reason="the gguf package is not installed: pip install 'tinyllama-ref[gguf]'")
+gguf = pytest.importorskip("gguf", reason="the gguf package (llama.cpp's writer, a test-only dependency) is not installed: pip install -e '.[parity]'")
 from gguf import GGMLQuantizationType as Q  # noqa: E402
 
 from tinyllama_ref.fetch import FetchError, fetch_smollm2, is_complete, resolve_model_name  # noqa: E402

@@ -254,8 +254,8 @@ DECODERS = {
     "IQ4_XS": (QK_K, 136, dequantize_iq4_xs),
 }
 
-# decode this many blocks at a time, so the temporaries stay small (a few MB) for any tensor size
-_CHUNK_BLOCKS = 1 << 14
+# decode this many blocks at a time, so the temporaries stay small (tens of MB) for any tensor size
+_CHUNK_BLOCKS = 1 << 16
 
 
 def dequantize(raw: np.ndarray, type_name: str) -> np.ndarray:
