@@ -123,6 +123,34 @@ def test_chat_keeps_the_dialog_and_trims_old_turns(bundled):
     assert len(kept) < len(long)
 
 
+def test_chat_says_when_an_answer_is_cut_how_fast_it_ran_and_that_a_base_model_is_not_a_chat_model(bundled):
+    import io
+    import re
+
+    model, tok = bundled
+
+    def one_question(answers):
+        lines = iter(["In the beginning"])
+
+        def typed(prompt):
+            try:
+                return next(lines)
+            except StopIteration:
+                raise EOFError from None
+        out, log = io.StringIO(), io.StringIO()
+        chat(model, tok, temperature=0, input_fn=typed, output=out, log=log, max_new_tokens=answers)
+        return log.getvalue()
+
+    cut = one_question(4)
+    assert "not a chat model" in cut                      # the bundled model has no chat template
+    assert re.search(r"decode: 4 tokens, [\d.]+ tok/s \| stop: length", cut)
+    assert "cut at 4 new tokens" in cut and "--max-new-tokens" in cut
+    free = one_question(None)                             # no limit: the generation config's 64 is not applied
+    decoded = int(re.search(r"decode: (\d+) tokens", free).group(1))
+    assert decoded > 64 or "stop: eos" in free
+    assert "cut at" not in free
+
+
 # -- the command line ------------------------------------------------------------------------
 
 def run_cli(*args):
