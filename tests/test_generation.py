@@ -198,3 +198,22 @@ def test_cli_info_and_tokenize(capsys):
     assert main(["tokenize", "In the beginning"]) == 0
     out = capsys.readouterr().out
     assert "'▁In'" in out or "▁In" in out
+
+
+def test_a_test_data_download_says_what_and_how_big(tmp_path, monkeypatch, capsys):
+    import tinyllama_ref.fetch as fetch
+
+    def fake_pip(cmd, **kwargs):  # pip download, as far as the cache can tell
+        (tmp_path / "dl" / "mistral_common-1.13.1-py3-none-any.whl").write_bytes(b"x" * 2_000_000)
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setattr(fetch.subprocess, "run", fake_pip)
+    path = fetch.cached_distribution("mistral-common==1.13.1", cache_dir=tmp_path, about="a tokenizer")
+    err = capsys.readouterr().err
+    assert "downloading mistral-common==1.13.1 from PyPI (a tokenizer)" in err and "2.0 MB" in err
+    assert fetch.cached_distribution("mistral-common==1.13.1", cache_dir=tmp_path) == path  # cached: silent
+    assert capsys.readouterr().err == ""
+
+
+def test_fetch_offers_the_test_data():
+    assert "test-data" in run_cli("fetch", "--help").stdout

