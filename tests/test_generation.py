@@ -195,9 +195,11 @@ def test_cli_info_and_tokenize(capsys):
     assert main(["info"]) == 0
     out = capsys.readouterr().out
     assert "parameters:" in out and "kv heads" in out
-    assert main(["tokenize", "In the beginning"]) == 0
+    assert main(["tokenize", "In the beginning 🦙"]) == 0
     out = capsys.readouterr().out
-    assert "'▁In'" in out or "▁In" in out
+    rows = [line.split(None, 2) for line in out.splitlines()[1:]]
+    assert ["261", "'▁the'", "' the'"] in rows                   # the piece, and the text it decodes to
+    assert ["243", "'<0xF0>'", "(part of a character that spans tokens)"] in rows
 
 
 def test_a_test_data_download_says_what_and_how_big(tmp_path, monkeypatch, capsys):
@@ -217,3 +219,13 @@ def test_a_test_data_download_says_what_and_how_big(tmp_path, monkeypatch, capsy
 
 def test_fetch_offers_the_test_data():
     assert "test-data" in run_cli("fetch", "--help").stdout
+
+
+def test_generate_returns_the_continuation_or_with_return_full_text_the_prompt_too(bundled):
+    model, tok = bundled
+    continuation = tl.generate(model, tok, "In the beginning", max_new_tokens=5, temperature=0)
+    full = tl.generate(model, tok, "In the beginning", max_new_tokens=5, temperature=0, return_full_text=True)
+    assert full == "In the beginning" + continuation and not continuation.startswith("In the beginning")
+    ids = tok.encode("In the beginning")
+    assert tl.generate(model, tok, ids, max_new_tokens=5, temperature=0, return_full_text=True) == full
+    assert tok.decode(ids).startswith("<s>") and tok.decode(ids, skip_special_tokens=True) == "In the beginning"
