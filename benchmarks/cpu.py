@@ -16,6 +16,7 @@ Needs torch and transformers for the peer column (pip install -e ".[parity]").
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import subprocess
@@ -209,6 +210,20 @@ def find_models(names: list[str], cache: Path) -> list[tuple[str, Path]]:
     return found
 
 
+PEER_INSTALL = "pip install torch==2.13.0 && pip install -e '.[parity]'"
+
+
+def missing_peer() -> str | None:
+    """The first of torch, transformers that cannot be imported, else None (nothing is imported here)."""
+    for module in ("torch", "transformers"):
+        try:
+            if importlib.util.find_spec(module) is None:
+                return module
+        except (ImportError, ValueError):
+            return module
+    return None
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", nargs="+", default=["bundled", "smollm2", "tinyllama-1.1b"])
@@ -219,6 +234,10 @@ def main() -> None:
     ap.add_argument("--no-torch", action="store_true", help="skip the transformers column")
     ap.add_argument("--bandwidth-mib", type=int, default=512, help="size of the bandwidth probe's matrix")
     args = ap.parse_args()
+    if not args.no_torch and (missing := missing_peer()):
+        print(f"{missing} is not installed: only the tinyllama_ref column is measured. For the transformers "
+              f"column: {PEER_INSTALL}", file=sys.stderr)
+        args.no_torch = True
 
     bw = run_worker("bandwidth", args.bandwidth_mib, threads=args.threads)["gb_s"]
     print(f"machine: {os.cpu_count()} cores, {args.threads} threads; float32 matvec bandwidth {bw:.1f} GB/s")

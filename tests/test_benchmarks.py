@@ -32,6 +32,26 @@ def table_rows(out: str, impl: str) -> list[list[str]]:
     return [line.split() for line in out.splitlines() if f" {impl} " in f" {line} "]
 
 
+def test_cpu_benchmark_runs_our_column_when_torch_cannot_be_imported(tmp_path):
+    # a sitecustomize that makes `import torch` fail, as on a machine without it
+    (tmp_path / "sitecustomize.py").write_text(
+        "import sys\n"
+        "class NoTorch:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in ('torch', 'transformers'):\n"
+        "            raise ModuleNotFoundError(f'No module named {name!r}')\n"
+        "sys.meta_path.insert(0, NoTorch())\n")
+    env = {**__import__("os").environ, "PYTHONPATH": f"{tmp_path}:{REPO}"}
+    proc = subprocess.run([sys.executable, "benchmarks/cpu.py", "--models", "bundled", "--prompt-tokens", "8",
+                           "--new-tokens", "4", "--bandwidth-mib", "16"], cwd=REPO, capture_output=True, text=True,
+                          timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    assert "only the tinyllama_ref column" in proc.stderr and "pip install torch==2.13.0" in proc.stderr
+    assert [r for r in table_rows(proc.stdout, "tinyllama_ref") if r[0] == "bundled"]
+    assert not table_rows(proc.stdout, "eager")
+
+
 def test_cpu_benchmark_bundled_without_torch():
     out = run_script("benchmarks/cpu.py", "--models", "bundled", "--prompt-tokens", "8", "--new-tokens", "4",
                      "--no-torch", "--bandwidth-mib", "16")

@@ -253,6 +253,13 @@ def test_layout_in_chromium(chromium, site, capsys):
 
 
 @pytest.mark.slow
+def test_site_loads_nothing_from_other_servers_and_search_works_over_http(chromium, site, capsys):
+    search = _load("check_docs_search", REPO / "tools" / "check_docs_search.py")
+    assert search.remote_references(site) == []
+    assert search.main([str(site), "--chromium", chromium]) == 0, capsys.readouterr().out
+
+
+@pytest.mark.slow
 def test_layout_check_fails_on_a_broken_page(chromium, site):
     page = (site / "read" / "llama.html").read_text(encoding="utf-8")
     broken = site / "broken" / "llama.html"  # same depth as read/, so ../assets still resolves

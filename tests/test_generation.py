@@ -152,6 +152,34 @@ def test_chat_keeps_the_dialog_and_trims_old_turns(bundled):
     assert len(kept) < len(long)
 
 
+def test_chat_says_when_an_answer_is_cut_how_fast_it_ran_and_that_a_base_model_is_not_a_chat_model(bundled):
+    import io
+    import re
+
+    model, tok = bundled
+
+    def one_question(answers):
+        lines = iter(["In the beginning"])
+
+        def typed(prompt):
+            try:
+                return next(lines)
+            except StopIteration:
+                raise EOFError from None
+        out, log = io.StringIO(), io.StringIO()
+        chat(model, tok, temperature=0, input_fn=typed, output=out, log=log, max_new_tokens=answers)
+        return log.getvalue()
+
+    cut = one_question(4)
+    assert "not a chat model" in cut                      # the bundled model has no chat template
+    assert re.search(r"decode: 4 tokens, [\d.]+ tok/s \| stop: length", cut)
+    assert "cut at 4 new tokens" in cut and "--max-new-tokens" in cut
+    free = one_question(None)                             # no limit: the generation config's 64 is not applied
+    decoded = int(re.search(r"decode: (\d+) tokens", free).group(1))
+    assert decoded > 64 or "stop: eos" in free
+    assert "cut at" not in free
+
+
 # -- the command line ------------------------------------------------------------------------
 
 def run_cli(*args):
@@ -196,6 +224,37 @@ def test_cli_info_and_tokenize(capsys):
     assert main(["info"]) == 0
     out = capsys.readouterr().out
     assert "parameters:" in out and "kv heads" in out
-    assert main(["tokenize", "In the beginning"]) == 0
+    assert main(["tokenize", "In the beginning 🦙"]) == 0
     out = capsys.readouterr().out
-    assert "'▁In'" in out or "▁In" in out
+    rows = [line.split(None, 2) for line in out.splitlines()[1:]]
+    assert ["261", "'▁the'", "' the'"] in rows                   # the piece, and the text it decodes to
+    assert ["243", "'<0xF0>'", "(part of a character that spans tokens)"] in rows
+
+
+def test_a_test_data_download_says_what_and_how_big(tmp_path, monkeypatch, capsys):
+    import tinyllama_ref.fetch as fetch
+
+    def fake_pip(cmd, **kwargs):  # pip download, as far as the cache can tell
+        (tmp_path / "dl" / "mistral_common-1.13.1-py3-none-any.whl").write_bytes(b"x" * 2_000_000)
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setattr(fetch.subprocess, "run", fake_pip)
+    path = fetch.cached_distribution("mistral-common==1.13.1", cache_dir=tmp_path, about="a tokenizer")
+    err = capsys.readouterr().err
+    assert "downloading mistral-common==1.13.1 from PyPI (a tokenizer)" in err and "2.0 MB" in err
+    assert fetch.cached_distribution("mistral-common==1.13.1", cache_dir=tmp_path) == path  # cached: silent
+    assert capsys.readouterr().err == ""
+
+
+def test_fetch_offers_the_test_data():
+    assert "test-data" in run_cli("fetch", "--help").stdout
+
+
+def test_generate_returns_the_continuation_or_with_return_full_text_the_prompt_too(bundled):
+    model, tok = bundled
+    continuation = tl.generate(model, tok, "In the beginning", max_new_tokens=5, temperature=0)
+    full = tl.generate(model, tok, "In the beginning", max_new_tokens=5, temperature=0, return_full_text=True)
+    assert full == "In the beginning" + continuation and not continuation.startswith("In the beginning")
+    ids = tok.encode("In the beginning")
+    assert tl.generate(model, tok, ids, max_new_tokens=5, temperature=0, return_full_text=True) == full
+    assert tok.decode(ids).startswith("<s>") and tok.decode(ids, skip_special_tokens=True) == "In the beginning"

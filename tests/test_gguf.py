@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-gguf = pytest.importorskip("gguf", reason="the gguf package is not installed: pip install 'tinyllama-ref[gguf]'")
+gguf = pytest.importorskip("gguf", reason="the gguf package (llama.cpp's writer, a test-only dependency) is not installed: pip install -e '.[parity]'")
 from gguf import GGMLQuantizationType as Q  # noqa: E402
 
 from tinyllama_ref.fetch import FetchError, fetch_smollm2, is_complete, resolve_model_name  # noqa: E402
@@ -118,85 +118,12 @@ def test_permutation_rejects_rows_that_do_not_split_into_heads():
 
 # -- 2. block types against ggml's C decoders ----------------------------------------------------
 
-def _f16(two_bytes) -> float:
-    return float(np.frombuffer(bytes(two_bytes), dtype="<f2")[0])
+# ggml's C decoders, transcribed one block at a time, live in test_ggml_quants.py (which also checks
+# tinyllama_ref.formats.ggml_quants against them); here they check whole files read through gguf.py.
+from test_ggml_quants import REFERENCES  # noqa: E402
 
-
-def _scale_min_k4(j, q):  # ggml's get_scale_min_k4: 6-bit scale and min number j of a super-block
-    if j < 4:
-        return q[j] & 63, q[j + 4] & 63
-    return (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4), (q[j + 4] >> 4) | ((q[j] >> 6) << 4)
-
-
-def ref_q8_0(b):  # d (f16), 32 x int8
-    d = _f16(b[0:2])
-    return [d * (q - 256 if q > 127 else q) for q in b[2:34]]
-
-
-def ref_q4_0(b):  # d, 16 bytes: low nibbles are weights 0..15, high nibbles 16..31, offset 8
-    d, qs = _f16(b[0:2]), b[2:18]
-    return [d * ((q & 0xF) - 8) for q in qs] + [d * ((q >> 4) - 8) for q in qs]
-
-
-def ref_q4_1(b):  # d, m, 16 bytes of nibbles: d * q + m
-    d, m, qs = _f16(b[0:2]), _f16(b[2:4]), b[4:20]
-    return [d * (q & 0xF) + m for q in qs] + [d * (q >> 4) + m for q in qs]
-
-
-def _q5(qh, qs, j):  # 5-bit values j and j + 16: the 5th bits live in the 32-bit word qh
-    lo = (qs[j] & 0xF) | (((qh >> j) << 4) & 0x10)
-    hi = (qs[j] >> 4) | ((qh >> (j + 12)) & 0x10)
-    return lo, hi
-
-
-def ref_q5_0(b):
-    d, qh, qs = _f16(b[0:2]), int.from_bytes(bytes(b[2:6]), "little"), b[6:22]
-    pairs = [_q5(qh, qs, j) for j in range(16)]
-    return [d * (lo - 16) for lo, _ in pairs] + [d * (hi - 16) for _, hi in pairs]
-
-
-def ref_q5_1(b):
-    d, m, qh, qs = _f16(b[0:2]), _f16(b[2:4]), int.from_bytes(bytes(b[4:8]), "little"), b[8:24]
-    pairs = [_q5(qh, qs, j) for j in range(16)]
-    return [d * lo + m for lo, _ in pairs] + [d * hi + m for _, hi in pairs]
-
-
-def ref_q4_k(b):  # d, dmin, 12 bytes of 6-bit scales/mins, 128 bytes of nibbles; 8 sub-blocks of 32
-    d, dmin, scales, qs = _f16(b[0:2]), _f16(b[2:4]), b[4:16], b[16:144]
-    y = []
-    for j in range(4):
-        (sc1, m1), (sc2, m2) = _scale_min_k4(2 * j, scales), _scale_min_k4(2 * j + 1, scales)
-        y += [d * sc1 * (q & 0xF) - dmin * m1 for q in qs[32 * j: 32 * j + 32]]
-        y += [d * sc2 * (q >> 4) - dmin * m2 for q in qs[32 * j: 32 * j + 32]]
-    return y
-
-
-def ref_q5_k(b):  # as Q4_K plus a 5th bit per weight in qh
-    d, dmin, scales, qh, qs = _f16(b[0:2]), _f16(b[2:4]), b[4:16], b[16:48], b[48:176]
-    y = []
-    for j in range(4):
-        (sc1, m1), (sc2, m2) = _scale_min_k4(2 * j, scales), _scale_min_k4(2 * j + 1, scales)
-        u1, u2 = 1 << (2 * j), 2 << (2 * j)
-        y += [d * sc1 * ((qs[32 * j + l] & 0xF) + (16 if qh[l] & u1 else 0)) - dmin * m1 for l in range(32)]
-        y += [d * sc2 * ((qs[32 * j + l] >> 4) + (16 if qh[l] & u2 else 0)) - dmin * m2 for l in range(32)]
-    return y
-
-
-def ref_q6_k(b):  # ql (low 4 bits), qh (high 2 bits), 16 int8 scales, d
-    ql, qh, d = b[0:128], b[128:192], _f16(b[208:210])
-    sc = [s - 256 if s > 127 else s for s in b[192:208]]
-    y = [0.0] * 256
-    for n in range(2):
-        L, H, S, Y = 64 * n, 32 * n, 8 * n, 128 * n
-        for l in range(32):
-            s = S + l // 16
-            q1 = ((ql[L + l] & 0xF) | (((qh[H + l] >> 0) & 3) << 4)) - 32
-            q2 = ((ql[L + l + 32] & 0xF) | (((qh[H + l] >> 2) & 3) << 4)) - 32
-            q3 = ((ql[L + l] >> 4) | (((qh[H + l] >> 4) & 3) << 4)) - 32
-            q4 = ((ql[L + l + 32] >> 4) | (((qh[H + l] >> 6) & 3) << 4)) - 32
-            y[Y + l], y[Y + l + 32] = d * sc[s] * q1, d * sc[s + 2] * q2
-            y[Y + l + 64], y[Y + l + 96] = d * sc[s + 4] * q3, d * sc[s + 6] * q4
-    return y
+ref_q8_0, ref_q4_0, ref_q4_1, ref_q5_0, ref_q5_1, ref_q4_k, ref_q5_k, ref_q6_k = (
+    REFERENCES[k] for k in ("Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K", "Q5_K", "Q6_K"))
 
 
 def ref_f16(b):
@@ -219,6 +146,10 @@ BLOCK_TYPES = {
     Q.Q4_K: (256, 144, [0, 2], ref_q4_k),
     Q.Q5_K: (256, 176, [0, 2], ref_q5_k),
     Q.Q6_K: (256, 210, [208], ref_q6_k),
+    Q.Q2_K: (256, 84, [80, 82], REFERENCES["Q2_K"]),
+    Q.Q3_K: (256, 110, [108], REFERENCES["Q3_K"]),
+    Q.IQ4_NL: (32, 18, [0], REFERENCES["IQ4_NL"]),
+    Q.IQ4_XS: (256, 136, [0], REFERENCES["IQ4_XS"]),
 }
 
 

@@ -111,7 +111,7 @@ def _error(path: Path) -> GGUFError:
 
 
 def test_agrees_with_llama_cpp_reader_on_a_file_written_by_its_writer(tmp_path):
-    gguf = pytest.importorskip("gguf", reason="the gguf package is not installed: pip install 'tinyllama-ref[gguf]'")
+    gguf = pytest.importorskip("gguf", reason="the gguf package (llama.cpp's writer, a test-only dependency) is not installed: pip install -e '.[parity]'")
     path = tmp_path / "w.gguf"
     writer = gguf.GGUFWriter(str(path), "llama")
     for kind in ("uint8", "int8", "uint16", "int16", "uint32", "int32", "uint64", "int64"):

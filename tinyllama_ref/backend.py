@@ -53,7 +53,7 @@ def get_module(name: str | None = None):
     except ImportError as e:
         raise RuntimeError(
             "backend='cupy' needs CuPy, which is not installed: "
-            "pip install 'tinyllama-ref[gpu]' (or the cupy-cudaXXx wheel for your CUDA)") from e
+            "pip install -e \".[gpu]\" in a clone (or the cupy-cudaXXx wheel for your CUDA)") from e
     try:
         n = cupy.cuda.runtime.getDeviceCount()
     except Exception as e:  # cupy raises CUDARuntimeError when no driver is present

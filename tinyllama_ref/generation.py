@@ -327,9 +327,14 @@ def _find_stop(text: str, stops: Sequence[str]) -> int | None:
     return min(hits) if hits else None
 
 
-def generate(model, tokenizer, prompt: str | Sequence[int], **kwargs) -> str:
-    """The generated continuation of `prompt` as one string (see `stream` for the arguments)."""
-    return "".join(stream(model, tokenizer, prompt, **kwargs))
+def generate(model, tokenizer, prompt: str | Sequence[int], return_full_text: bool = False, **kwargs) -> str:
+    """The generated continuation of `prompt` as one string, *without* the prompt (see `stream` for the
+    arguments). return_full_text=True puts the prompt's text in front, as transformers' text-generation
+    pipeline does by default (a prompt of ids is decoded without its special tokens)."""
+    text = "".join(stream(model, tokenizer, prompt, **kwargs))
+    if not return_full_text:
+        return text
+    return (prompt if isinstance(prompt, str) else tokenizer.decode(list(prompt), skip_special_tokens=True)) + text
 
 
 def generate_batch(model, tokenizer, prompts: Sequence[str], max_new_tokens: int | None = None,

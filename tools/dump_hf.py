@@ -172,7 +172,7 @@ def main(argv=None) -> int:
         import torch
         import transformers
     except ImportError as e:
-        print(f"dump_hf: needs torch and transformers ({e}); pip install 'tinyllama-ref[parity]'", file=sys.stderr)
+        print(f"dump_hf: needs torch and transformers ({e}); pip install -e '.[parity]'", file=sys.stderr)
         return 1
     torch.manual_seed(0)
     if args.ids is not None:

@@ -5,7 +5,7 @@ A GGUF file holds key/value metadata (the hyper-parameters under `llama.*`, the 
 shares one scale and one minimum, and each weight keeps 4 bits). Reading one for our model is:
 
 1. metadata -> an HF `config.json` dict   (`llama.embedding_length` -> `hidden_size`, ...);
-2. each tensor -> float32                  (the `gguf` package's NumPy code does the block arithmetic);
+2. each tensor -> float32                  (block types decoded in `ggml_quants`, the next chapter);
 3. GGUF names  -> HF names                 (`blk.0.attn_q.weight` -> `model.layers.0.self_attn.q_proj.weight`);
 4. q/k rows    -> HF's RoPE layout         (llama.cpp stores them permuted for interleaved RoPE).
 
@@ -28,11 +28,10 @@ import numpy as np
 
 from ..tokenizer.hf_bpe import BYTE_TO_CHAR
 from ..tokenizer.sp_model import CONTROL, NORMAL, UNKNOWN, USER_DEFINED  # = tokenizer.ggml.token_type values
+from .ggml_quants import DECODERS, dequantize
 from .gguf_file import GGUFError, GGUFTensor, read_gguf_file
 from .gguf_pretokenizers import PreTokenizer, gguf_pre_tokenizer
 from .safetensors import bf16_to_f32, write_safetensors
-
-GGUF_INSTALL_HINT = "pip install 'tinyllama-ref[gguf]'"
 
 # llama.cpp's names -> HF's. Inside a block ("blk.N.<part>"), then outside any block.
 GGUF_LAYER_PARTS = {
@@ -51,16 +50,6 @@ GGUF_GLOBAL_PARTS = {
     "output_norm": "model.norm",
     "output": "lm_head",
 }
-
-
-def _import_gguf():
-    """The `gguf` package (llama.cpp's Python tools), imported only to dequantize block-quantized tensors."""
-    try:
-        import gguf
-    except ImportError as e:
-        raise ImportError(f"dequantizing block-quantized GGUF tensors needs the `gguf` package: "
-                          f"{GGUF_INSTALL_HINT}") from e
-    return gguf
 
 
 # -- the q/k permutation ---------------------------------------------------------------------
@@ -210,7 +199,7 @@ def dequantize_tensor(tensor: GGUFTensor, source: str = "GGUF") -> np.ndarray:
     """A GGUF tensor -> a float32 NumPy array of its shape (a copy, not a file view).
 
     float32, float16 and bfloat16 are plain element types; the block types (Q4_1: each run of 32
-    weights shares a scale and a minimum) are decoded by the `gguf` package's NumPy code.
+    weights shares a scale and a minimum) are decoded by `ggml_quants.dequantize`.
     """
     kind, raw = tensor.type_name, tensor.data
     if kind == "F32":
@@ -219,13 +208,11 @@ def dequantize_tensor(tensor: GGUFTensor, source: str = "GGUF") -> np.ndarray:
         values = raw.view("<f2")
     elif kind == "BF16":
         values = bf16_to_f32(raw.view("<u2"))
+    elif kind in DECODERS:
+        values = dequantize(raw, kind)
     else:
-        gguf = _import_gguf()
-        try:
-            values = gguf.quants.dequantize(raw, gguf.GGMLQuantizationType(tensor.ggml_type))
-        except (NotImplementedError, ValueError):
-            raise GGUFError(f"{source}: tensor {tensor.name!r} is stored as {kind}, which the installed gguf "
-                            f"package cannot dequantize") from None
+        raise GGUFError(f"{source}: tensor {tensor.name!r} is stored as {kind}, which this package cannot "
+                        f"dequantize (it reads F32, F16, BF16, {', '.join(DECODERS)})")
     return np.array(values, dtype=np.float32).reshape(tensor.shape)  # np.array copies out of the file
 
 

@@ -8,9 +8,8 @@ GGUF (llama.cpp's format, little-endian, versions 2 and 3) is laid out as
     padding to `general.alignment` (32 by default), then the tensor data, each at its offset
 
 where a str is its byte length (u64) followed by UTF-8 bytes, and `ne[0]` is the length of a row
-(dimensions run fastest first). Reading the container needs only the standard library and NumPy;
-only the block arithmetic of quantized tensors (`tinyllama_ref.formats.gguf.dequantize_tensor`) uses the
-`gguf` package. The header is parsed with `struct`, and the vocabulary's long arrays in bulk, which
+(dimensions run fastest first). Reading the container needs only the standard library and NumPy
+(the block arithmetic of quantized tensors is in `ggml_quants`, the next chapter). The header is parsed with `struct`, and the vocabulary's long arrays in bulk, which
 is what makes this fast: a 49k-token vocabulary with its merges reads in well under a second.
 """
 from __future__ import annotations
