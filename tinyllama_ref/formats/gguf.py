@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -30,7 +32,7 @@ from ..tokenizer.hf_bpe import BYTE_TO_CHAR
 from ..tokenizer.sp_model import CONTROL, NORMAL, UNKNOWN, USER_DEFINED  # = tokenizer.ggml.token_type values
 from .gguf_file import GGUFError, GGUFTensor, read_gguf_file
 from .gguf_pretokenizers import PreTokenizer, gguf_pre_tokenizer
-from .safetensors import bf16_to_f32, write_safetensors
+from .safetensors import bf16_to_f32, write_safetensors, write_text_atomic
 
 GGUF_INSTALL_HINT = "pip install 'tinyllama-ref[gguf]'"
 
@@ -417,33 +419,63 @@ def tokenizer_config(metadata: dict, config: dict) -> dict:
 # -- writing an HF checkpoint ------------------------------------------------------------------
 
 def _write_json(path: Path, obj: Any) -> None:
-    path.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    write_text_atomic(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
 
 
-def write_hf_checkpoint(gguf_path: str | Path, out_dir: str | Path, progress: bool = False) -> Path:
+def write_hf_checkpoint(gguf_path: str | Path, out_dir: str | Path, progress: bool = False,
+                        force: bool = False) -> Path:
     """Write a GGUF file as an HF checkpoint directory: config.json, model.safetensors (float32),
     generation_config.json, and tokenizer.json + tokenizer_config.json when the file has a tokenizer.
     Returns `out_dir`.
+
+    Everything is read and checked before anything is written. A non-empty `out_dir` is refused
+    unless `force`; the files are written into a temporary directory beside it, which then takes
+    its place, so a finished directory holds this checkpoint and nothing else.
     """
-    config, tensors, metadata = read_gguf(gguf_path, progress=progress)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    _write_json(out / "config.json", config)
-    generation = {k: config[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id") if config[k] is not None}
-    _write_json(out / "generation_config.json", generation)
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"{out} exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise FileExistsError(f"{out} is not empty: choose a new directory, or pass --force to replace it")
+    config, tensors, metadata = read_gguf(gguf_path, progress=progress)
+    files = {"config.json": config,
+             "generation_config.json": {k: config[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id")
+                                        if config[k] is not None}}
     if "tokenizer.ggml.model" in metadata:
-        _write_json(out / "tokenizer.json", tokenizer_json(metadata, str(gguf_path)))
-        _write_json(out / "tokenizer_config.json", tokenizer_config(metadata, config))
+        files["tokenizer.json"] = tokenizer_json(metadata, str(gguf_path))
+        files["tokenizer_config.json"] = tokenizer_config(metadata, config)
     else:
         warnings.warn(f"{gguf_path}: no tokenizer in the metadata; wrote the model without one", stacklevel=2)
-    # "format": "pt" is what transformers checks before it will load the file
-    write_safetensors(out / "model.safetensors", tensors, metadata={"format": "pt"})
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.partial-"))
+    try:
+        for name, obj in files.items():
+            _write_json(staging / name, obj)
+        # "format": "pt" is what transformers checks before it will load the file
+        write_safetensors(staging / "model.safetensors", tensors, metadata={"format": "pt"})
+        _publish_dir(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     return out
 
 
-def convert_gguf(gguf_path: str | Path, out_dir: str | Path, progress: bool = True) -> Path:
+def _publish_dir(staging: Path, out: Path) -> None:
+    """Rename the finished `staging` onto `out`; an old `out` is moved aside first, then removed."""
+    if out.is_dir() and not any(out.iterdir()):
+        out.rmdir()
+    old = None
+    if out.exists():
+        old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-")) / out.name
+        out.replace(old)
+    staging.replace(out)
+    if old is not None:
+        shutil.rmtree(old.parent, ignore_errors=True)
+
+
+def convert_gguf(gguf_path: str | Path, out_dir: str | Path, progress: bool = True, force: bool = False) -> Path:
     """`tinyllama-ref convert model.gguf OUT_DIR`: `write_hf_checkpoint`, saying what it did."""
-    out = write_hf_checkpoint(gguf_path, out_dir, progress=progress)
+    out = write_hf_checkpoint(gguf_path, out_dir, progress=progress, force=force)
     if progress:
         config = json.loads((out / "config.json").read_text(encoding="utf-8"))
         print(f"wrote {out}: {config['num_hidden_layers']} layers, hidden {config['hidden_size']}, "

@@ -121,15 +121,21 @@ def write_safetensors(path: str | Path, tensors: Mapping[str, np.ndarray], metad
         offset += data.nbytes
     head = json.dumps(header, separators=(",", ":")).encode("utf-8")
     head += b" " * (-len(head) % 8)  # align the data to 8 bytes, as the reference writer does
-    with _replacing(Path(path)) as f:
+    with replacing(Path(path)) as f:
         f.write(struct.pack("<Q", len(head)))
         f.write(head)
         for data in blobs:
             f.write(data.reshape(-1).view(np.uint8))  # the array's own bytes, no copy
 
 
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Write a text file (UTF-8) through a temporary file and a rename, like `write_safetensors`."""
+    with replacing(Path(path)) as f:
+        f.write(text.encode("utf-8"))
+
+
 @contextmanager
-def _replacing(path: Path):
+def replacing(path: Path):
     """A new file opened for writing that replaces `path` only once it is complete and on disk."""
     for _ in range(100):
         tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
