@@ -103,3 +103,69 @@ def test_json_writes_go_through_a_rename(tmp_path):
     write_text_atomic(path, "{}")
     assert path.read_text() == "{}" and path.stat().st_ino != inode
     assert [p.name for p in tmp_path.iterdir()] == ["a.json"]
+
+
+# -- safetensors headers that lie ----------------------------------------------------------------------
+
+def write_raw_safetensors(path, header: dict, data: bytes):
+    head = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(head)) + head + data)
+    return path
+
+
+F32_2x2 = {"dtype": "F32", "shape": [2, 2]}
+
+
+@pytest.mark.parametrize("offsets, n_floats, why", [
+    ({"a": [0, 16], "b": [0, 16]}, 4, "overlaps"),  # b would silently be a copy of a
+    ({"a": [0, 16], "b": [8, 24]}, 6, "overlaps"),
+    ({"a": [0, 16], "b": [20, 36]}, 9, "gap"),
+    ({"a": [16, 32], "b": [0, 16]}, 8, None),  # out of order but tiling: accepted, as by the safetensors library
+    ({"a": [0, 16], "b": [16, 32], "c": [32, 48]}, 8, "truncated"),  # past the end
+    ({"a": [0, 16]}, 8, "trailing"),
+])
+def test_data_offsets_must_tile_the_data(tmp_path, offsets, n_floats, why):
+    header = {name: dict(F32_2x2, data_offsets=o) for name, o in offsets.items()}
+    data = np.arange(n_floats, dtype=np.float32).tobytes()
+    path = write_raw_safetensors(tmp_path / "x.safetensors", header, data)
+    if why is None:
+        out = read_safetensors(path)
+        np.testing.assert_array_equal(out["b"].ravel(), [0, 1, 2, 3])
+        return
+    with pytest.raises(CheckpointError, match=why) as e:
+        read_safetensors(path)
+    assert str(path) in str(e.value)
+
+
+@pytest.mark.parametrize("entry, match", [
+    ({"dtype": "F32", "shape": [-1, 4], "data_offsets": [0, 16]}, "non-negative integers"),
+    ({"dtype": "F32", "shape": [2**40, 2**40, 2**40], "data_offsets": [0, 16]}, "needs"),
+    ({"dtype": "F32", "shape": [2, 2], "data_offsets": [0.0, 16.0]}, "data_offsets"),
+    ({"dtype": "F32", "shape": [2.0, 2], "data_offsets": [0, 16]}, "non-negative integers"),
+    ({"dtype": ["F32"], "shape": [2, 2], "data_offsets": [0, 16]}, "unsupported dtype"),
+    ({"dtype": "F32", "shape": [2, 2], "data_offsets": [0, 16, 3]}, "corrupt header entry"),
+])
+def test_bad_header_entries_name_the_file_and_tensor(tmp_path, entry, match):
+    path = write_raw_safetensors(tmp_path / "x.safetensors", {"w": entry}, bytes(16))
+    with pytest.raises(CheckpointError, match=match) as e:
+        read_safetensors(path)
+    assert str(path) in str(e.value) and "'w'" in str(e.value)
+
+
+def test_a_header_with_a_million_entries_fails_fast(tmp_path):
+    import time
+
+    header = {f"t{i}": {"dtype": "F32", "shape": [0], "data_offsets": [0, 0]} for i in range(1_000_000)}
+    path = write_raw_safetensors(tmp_path / "big.safetensors", header, b"")
+    t0 = time.perf_counter()
+    with pytest.raises(CheckpointError, match="more than 100000 tensors"):
+        read_safetensors(path)
+    assert time.perf_counter() - t0 < 5
+
+
+def test_deeply_nested_header_json(tmp_path):
+    head = b"[" * 100_000 + b"]" * 100_000
+    path = tmp_path / "deep.safetensors"
+    path.write_bytes(struct.pack("<Q", len(head)) + head)
+    with pytest.raises(CheckpointError, match="not JSON"):
+        read_safetensors(path)
