@@ -169,3 +169,48 @@ def test_deeply_nested_header_json(tmp_path):
     path.write_bytes(struct.pack("<Q", len(head)) + head)
     with pytest.raises(CheckpointError, match="not JSON"):
         read_safetensors(path)
+
+
+# -- shard indexes and layer counts ------------------------------------------------------------------
+
+def sharded(tmp_path, weight_map):
+    path = save_checkpoint(tmp_path / "sharded")
+    (path / "model.safetensors").rename(path / "shard-1.safetensors")
+    (path / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    return path
+
+
+@pytest.mark.parametrize("weight_map, match", [
+    (["shard-1.safetensors"], "must map tensor names to file names"),
+    ({"model.norm.weight": 1}, "must map tensor names to file names"),
+    ({"model.norm.weight": "/etc/passwd"}, "'/etc/passwd', which is not a file in"),
+    ({"model.norm.weight": "../sharded/shard-1.safetensors"}, "which is not a file in"),
+])
+def test_bad_shard_index_is_refused(tmp_path, weight_map, match):
+    path = sharded(tmp_path, weight_map)
+    with pytest.raises(tl.CheckpointError, match=match) as e:
+        tl.load(path)
+    assert "model.safetensors.index.json" in str(e.value)
+
+
+def test_a_huge_layer_count_fails_at_the_first_missing_layer(tmp_path):
+    import time
+
+    path = save_checkpoint(tmp_path / "c")
+    config = json.loads((path / "config.json").read_text())
+    (path / "config.json").write_text(json.dumps(dict(config, num_hidden_layers=10**7)))
+    t0 = time.perf_counter()
+    with pytest.raises(tl.CheckpointError, match=r"missing tensor\(s\) of layer 2 .*10000000.* layers 0-1"):
+        tl.load(path)
+    assert time.perf_counter() - t0 < 5
+
+
+def test_a_huge_gguf_block_count_fails_fast(tmp_path):
+    import time
+
+    metadata = dict(tiny_metadata(), **{"llama.block_count": 10**6})
+    path = write_gguf(tmp_path / "big.gguf", to_gguf_tensors(tiny_hf_tensors(), Q.F32), metadata)
+    t0 = time.perf_counter()
+    with pytest.raises(tl.CheckpointError, match="missing tensor.* of layer 2"):
+        tl.load(path)
+    assert time.perf_counter() - t0 < 5
