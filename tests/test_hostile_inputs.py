@@ -214,3 +214,39 @@ def test_a_huge_gguf_block_count_fails_fast(tmp_path):
     with pytest.raises(tl.CheckpointError, match="missing tensor.* of layer 2"):
         tl.load(path)
     assert time.perf_counter() - t0 < 5
+
+
+# -- model inputs ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("label, where", [(-5, (0, 2)), (32, (0, 1)), (2**40, (0, 3))])
+def test_labels_out_of_range_name_the_label_and_position(model, label, where):
+    labels = [[5, 6, 7, 8]]
+    labels[0][where[1]] = label
+    with pytest.raises(tl.InputError, match=rf"label {label} at position \(0, {where[1]}\) is outside"):
+        model([[5, 6, 7, 8]], labels=labels)
+
+
+def test_labels_of_minus_100_are_still_ignored(model):
+    assert np.isfinite(float(model([[5, 6, 7, 8]], labels=[[-100, 6, -100, 8]]).loss))
+
+
+def test_a_failed_forward_leaves_the_cache_as_it_was(model):
+    cache = model([[1, 2, 3]], use_cache=True).past_key_values
+    with pytest.raises(tl.InputError):
+        model([[4]], past_key_values=cache, use_cache=True, labels=[[-7]])
+    assert cache.length == 3
+
+
+@pytest.mark.parametrize("ids", [[[]], [], np.zeros((0, 3), np.int64)])
+def test_empty_input_says_it_is_empty(model, ids):
+    with pytest.raises(tl.InputError, match="empty"):
+        model(ids)
+
+
+def test_an_attention_matrix_that_cannot_fit_is_refused_before_it_is_allocated(model):
+    import time
+
+    t0 = time.perf_counter()
+    with pytest.raises(tl.InputError, match=r"attention matrix .* GiB, more than the .* GiB available.*context is 64"):
+        model(np.ones((1, 1_000_000), np.int64))
+    assert time.perf_counter() - t0 < 5
