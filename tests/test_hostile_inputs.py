@@ -250,3 +250,50 @@ def test_an_attention_matrix_that_cannot_fit_is_refused_before_it_is_allocated(m
     with pytest.raises(tl.InputError, match=r"attention matrix .* GiB, more than the .* GiB available.*context is 64"):
         model(np.ones((1, 1_000_000), np.int64))
     assert time.perf_counter() - t0 < 5
+
+
+# -- GGUF ----------------------------------------------------------------------------------------------
+
+def gguf_string(s: str) -> bytes:
+    raw = s.encode()
+    return struct.pack("<Q", len(raw)) + raw
+
+
+def raw_gguf(path, kv: bytes = b"", n_kv: int = 0, tensors=(), data: bytes = b""):
+    """A GGUF v3 file from raw parts: kv is the encoded metadata; tensors are (name, ne, type, offset)."""
+    out = b"GGUF" + struct.pack("<IQQ", 3, len(tensors), n_kv) + kv
+    for name, ne, kind, offset in tensors:
+        out += gguf_string(name) + struct.pack("<I", len(ne)) + struct.pack(f"<{len(ne)}Q", *ne)
+        out += struct.pack("<IQ", kind, offset)
+    out += b"\0" * (-len(out) % 32) + data
+    path.write_bytes(out)
+    return path
+
+
+def test_gguf_with_a_tensor_name_twice_is_refused(tmp_path):
+    from tinyllama_ref.formats.gguf_file import GGUFError, read_gguf_file
+
+    path = raw_gguf(tmp_path / "dup.gguf", tensors=[("a", [4], 0, 0), ("a", [4], 0, 16)], data=bytes(32))
+    with pytest.raises(GGUFError, match=r"dup.gguf: tensor 'a' appears twice"):
+        read_gguf_file(path)
+
+
+def test_gguf_arrays_nested_100000_deep(tmp_path):
+    from tinyllama_ref.formats.gguf_file import ARRAY, GGUFError, read_gguf_file
+
+    depth = 100_000
+    kv = gguf_string("x") + struct.pack("<I", ARRAY) + struct.pack("<IQ", ARRAY, 1) * depth
+    path = raw_gguf(tmp_path / "deep.gguf", kv, n_kv=1)
+    with pytest.raises(GGUFError, match=r"deep.gguf: arrays nested more than 16 deep in metadata key 'x'"):
+        read_gguf_file(path)
+
+
+@pytest.mark.parametrize("key, value", [("llama.attention.head_count", 0), ("llama.block_count", 0),
+                                        ("llama.embedding_length", "16"), ("llama.attention.head_count_kv", 0)])
+def test_gguf_counts_must_be_positive_integers(tmp_path, key, value):
+    from tinyllama_ref.formats.gguf import GGUFError
+
+    metadata = dict(tiny_metadata(), **{key: value})
+    path = write_gguf(tmp_path / "bad.gguf", to_gguf_tensors(tiny_hf_tensors(), Q.F32), metadata)
+    with pytest.raises(GGUFError, match=rf"bad.gguf: metadata key {key} is {value!r}, not a positive integer"):
+        tl.load(path)

@@ -147,12 +147,20 @@ def config_from_metadata(metadata: dict, tensor_names: list[str], source: str = 
     if "rope_freqs.weight" in tensor_names:
         raise GGUFError(f"{source}: holds rope_freqs.weight (Llama-3.1-style per-frequency RoPE factors), "
                         f"which this package does not support")
-    hidden, n_heads = key("embedding_length"), key("attention.head_count")
-    n_kv_heads = key("attention.head_count_kv", n_heads)
-    if isinstance(n_kv_heads, list):  # some writers store one count per layer
-        if len(set(n_kv_heads)) != 1:
-            raise GGUFError(f"{source}: {arch}.attention.head_count_kv differs between layers: {n_kv_heads}")
-        n_kv_heads = n_kv_heads[0]
+    def count(name: str, default: Any = _REQUIRED) -> int:
+        value = key(name, default)
+        if isinstance(value, list) and value and name == "attention.head_count_kv":  # some writers: one per layer
+            if len(set(map(repr, value))) != 1:
+                raise GGUFError(f"{source}: {arch}.{name} differs between layers: {value[:8]}")
+            value = value[0]
+        if type(value) is not int or value <= 0:
+            raise GGUFError(f"{source}: metadata key {arch}.{name} is {value!r}, not a positive integer")
+        return value
+
+    for name in ("embedding_length", "feed_forward_length", "block_count", "context_length"):
+        count(name)
+    hidden, n_heads = count("embedding_length"), count("attention.head_count")
+    n_kv_heads = count("attention.head_count_kv", n_heads)
     head_dim = key("attention.key_length", hidden // n_heads)
     rope_dim = key("rope.dimension_count", head_dim)
     if rope_dim != head_dim:

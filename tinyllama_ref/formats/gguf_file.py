@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 MAGIC = b"GGUF"
+MAX_ARRAY_DEPTH = 16  # arrays of arrays; llama.cpp's own files use at most 2
 DEFAULT_ALIGNMENT = 32
 
 # value types: id -> (name, struct format or None)
@@ -94,6 +95,7 @@ class _Cursor:
 
     def __init__(self, buf, source: str):
         self.buf, self.pos, self.source, self.what = buf, 0, source, "the header"
+        self.depth = 0  # arrays of arrays: how deep we are
 
     def take(self, fmt: str):
         size = struct.calcsize(fmt)
@@ -122,7 +124,13 @@ class _Cursor:
             return self.string()
         if kind == ARRAY:
             item, n = self.take("<I"), self.take("<Q")
-            return self.array(item, n)
+            self.depth += 1
+            if self.depth > MAX_ARRAY_DEPTH:
+                raise GGUFError(f"{self.source}: arrays nested more than {MAX_ARRAY_DEPTH} deep in {self.what}")
+            try:
+                return self.array(item, n)
+            finally:
+                self.depth -= 1
         raise GGUFError(f"{self.source}: unknown value type {kind} in {self.what}")
 
     def array(self, item: int, n: int) -> list:
@@ -167,10 +175,13 @@ def read_gguf_file(path: str | Path) -> GGUFFile:
         cur.what = f"metadata key {key!r}"
         metadata[key] = cur.value(cur.take("<I"))
 
-    infos = []
+    infos, names = [], set()
     for i in range(n_tensors):
         cur.what = f"tensor info {i}"
         name = cur.string()
+        if name in names:
+            raise GGUFError(f"{source}: tensor {name!r} appears twice")  # as llama.cpp refuses it
+        names.add(name)
         cur.what = f"the info of tensor {name!r}"
         n_dims = cur.take("<I")
         ne = [cur.take("<Q") for _ in range(n_dims)]
