@@ -297,3 +297,62 @@ def test_gguf_counts_must_be_positive_integers(tmp_path, key, value):
     path = write_gguf(tmp_path / "bad.gguf", to_gguf_tensors(tiny_hf_tensors(), Q.F32), metadata)
     with pytest.raises(GGUFError, match=rf"bad.gguf: metadata key {key} is {value!r}, not a positive integer"):
         tl.load(path)
+
+
+# -- generation, generation_config.json, compare -----------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def bundled():
+    path = cli.default_model_dir()
+    return tl.load(path), tl.load_tokenizer(path)
+
+
+def test_a_plain_stop_string_is_one_stop_string(bundled):
+    model, tok = bundled
+    full = tl.generate(model, tok, "In the beginning", max_new_tokens=30, temperature=0)
+    stop = full[len(full) // 2:len(full) // 2 + 4]
+    assert tl.generate(model, tok, "In the beginning", max_new_tokens=30, temperature=0, stop=stop) == \
+        full[:full.index(stop)]
+    assert tl.generate(model, tok, "In the beginning", max_new_tokens=30, temperature=0, stop=[stop, "zzzz"]) == \
+        full[:full.index(stop)]
+
+
+@pytest.mark.parametrize("seed", [-1, "abc", 1.5])
+def test_a_bad_seed_is_named(bundled, seed):
+    model, tok = bundled
+    with pytest.raises(ValueError, match=rf"seed={seed!r} must be a non-negative integer"):
+        tl.generate(model, tok, "In", max_new_tokens=2, seed=seed)
+
+
+def test_cli_seed_minus_one_is_named(capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["generate", "hi", "--seed", "-1"])
+    assert e.value.code == 2 and "--seed" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("content, match", [("[1, 2]", "expected a JSON object, got list"),
+                                            ('{"temperature": -1, "do_sample": true}',
+                                             "field 'temperature' must be a non-negative number, got -1"),
+                                            ('{"top_k": "50"}', "field 'top_k'"),
+                                            ("{not json", "not valid JSON")])
+def test_bad_generation_config_names_the_file(ckpt, content, match):
+    (ckpt / "generation_config.json").write_text(content)
+    with pytest.raises(tl.ConfigError, match=match) as e:
+        tl.load(ckpt)
+    assert "generation_config.json" in str(e.value)
+
+
+def test_compare_with_nothing_in_common_fails(tmp_path, capsys):
+    from tinyllama_ref.parity import save_tensors
+
+    save_tensors(tmp_path / "a.safetensors", {"x": np.zeros(3, np.float32)})
+    np.savez(tmp_path / "b.npz", y=np.zeros(3, np.float32))
+    code, out, _ = run_cli(["compare", tmp_path / "a.safetensors", tmp_path / "b.npz"], capsys)
+    assert code == 1 and "nothing compared" in out
+
+
+def test_compare_npz_with_an_object_array_names_the_file(tmp_path, capsys):
+    np.savez(tmp_path / "obj.npz", x=np.array([{"a": 1}], dtype=object))
+    np.savez(tmp_path / "ok.npz", x=np.zeros(3, np.float32))
+    code, _, err = run_cli(["compare", tmp_path / "obj.npz", tmp_path / "ok.npz"], capsys)
+    assert code == 1 and "obj.npz" in err and "error" in err

@@ -83,7 +83,7 @@ def _add_model_args(p: argparse.ArgumentParser, sampling: bool = False) -> None:
         p.add_argument("--top-k", type=_positive_int, default=None, help="keep the k most likely tokens (0: off)")
         p.add_argument("--top-p", type=_unit_float, default=None, help="nucleus sampling threshold")
         p.add_argument("--repetition-penalty", type=_non_negative_float, default=None, help="1.0 means none")
-        p.add_argument("--seed", "-s", type=int, default=None, help="random seed (same seed, same text)")
+        p.add_argument("--seed", "-s", type=_positive_int, default=None, help="random seed (same seed, same text)")
 
 
 def cmd_generate(args) -> int:

@@ -266,3 +266,23 @@ def _validate_rope(c: LlamaConfig) -> None:
                                   f"got {n!r}")
     if rope_type == "llama3" and params["high_freq_factor"] == params["low_freq_factor"]:
         raise ConfigError("field 'rope_scaling.high_freq_factor' must differ from 'low_freq_factor'")
+
+
+GENERATION_FIELDS = {  # generation_config.json fields used here: (check, what they must be)
+    "max_new_tokens": (lambda v: type(v) is int and v >= 0, "a non-negative integer"),
+    "temperature": (lambda v: type(v) in (int, float) and v >= 0, "a non-negative number"),
+    "top_k": (lambda v: type(v) is int and v >= 0, "a non-negative integer"),
+    "top_p": (lambda v: type(v) in (int, float) and 0 < v <= 1, "a number in (0, 1]"),
+    "repetition_penalty": (lambda v: type(v) in (int, float) and v > 0, "a positive number"),
+    "do_sample": (lambda v: type(v) is bool, "true or false"),
+}
+
+
+def check_generation_config(g, source: str) -> dict:
+    """A generation_config.json's contents, checked: an object whose sampling fields are in range."""
+    if not isinstance(g, dict):
+        raise ConfigError(f"{source}: expected a JSON object, got {type(g).__name__}")
+    for name, (ok, what) in GENERATION_FIELDS.items():
+        if g.get(name) is not None and not ok(g[name]):
+            raise ConfigError(f"{source}: field {name!r} must be {what}, got {g[name]!r}")
+    return g

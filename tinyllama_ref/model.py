@@ -20,7 +20,7 @@ import numpy as np
 
 from . import backend as B
 from . import heads, instrumented, llama, losses, open_llama
-from .config import LlamaConfig
+from .config import ConfigError, LlamaConfig, check_generation_config
 from .kv_cache import KVCache, cache_signature
 from .rope_scaling import rope_inv_freq
 from .tensor_parallel import sliced_projection
@@ -296,9 +296,10 @@ def load(path: str | Path, backend: str | None = None, dtype: str = "float32", p
     gen = path / "generation_config.json"
     if gen.is_file():
         try:
-            model.generation_config = json.loads(gen.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{gen}: not valid JSON ({e})") from None
+            generation_config = json.loads(gen.read_text(encoding="utf-8"))
+        except (ValueError, RecursionError) as e:  # not UTF-8, not JSON
+            raise ConfigError(f"{gen}: not valid JSON ({e})") from None
+        model.generation_config = check_generation_config(generation_config, str(gen))
     return model
 
 
