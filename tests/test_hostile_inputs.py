@@ -356,3 +356,65 @@ def test_compare_npz_with_an_object_array_names_the_file(tmp_path, capsys):
     np.savez(tmp_path / "ok.npz", x=np.zeros(3, np.float32))
     code, _, err = run_cli(["compare", tmp_path / "obj.npz", tmp_path / "ok.npz"], capsys)
     assert code == 1 and "obj.npz" in err and "error" in err
+
+
+# -- tokenizers ---------------------------------------------------------------------------------------------
+
+from tinyllama_ref.tokenizer import TokenizerError  # noqa: E402
+
+GOOD_TOKENIZER = {"model": {"type": "BPE", "vocab": {"a": 0, "b": 1, "ab": 2, "<s>": 3}, "merges": ["a b"]},
+                  "added_tokens": [{"id": 3, "content": "<s>", "special": True}]}
+
+
+def write_tokenizer_json(tmp_path, spec):
+    path = tmp_path / "tokenizer.json"
+    path.write_text(json.dumps(spec))
+    return path
+
+
+def test_the_good_tokenizer_json_loads(tmp_path):
+    tok = tl.load_tokenizer(write_tokenizer_json(tmp_path, GOOD_TOKENIZER))
+    assert tok.encode("ab<s>", add_bos=False) == [2, 3]
+
+
+@pytest.mark.parametrize("spec, match", [
+    ({"model": {"type": "BPE"}}, "field 'model.vocab' must be a non-empty object"),
+    ({"model": {"type": "BPE", "vocab": {"a": 0, "b": -1}}}, "token 'b' the id -1"),
+    ({**GOOD_TOKENIZER, "added_tokens": [{"content": "<x>"}]}, r"added_tokens\[0\] needs a non-negative integer 'id'"),
+    ({**GOOD_TOKENIZER, "normalizer": {"prepend": "x"}}, "field 'normalizer' must be null or an object with a "
+                                                          "string 'type'"),
+    ([1, 2], "expected a JSON object, got list"),
+    ({**GOOD_TOKENIZER, "post_processor": {"type": "TemplateProcessing", "single": [
+        {"SpecialToken": {"id": "<s>"}}, {"Sequence": {"id": "A"}}]}}, "uses '<s>', which its 'special_tokens'"),
+    ({"model": {"type": "BPE", "vocab": {"a": 0, "b": 10**12}}}, "token ids go up to 1000000000000"),
+    ({**GOOD_TOKENIZER, "decoder": {"type": "Strip"}}, "malformed tokenizer.json"),
+])
+def test_bad_tokenizer_json_names_the_file_and_field(tmp_path, spec, match):
+    path = write_tokenizer_json(tmp_path, spec)
+    with pytest.raises(TokenizerError, match=match) as e:
+        tl.load_tokenizer(path)
+    assert "tokenizer.json" in str(e.value)
+
+
+@pytest.mark.parametrize("decoder, match", [({"x": {"content": "<y>"}}, "key 'x' is not a token id"),
+                                            ({"99": {"content": "<y>"}}, "key '99' is not a token id"),
+                                            ({"1": "b"}, "is not an object")])
+def test_bad_added_tokens_decoder_is_refused(tmp_path, decoder, match):
+    write_tokenizer_json(tmp_path, GOOD_TOKENIZER)
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"added_tokens_decoder": decoder}))
+    with pytest.raises(TokenizerError, match=match):
+        tl.load_tokenizer(tmp_path)
+
+
+def test_a_lone_surrogate_is_named_with_its_position(bundled):
+    _, tok = bundled
+    with pytest.raises(TokenizerError, match=r"'\\ud800' \(a lone surrogate, not a character\) at position 5"):
+        tok.encode("abcde\ud800b")
+
+
+@pytest.mark.parametrize("ids, match", [([2**70], "token id 1180591620717411303424 is outside the vocabulary"),
+                                        ([[5], [6, 7]], "ragged"), ([1.7], "integer token ids, got 1.7")])
+def test_bad_ids_to_decode(bundled, ids, match):
+    _, tok = bundled
+    with pytest.raises(TokenizerError, match=match):
+        tok.decode(ids)
