@@ -418,3 +418,64 @@ def test_bad_ids_to_decode(bundled, ids, match):
     _, tok = bundled
     with pytest.raises(TokenizerError, match=match):
         tok.decode(ids)
+
+
+# -- chat and the command line -------------------------------------------------------------------------------
+
+def checkpoint_with_template(tmp_path, template):
+    import shutil
+
+    path = tmp_path / "m"
+    shutil.copytree(cli.default_model_dir(), path)
+    (path / "tokenizer_config.json").write_text(json.dumps({"chat_template": template}))
+    return path
+
+
+@pytest.mark.parametrize("template, match", [("{% for m in messages %}{{ m.content }", "TemplateSyntaxError"),
+                                             ("{{ ''.__class__.__mro__ }}", "SecurityError")])
+def test_a_broken_chat_template_is_one_cli_line(tmp_path, monkeypatch, capsys, template, match):
+    import io
+
+    path = checkpoint_with_template(tmp_path, template)
+    monkeypatch.setattr("sys.stdin", io.StringIO("hello\n"))
+    code, _, err = run_cli(["chat", "--model", path, "-n", "2"], capsys)
+    assert code == 1 and "the chat template failed" in err and match in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_a_line_that_is_not_utf8_is_skipped(bundled):
+    import io
+
+    model, tok = bundled
+    lines = iter(["In the beginning", "caf\udce9", "And God said"])
+
+    def typed(prompt):
+        try:
+            return next(lines)
+        except StopIteration:
+            raise EOFError from None
+
+    messages = chat_fn()(model, tok, max_new_tokens=2, temperature=0, input_fn=typed, output=io.StringIO())
+    assert [m["content"] for m in messages if m["role"] == "user"] == ["In the beginning", "And God said"]
+
+
+def chat_fn():
+    from tinyllama_ref.conversation import chat
+
+    return chat
+
+
+def test_chat_cli_skips_a_bad_stdin_line(monkeypatch, capsys):
+    import io
+
+    raw = io.BytesIO(b"In the beginning\ncaf\xe9\nAnd God said\n")
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(raw, encoding="utf-8"))
+    code, out, err = run_cli(["chat", "-n", "2", "-t", "0"], capsys)
+    assert code == 0 and "skipped a line that is not valid UTF-8" in err
+    assert out.count(">>> ") == 4  # three lines read, then end of input
+
+
+def test_invalid_utf8_in_a_cli_argument(capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["generate", "caf\udce9"])
+    assert e.value.code == 2 and "not valid UTF-8" in capsys.readouterr().err

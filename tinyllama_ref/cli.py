@@ -113,6 +113,8 @@ def cmd_chat(args) -> int:
     from .conversation import chat
 
     model, tokenizer = _load(args)
+    if hasattr(sys.stdin, "reconfigure"):  # a line that is not UTF-8 arrives with surrogates; chat skips it
+        sys.stdin.reconfigure(errors="surrogateescape")
     chat(model, tokenizer, system=args.system, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
          top_k=args.top_k, top_p=args.top_p, repetition_penalty=args.repetition_penalty, seed=args.seed)
     return 0
@@ -251,6 +253,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    for name in ("prompt", "text", "system", "stop"):  # text arguments; paths may be any bytes
+        for value in (lambda v: v if isinstance(v, list) else [v])(getattr(args, name, None)):
+            if isinstance(value, str) and not _is_utf8(value):
+                parser.error(f"argument --{name} (or {name.upper()}) is not valid UTF-8: {value!r}")
     try:
         return args.func(args)
     except KeyboardInterrupt:
@@ -264,6 +270,28 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"tinyllama-ref {args.command}: error: {e}", file=sys.stderr)
         return EXIT_ERROR
+    except Exception as e:
+        if not _is_template_error(e) or os.environ.get("TINYLLAMA_DEBUG"):
+            raise
+        where = f" (line {e.lineno})" if getattr(e, "lineno", None) else ""
+        print(f"tinyllama-ref {args.command}: error: the chat template failed{where}: {type(e).__name__}: {e}",
+              file=sys.stderr)
+        return EXIT_ERROR
+
+
+def _is_utf8(text: str) -> bool:
+    """False for text holding lone surrogates: how Python hands over argv bytes that are not UTF-8."""
+    try:
+        text.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
+def _is_template_error(e: Exception) -> bool:
+    """A Jinja error from a chat template (syntax, sandbox violation, raise_exception)."""
+    jinja2 = sys.modules.get("jinja2")
+    return jinja2 is not None and isinstance(e, jinja2.TemplateError)
 
 
 if __name__ == "__main__":
