@@ -139,7 +139,8 @@ def test_data_offsets_must_tile_the_data(tmp_path, offsets, n_floats, why):
 
 @pytest.mark.parametrize("entry, match", [
     ({"dtype": "F32", "shape": [-1, 4], "data_offsets": [0, 16]}, "non-negative integers"),
-    ({"dtype": "F32", "shape": [2**40, 2**40, 2**40], "data_offsets": [0, 16]}, "needs"),
+    ({"dtype": "F32", "shape": [2**40, 2**40, 2**40], "data_offsets": [0, 16]}, "too large"),
+    ({"dtype": "F32", "shape": [0, 2**61], "data_offsets": [0, 0]}, "too large"),
     ({"dtype": "F32", "shape": [2, 2], "data_offsets": [0.0, 16.0]}, "data_offsets"),
     ({"dtype": "F32", "shape": [2.0, 2], "data_offsets": [0, 16]}, "non-negative integers"),
     ({"dtype": ["F32"], "shape": [2, 2], "data_offsets": [0, 16]}, "unsupported dtype"),

@@ -116,7 +116,10 @@ def check_layout(header: dict, data_size: int, source: str) -> dict[str, tuple[s
         if not all(type(n) is int and n >= 0 for n in (begin, end)):
             raise CheckpointError(f"{source}: tensor {name!r} has data_offsets {info['data_offsets']!r}: "
                                   f"expected two non-negative integers")
-        nbytes = math.prod(shape) * np.dtype(SAFETENSORS_DTYPES[dtype_name]).itemsize  # Python ints: no overflow
+        itemsize = np.dtype(SAFETENSORS_DTYPES[dtype_name]).itemsize
+        if math.prod(max(n, 1) for n in shape) * itemsize >= 2**63:  # Python ints: no overflow here
+            raise CheckpointError(f"{source}: tensor {name!r} has shape {shape}, too large for any array")
+        nbytes = math.prod(shape) * itemsize
         if end - begin != nbytes or end > data_size:
             raise CheckpointError(
                 f"{source}: tensor {name!r} ({dtype_name}, shape {shape}) needs {nbytes} bytes at "

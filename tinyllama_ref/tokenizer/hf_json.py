@@ -98,14 +98,14 @@ def tokenizer_from_json_dict(spec: dict, source: str = "<tokenizer.json>") -> To
     for t in added:
         pieces[t["id"]] = pieces[t["id"]] or t["content"]
     if "" in pieces:
-        raise ValueError(f"{source}: token id {pieces.index('')} has no token in the vocabulary")
+        raise TokenizerError(f"{source}: token id {pieces.index('')} has no token in the vocabulary")
     merges = [tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m) for m in model.get("merges") or []]
     kw = dict(byte_fallback=bool(model.get("byte_fallback")), fuse_unk=bool(model.get("fuse_unk")),
               ignore_merges=bool(model.get("ignore_merges")), normalizer=[], decoder=[], split_patterns=[])
     unk = model.get("unk_token")
     if unk is not None:
         if unk not in vocab:
-            raise ValueError(f"{source}: unk_token {unk!r} is not in the vocabulary")
+            raise TokenizerError(f"{source}: unk_token {unk!r} is not in the vocabulary")
         kw["unk_id"] = vocab[unk]
     for step in _steps(spec.get("normalizer"), "normalizer", source):
         if step["type"] == "Prepend":
