@@ -128,3 +128,17 @@ def test_tokenizer_json(spec, raw):
 @given(raw=st.binary(max_size=200))
 def test_sentencepiece_model(raw):
     expect(load_sentencepiece_model, in_file("tokenizer.model", raw), (ValueError, NotImplementedError))
+
+
+# -- config.json ---------------------------------------------------------------------------------------------
+
+@FUZZ
+@given(config=st.fixed_dictionaries({"model_type": st.sampled_from(["llama", "open-llama", 3]),
+                                     "num_hidden_layers": json_values, "hidden_size": json_values,
+                                     "num_attention_heads": json_values, "rope_scaling": json_values}) | json_values,
+       raw=st.none() | st.binary(max_size=40))
+def test_config_json(config, raw):
+    from tinyllama_ref.config import LlamaConfig
+
+    path = in_file("config.json", json.dumps(config).encode() if raw is None else raw)
+    expect(LlamaConfig.from_json, path, ConfigError)

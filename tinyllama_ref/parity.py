@@ -99,9 +99,13 @@ def load_tensors(path: str | Path) -> dict[str, np.ndarray]:
             raise CheckpointError(f"{path}: not a readable .npz of numeric arrays ({e})") from None
     else:
         tensors = read_safetensors(path)
-        order = read_safetensors_header(path)[0].get("__metadata__", {}).get("order")
-        if order:
-            known = json.loads(order)
+        meta = read_safetensors_header(path)[0].get("__metadata__")
+        order = meta.get("order") if isinstance(meta, dict) else None
+        try:
+            known = [k for k in json.loads(order) if isinstance(k, str)] if isinstance(order, str) else None
+        except (ValueError, TypeError, RecursionError):
+            known = None  # an order we cannot read: fall back to the forward order of the names
+        if known:
             return {k: tensors[k] for k in known if k in tensors} | \
                    {k: tensors[k] for k in sorted(set(tensors) - set(known), key=forward_order_key)}
     return {k: tensors[k] for k in sorted(tensors, key=forward_order_key)}
