@@ -7,7 +7,6 @@ import struct
 import tempfile
 from pathlib import Path
 
-import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from tinyllama_ref.config import ConfigError
@@ -72,10 +71,6 @@ def test_shard_index(index, raw):
 
 
 # -- GGUF ----------------------------------------------------------------------------------------------------
-
-def gguf_value(draw_kind, value) -> bytes:
-    return struct.pack("<I", draw_kind) + value
-
 
 @st.composite
 def gguf_files(draw):

@@ -13,22 +13,11 @@ import pytest
 
 import tinyllama_ref as tl
 from tinyllama_ref import cli
-from tinyllama_ref.formats.checkpoint import random_tensors
-from tinyllama_ref.formats.safetensors import CheckpointError, read_safetensors, write_safetensors
-from test_errors import CONFIG, save_checkpoint
+from tinyllama_ref.formats.safetensors import CheckpointError, read_safetensors
+from test_errors import ckpt, model, save_checkpoint  # noqa: F401 (fixtures shared with test_errors)
 
 gguf = pytest.importorskip("gguf")
 from test_gguf import Q, tiny_metadata, tiny_hf_tensors, to_gguf_tensors, write_gguf, write_tiny  # noqa: E402
-
-
-@pytest.fixture
-def ckpt(tmp_path):
-    return save_checkpoint(tmp_path / "ckpt")
-
-
-@pytest.fixture
-def model(ckpt):
-    return tl.load(ckpt)
 
 
 def run_cli(argv, capsys):
