@@ -469,3 +469,11 @@ def test_invalid_utf8_in_a_cli_argument(capsys):
     with pytest.raises(SystemExit) as e:
         cli.main(["generate", "caf\udce9"])
     assert e.value.code == 2 and "not valid UTF-8" in capsys.readouterr().err
+
+
+def test_gguf_shape_whose_size_overflows_int64(tmp_path):
+    from tinyllama_ref.formats.gguf_file import GGUFError, read_gguf_file
+
+    path = raw_gguf(tmp_path / "big.gguf", tensors=[("a", [4, 2**40, 2**40, 2**40], 0, 0)], data=bytes(64))
+    with pytest.raises(GGUFError, match="big.gguf: tensor 'a' needs bytes .* it is truncated"):
+        read_gguf_file(path)

@@ -15,6 +15,7 @@ is what makes this fast: a 49k-token vocabulary with its merges reads in well un
 """
 from __future__ import annotations
 
+import math
 import mmap
 import struct
 from dataclasses import dataclass
@@ -206,7 +207,7 @@ def _tensor(buf, start: int, name: str, ne: list[int], kind: int, offset: int, s
                               f"not a multiple of its block size {block}")
     row_bytes = ne[0] // block * block_bytes
     shape = tuple(reversed(ne))  # NumPy order: slowest first
-    n_bytes = row_bytes * int(np.prod(shape[:-1], dtype=np.int64))
+    n_bytes = row_bytes * math.prod(shape[:-1])  # Python ints: a lying shape cannot wrap around
     begin = start + offset
     if begin + n_bytes > len(buf):
         raise GGUFError(f"{source}: tensor {name!r} needs bytes [{begin}, {begin + n_bytes}) but the file "
