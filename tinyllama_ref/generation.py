@@ -104,6 +104,14 @@ class SamplingParams:
     stop: Sequence[str] = ()
 
     def __post_init__(self):
+        if isinstance(self.stop, str):
+            self.stop = (self.stop,)  # one stop string, as in transformers; a list is several
+        self.stop = tuple(self.stop or ())
+        if not all(isinstance(s, str) and s for s in self.stop):
+            raise ValueError(f"stop={self.stop!r} must be a string or a list of non-empty strings")
+        if self.seed is not None and (type(self.seed) is not int and not isinstance(self.seed, np.integer)
+                                      or self.seed < 0):
+            raise ValueError(f"seed={self.seed!r} must be a non-negative integer (or None)")
         checks = [("max_new_tokens", self.max_new_tokens >= 0), ("temperature", self.temperature >= 0),
                   ("top_k", self.top_k >= 0), ("top_p", 0 < self.top_p <= 1),
                   ("repetition_penalty", self.repetition_penalty > 0)]
@@ -292,7 +300,7 @@ def stream(model, tokenizer, prompt: str | Sequence[int], max_new_tokens: int | 
     """
     sp = sampling_defaults(model, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
                            top_p=top_p, repetition_penalty=repetition_penalty, seed=seed,
-                           stop=tuple(stop) if stop else None)
+                           stop=stop or None)
     prompt_ids = list(prompt) if not isinstance(prompt, str) else tokenizer.encode(prompt, add_bos=add_bos)
     stats = stats if stats is not None else GenerationStats()
     deltas = _TextDeltas(tokenizer, prompt_ids)

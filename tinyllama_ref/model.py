@@ -10,6 +10,7 @@ or a GGUF file. The array module is chosen here, once, when the model is built.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -19,7 +20,7 @@ import numpy as np
 
 from . import backend as B
 from . import fused, heads, instrumented, llama, losses, open_llama
-from .config import LlamaConfig
+from .config import ConfigError, LlamaConfig, check_generation_config
 from .kv_cache import KVCache, cache_signature
 from .rope_scaling import RopeTables
 from .tensor_parallel import sliced_projection
@@ -53,11 +54,11 @@ def check_inputs(config: LlamaConfig, input_ids, attention_mask, position_ids, c
     if input_ids.ndim != 2:
         raise InputError(f"input_ids must be [batch, seq] (or a single [seq] sequence); got shape "
                          f"{tuple(input_ids.shape)}")
+    b, s = input_ids.shape
+    if s == 0 or b == 0:
+        raise InputError(f"input_ids is empty (shape {(b, s)}): give at least one token")
     if input_ids.dtype.kind not in "iu":
         raise InputError(f"input_ids must be integers, got dtype {input_ids.dtype}")
-    b, s = input_ids.shape
-    if s == 0:
-        raise InputError("input_ids is empty: give at least one token")
     if not B.is_cupy_array(input_ids) or bool(((input_ids < 0) | (input_ids >= config.vocab_size)).any()):
         check_ids_in_vocabulary(B.to_numpy(input_ids), config.vocab_size)  # on the host: reads no device
     input_ids = xp.asarray(input_ids)
@@ -120,7 +121,9 @@ def forward(params: dict, config: LlamaConfig, input_ids, attention_mask=None, p
     if config.head == "sequence_classification" and config.pad_token_id is None and b != 1:
         raise InputError("sequence classification of a batch needs a pad_token_id in the config")
     if labels is not None and config.head == "causal_lm":  # checked before the cache is written
-        labels = check_labels(labels, logits_to_keep, b, s, xp)
+        labels = check_labels(labels, logits_to_keep, b, s, xp, config.vocab_size)
+    if xp is np:
+        check_attention_memory(config, b, s, past)
     m = params["model"]
     x = llama.embed(m["embed_tokens"]["weight"], input_ids)  # [b, s, D]
     if config.is_open_llama and config.use_stable_embedding:
@@ -172,11 +175,18 @@ def forward(params: dict, config: LlamaConfig, input_ids, attention_mask=None, p
     return out
 
 
-def check_labels(labels, logits_to_keep, b: int, s: int, xp):
-    """Labels for the causal-LM loss: the shape of input_ids, and logits kept for every position."""
+def check_labels(labels, logits_to_keep, b: int, s: int, xp, vocab_size: int | None = None):
+    """Labels for the causal-LM loss: the shape of input_ids, ids in the vocabulary or -100 (ignored),
+    and logits kept for every position."""
     labels = xp.asarray(labels)
     if labels.shape != (b, s):
         raise InputError(f"labels must have the shape of input_ids {(b, s)}, got {tuple(labels.shape)}")
+    if vocab_size is not None and labels.size:
+        bad = (labels != -100) & ((labels < 0) | (labels >= vocab_size))
+        if bool(bad.any()):
+            where = tuple(int(i) for i in xp.argwhere(bad)[0])
+            raise InputError(f"label {int(labels[where])} at position {where} is outside the vocabulary "
+                             f"[0, {vocab_size}) and is not -100 (ignored)")
     if isinstance(logits_to_keep, (int, np.integer)):
         kept = s if logits_to_keep == 0 else min(int(logits_to_keep), s)
     else:
@@ -184,6 +194,35 @@ def check_labels(labels, logits_to_keep, b: int, s: int, xp):
     if kept != s:
         raise InputError("labels need logits for every position: use logits_to_keep=0 with labels")
     return labels
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to a new allocation (Linux MemAvailable, else free pages), or None."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_attention_memory(config: LlamaConfig, b: int, s: int, past: int) -> None:
+    """Refuse, before allocating it, an attention matrix [batch, heads, seq, past + seq] (float32) that
+    alone would not fit in the memory available now."""
+    need = b * config.num_attention_heads * s * (past + s) * 4
+    if need < 2**30:
+        return  # under 1 GiB: not worth a look at /proc
+    free = available_memory()
+    if free is not None and need > free:
+        raise InputError(f"input_ids of shape {(b, s)} (after {past} cached positions) needs an attention matrix "
+                         f"[batch, heads, seq, past + seq] = {(b, config.num_attention_heads, s, past + s)} of "
+                         f"{need / 2**30:.1f} GiB, more than the {free / 2**30:.1f} GiB available; the model's "
+                         f"context is {config.max_position_embeddings}: give fewer tokens or a smaller batch")
 
 
 @dataclass
@@ -280,9 +319,10 @@ def load(path: str | Path, backend: str | None = None, dtype: str = "float32", p
     gen = path / "generation_config.json"
     if gen.is_file():
         try:
-            model.generation_config = json.loads(gen.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{gen}: not valid JSON ({e})") from None
+            generation_config = json.loads(gen.read_text(encoding="utf-8"))
+        except (ValueError, RecursionError) as e:  # not UTF-8, not JSON
+            raise ConfigError(f"{gen}: not valid JSON ({e})") from None
+        model.generation_config = check_generation_config(generation_config, str(gen))
     return model
 
 

@@ -31,6 +31,7 @@ from __future__ import annotations
 import json
 import re
 import sys
+import zipfile
 from pathlib import Path
 from typing import Mapping
 
@@ -38,7 +39,8 @@ import numpy as np
 
 from .backend import to_numpy
 from .model import forward
-from .formats.safetensors import read_safetensors, read_safetensors_header, write_safetensors
+from .formats.safetensors import (CheckpointError, read_safetensors, read_safetensors_header, replacing,
+                                 write_safetensors)
 
 LAYER_ORDER = ["input_layernorm", "self_attn.q", "self_attn.k", "self_attn.v", "self_attn.q_rope",
                "self_attn.k_rope", "self_attn.probs", "self_attn.context", "self_attn.o_proj", "attn_residual",
@@ -76,7 +78,8 @@ def save_tensors(path: str | Path, tensors: Mapping[str, np.ndarray], metadata: 
     path = Path(path)
     tensors = {k: np.ascontiguousarray(v) for k, v in tensors.items()}
     if path.suffix == ".npz":
-        np.savez(path, **tensors)
+        with replacing(path) as f:  # a temporary file renamed into place, as for safetensors
+            np.savez(f, **tensors)
     else:
         meta = {"order": json.dumps(list(tensors)), **(metadata or {})}
         write_safetensors(path, tensors, meta)
@@ -89,13 +92,20 @@ def load_tensors(path: str | Path) -> dict[str, np.ndarray]:
     if not path.is_file():
         raise FileNotFoundError(f"dump not found: {path}")
     if path.suffix == ".npz":
-        with np.load(path) as f:
-            tensors = {k: f[k] for k in f.files}
+        try:
+            with np.load(path) as f:
+                tensors = {k: f[k] for k in f.files}
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:  # object arrays: pickle is refused
+            raise CheckpointError(f"{path}: not a readable .npz of numeric arrays ({e})") from None
     else:
         tensors = read_safetensors(path)
-        order = read_safetensors_header(path)[0].get("__metadata__", {}).get("order")
-        if order:
-            known = json.loads(order)
+        meta = read_safetensors_header(path)[0].get("__metadata__")
+        order = meta.get("order") if isinstance(meta, dict) else None
+        try:
+            known = [k for k in json.loads(order) if isinstance(k, str)] if isinstance(order, str) else None
+        except (ValueError, TypeError, RecursionError):
+            known = None  # an order we cannot read: fall back to the forward order of the names
+        if known:
             return {k: tensors[k] for k in known if k in tensors} | \
                    {k: tensors[k] for k in sorted(set(tensors) - set(known), key=forward_order_key)}
     return {k: tensors[k] for k in sorted(tensors, key=forward_order_key)}
@@ -152,6 +162,9 @@ def compare_files(ours: str | Path, theirs: str | Path, rtol: float = 1e-3, atol
         print(f"{r['name']:{width}s}  {str(r['shape']):>18s}  {r['max_abs']:10.3g}  {r['max_rel']:10.3g}  "
               f"{r['status']}", file=out)
     bad = first_divergence(rows)
+    if not any(r["status"] not in ("only in ours", "only in theirs") for r in rows):
+        print(f"nothing compared: {ours} and {theirs} have no tensor names in common", file=out)
+        return 1
     if bad is None:
         common = sum(r["status"] == "ok" for r in rows)
         print(f"all {common} shared tensors agree (rtol={rtol}, atol={atol})", file=out)

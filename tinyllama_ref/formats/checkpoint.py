@@ -9,6 +9,7 @@ The parameter tree mirrors the checkpoint's names: "model.layers.0.self_attn.q_p
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Mapping
 
@@ -26,9 +27,12 @@ def checkpoint_files(ckpt_dir: Path) -> list[Path]:
     if index.is_file():
         try:
             weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-        except (json.JSONDecodeError, KeyError, TypeError) as e:
+        except (ValueError, KeyError, TypeError, IndexError, RecursionError) as e:  # ValueError: not UTF-8/JSON
             raise CheckpointError(f"{index}: not a valid shard index ({e!r})") from None
-        files = [ckpt_dir / f for f in dict.fromkeys(weight_map.values())]
+        if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+            raise CheckpointError(f"{index}: field 'weight_map' must map tensor names to file names, "
+                                  f"got {str(weight_map)[:80]}")
+        files = [_inside(ckpt_dir, f, index) for f in dict.fromkeys(weight_map.values())]
         missing = [str(f) for f in files if not f.is_file()]
         if missing:
             raise CheckpointError(f"{index}: names shard files that are missing: {', '.join(missing)}")
@@ -42,6 +46,14 @@ def checkpoint_files(ckpt_dir: Path) -> list[Path]:
     raise CheckpointError(f"{ckpt_dir}: no model.safetensors or model.safetensors.index.json found "
                           f"(PyTorch .bin checkpoints are not supported: convert them with transformers' "
                           f"save_pretrained(..., safe_serialization=True))")
+
+
+def _inside(ckpt_dir: Path, name: str, index: Path) -> Path:
+    """A shard named by the index, which must lie in the checkpoint directory (no absolute path, no ..)."""
+    path = Path(name)
+    if not name or path.is_absolute() or ".." in path.parts or "\\" in name or "\0" in name:
+        raise CheckpointError(f"{index}: weight_map names {name!r}, which is not a file in {ckpt_dir}")
+    return ckpt_dir / path
 
 
 def read_checkpoint_tensors(ckpt_dir: str | Path) -> dict[str, np.ndarray]:
@@ -93,6 +105,20 @@ def expected_shapes(config: LlamaConfig) -> tuple[dict[str, tuple], set[str]]:
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 
 
+_LAYER = re.compile(r"model\.layers\.(\d+)\.")
+
+
+def _ranges(ids: list[int]) -> str:
+    """[0, 1, 2, 5] -> "0-2, 5"; [] -> "none"."""
+    runs: list[list[int]] = []
+    for i in ids:
+        if runs and i == runs[-1][1] + 1:
+            runs[-1][1] = i
+        else:
+            runs.append([i, i])
+    return ", ".join(f"{a}-{b}" if b > a else f"{a}" for a, b in runs) or "none"
+
+
 def check_tensors(tensors: Mapping[str, np.ndarray], config: LlamaConfig, source: str = "checkpoint") -> dict:
     """Check names and shapes against the config; return the tensors under canonical names.
 
@@ -100,8 +126,14 @@ def check_tensors(tensors: Mapping[str, np.ndarray], config: LlamaConfig, source
     """
     if tensors and not any(k.startswith("model.") for k in tensors):
         tensors = {("model." + k if not k.startswith(("lm_head.", "score.")) else k): v for k, v in tensors.items()}
-    shapes, optional = expected_shapes(config)
     present = {k: v for k, v in tensors.items() if not k.endswith(_IGNORED_SUFFIXES)}
+    layers = {int(m.group(1)) for m in map(_LAYER.match, present) if m}
+    first_absent = next(i for i in range(len(layers) + 1) if i not in layers)
+    if first_absent < config.num_hidden_layers:  # before listing every name of a config that may be huge
+        raise CheckpointError(f"{source}: missing tensor(s) of layer {first_absent} (the config's "
+                              f"num_hidden_layers is {config.num_hidden_layers}; the checkpoint holds layers "
+                              f"{_ranges(sorted(layers))})")
+    shapes, optional = expected_shapes(config)
     missing = [k for k in shapes if k not in present and k not in optional]
     if missing:
         more = f" (and {len(missing) - 5} more)" if len(missing) > 5 else ""

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -31,7 +33,7 @@ from ..tokenizer.sp_model import CONTROL, NORMAL, UNKNOWN, USER_DEFINED  # = tok
 from .ggml_quants import DECODERS, dequantize
 from .gguf_file import GGUFError, GGUFTensor, read_gguf_file
 from .gguf_pretokenizers import PreTokenizer, gguf_pre_tokenizer
-from .safetensors import bf16_to_f32, write_safetensors
+from .safetensors import bf16_to_f32, write_safetensors, write_text_atomic
 
 # llama.cpp's names -> HF's. Inside a block ("blk.N.<part>"), then outside any block.
 GGUF_LAYER_PARTS = {
@@ -134,12 +136,20 @@ def config_from_metadata(metadata: dict, tensor_names: list[str], source: str = 
     if "rope_freqs.weight" in tensor_names:
         raise GGUFError(f"{source}: holds rope_freqs.weight (Llama-3.1-style per-frequency RoPE factors), "
                         f"which this package does not support")
-    hidden, n_heads = key("embedding_length"), key("attention.head_count")
-    n_kv_heads = key("attention.head_count_kv", n_heads)
-    if isinstance(n_kv_heads, list):  # some writers store one count per layer
-        if len(set(n_kv_heads)) != 1:
-            raise GGUFError(f"{source}: {arch}.attention.head_count_kv differs between layers: {n_kv_heads}")
-        n_kv_heads = n_kv_heads[0]
+    def count(name: str, default: Any = _REQUIRED) -> int:
+        value = key(name, default)
+        if isinstance(value, list) and value and name == "attention.head_count_kv":  # some writers: one per layer
+            if len(set(map(repr, value))) != 1:
+                raise GGUFError(f"{source}: {arch}.{name} differs between layers: {value[:8]}")
+            value = value[0]
+        if type(value) is not int or value <= 0:
+            raise GGUFError(f"{source}: metadata key {arch}.{name} is {value!r}, not a positive integer")
+        return value
+
+    for name in ("embedding_length", "feed_forward_length", "block_count", "context_length"):
+        count(name)
+    hidden, n_heads = count("embedding_length"), count("attention.head_count")
+    n_kv_heads = count("attention.head_count_kv", n_heads)
     head_dim = key("attention.key_length", hidden // n_heads)
     rope_dim = key("rope.dimension_count", head_dim)
     if rope_dim != head_dim:
@@ -404,33 +414,63 @@ def tokenizer_config(metadata: dict, config: dict) -> dict:
 # -- writing an HF checkpoint ------------------------------------------------------------------
 
 def _write_json(path: Path, obj: Any) -> None:
-    path.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    write_text_atomic(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
 
 
-def write_hf_checkpoint(gguf_path: str | Path, out_dir: str | Path, progress: bool = False) -> Path:
+def write_hf_checkpoint(gguf_path: str | Path, out_dir: str | Path, progress: bool = False,
+                        force: bool = False) -> Path:
     """Write a GGUF file as an HF checkpoint directory: config.json, model.safetensors (float32),
     generation_config.json, and tokenizer.json + tokenizer_config.json when the file has a tokenizer.
     Returns `out_dir`.
+
+    Everything is read and checked before anything is written. A non-empty `out_dir` is refused
+    unless `force`; the files are written into a temporary directory beside it, which then takes
+    its place, so a finished directory holds this checkpoint and nothing else.
     """
-    config, tensors, metadata = read_gguf(gguf_path, progress=progress)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    _write_json(out / "config.json", config)
-    generation = {k: config[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id") if config[k] is not None}
-    _write_json(out / "generation_config.json", generation)
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"{out} exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise FileExistsError(f"{out} is not empty: choose a new directory, or pass --force to replace it")
+    config, tensors, metadata = read_gguf(gguf_path, progress=progress)
+    files = {"config.json": config,
+             "generation_config.json": {k: config[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id")
+                                        if config[k] is not None}}
     if "tokenizer.ggml.model" in metadata:
-        _write_json(out / "tokenizer.json", tokenizer_json(metadata, str(gguf_path)))
-        _write_json(out / "tokenizer_config.json", tokenizer_config(metadata, config))
+        files["tokenizer.json"] = tokenizer_json(metadata, str(gguf_path))
+        files["tokenizer_config.json"] = tokenizer_config(metadata, config)
     else:
         warnings.warn(f"{gguf_path}: no tokenizer in the metadata; wrote the model without one", stacklevel=2)
-    # "format": "pt" is what transformers checks before it will load the file
-    write_safetensors(out / "model.safetensors", tensors, metadata={"format": "pt"})
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.partial-"))
+    try:
+        for name, obj in files.items():
+            _write_json(staging / name, obj)
+        # "format": "pt" is what transformers checks before it will load the file
+        write_safetensors(staging / "model.safetensors", tensors, metadata={"format": "pt"})
+        _publish_dir(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     return out
 
 
-def convert_gguf(gguf_path: str | Path, out_dir: str | Path, progress: bool = True) -> Path:
+def _publish_dir(staging: Path, out: Path) -> None:
+    """Rename the finished `staging` onto `out`; an old `out` is moved aside first, then removed."""
+    if out.is_dir() and not any(out.iterdir()):
+        out.rmdir()
+    old = None
+    if out.exists():
+        old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-")) / out.name
+        out.replace(old)
+    staging.replace(out)
+    if old is not None:
+        shutil.rmtree(old.parent, ignore_errors=True)
+
+
+def convert_gguf(gguf_path: str | Path, out_dir: str | Path, progress: bool = True, force: bool = False) -> Path:
     """`tinyllama-ref convert model.gguf OUT_DIR`: `write_hf_checkpoint`, saying what it did."""
-    out = write_hf_checkpoint(gguf_path, out_dir, progress=progress)
+    out = write_hf_checkpoint(gguf_path, out_dir, progress=progress, force=force)
     if progress:
         config = json.loads((out / "config.json").read_text(encoding="utf-8"))
         print(f"wrote {out}: {config['num_hidden_layers']} layers, hidden {config['hidden_size']}, "

@@ -14,6 +14,7 @@ is what makes this fast: a 49k-token vocabulary with its merges reads in well un
 """
 from __future__ import annotations
 
+import math
 import mmap
 import struct
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from typing import Any
 import numpy as np
 
 MAGIC = b"GGUF"
+MAX_ARRAY_DEPTH = 16  # arrays of arrays; llama.cpp's own files use at most 2
 DEFAULT_ALIGNMENT = 32
 
 # value types: id -> (name, struct format or None)
@@ -93,6 +95,7 @@ class _Cursor:
 
     def __init__(self, buf, source: str):
         self.buf, self.pos, self.source, self.what = buf, 0, source, "the header"
+        self.depth = 0  # arrays of arrays: how deep we are
 
     def take(self, fmt: str):
         size = struct.calcsize(fmt)
@@ -121,7 +124,13 @@ class _Cursor:
             return self.string()
         if kind == ARRAY:
             item, n = self.take("<I"), self.take("<Q")
-            return self.array(item, n)
+            self.depth += 1
+            if self.depth > MAX_ARRAY_DEPTH:
+                raise GGUFError(f"{self.source}: arrays nested more than {MAX_ARRAY_DEPTH} deep in {self.what}")
+            try:
+                return self.array(item, n)
+            finally:
+                self.depth -= 1
         raise GGUFError(f"{self.source}: unknown value type {kind} in {self.what}")
 
     def array(self, item: int, n: int) -> list:
@@ -166,10 +175,13 @@ def read_gguf_file(path: str | Path) -> GGUFFile:
         cur.what = f"metadata key {key!r}"
         metadata[key] = cur.value(cur.take("<I"))
 
-    infos = []
+    infos, names = [], set()
     for i in range(n_tensors):
         cur.what = f"tensor info {i}"
         name = cur.string()
+        if name in names:
+            raise GGUFError(f"{source}: tensor {name!r} appears twice")  # as llama.cpp refuses it
+        names.add(name)
         cur.what = f"the info of tensor {name!r}"
         n_dims = cur.take("<I")
         ne = [cur.take("<Q") for _ in range(n_dims)]
@@ -194,7 +206,7 @@ def _tensor(buf, start: int, name: str, ne: list[int], kind: int, offset: int, s
                               f"not a multiple of its block size {block}")
     row_bytes = ne[0] // block * block_bytes
     shape = tuple(reversed(ne))  # NumPy order: slowest first
-    n_bytes = row_bytes * int(np.prod(shape[:-1], dtype=np.int64))
+    n_bytes = row_bytes * math.prod(shape[:-1])  # Python ints: a lying shape cannot wrap around
     begin = start + offset
     if begin + n_bytes > len(buf):
         raise GGUFError(f"{source}: tensor {name!r} needs bytes [{begin}, {begin + n_bytes}) but the file "

@@ -9,6 +9,7 @@ which file and which tensor.
 from __future__ import annotations
 
 import json
+import math
 import os
 import secrets
 import struct
@@ -23,6 +24,7 @@ SAFETENSORS_DTYPES = {
     "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_,
 }
 MAX_HEADER = 100 * 1024 * 1024  # the safetensors format's own limit
+MAX_TENSORS = 100_000  # per file; a 70B model has about 700 in all
 
 
 class CheckpointError(ValueError):
@@ -56,9 +58,13 @@ def read_safetensors_header(path: Path) -> tuple[dict, int]:
         if n > MAX_HEADER or 8 + n > size:
             raise CheckpointError(f"{path}: corrupt safetensors header (header length {n}, file size {size})")
         raw = f.read(n)
+    entries = raw.count(b'"data_offsets"')  # one per tensor: counted before the (slower) JSON parse
+    if entries > MAX_TENSORS:
+        raise CheckpointError(f"{path}: corrupt safetensors header: {entries} entries "
+                              f"(more than {MAX_TENSORS} tensors in one file)")
     try:
         header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (ValueError, RecursionError) as e:  # not UTF-8, not JSON, nested too deep, an integer too long
         raise CheckpointError(f"{path}: corrupt safetensors header: not JSON ({e})") from None
     if not isinstance(header, dict):
         raise CheckpointError(f"{path}: corrupt safetensors header: not a JSON object")
@@ -75,26 +81,61 @@ def read_safetensors(path: str | Path) -> dict[str, np.ndarray]:
         raise CheckpointError(f"checkpoint file not found: {path}")
     header, start = read_safetensors_header(path)
     size = path.stat().st_size
+    entries = check_layout(header, size - start, str(path))
     mm = np.memmap(path, dtype=np.uint8, mode="r") if size > start else np.zeros(0, np.uint8)
     out = {}
+    for name, (dtype_name, shape, begin, end) in entries.items():
+        arr = np.asarray(mm[start + begin:start + end]).view(SAFETENSORS_DTYPES[dtype_name]).reshape(shape)
+        out[name] = bf16_to_f32(arr) if dtype_name == "BF16" else arr  # arr: a plain view of the map
+    return out
+
+
+def check_layout(header: dict, data_size: int, source: str) -> dict[str, tuple[str, list[int], int, int]]:
+    """Check every header entry as the safetensors library does; {name: (dtype, shape, begin, end)}.
+
+    Each entry needs a known dtype, a shape of non-negative integers, and integer `data_offsets`
+    whose length matches; taken in order of their offsets, the tensors must tile the data exactly,
+    from byte 0 to the end of the file, with no overlap and no gap.
+    """
+    if len(header) > MAX_TENSORS + 1:
+        raise CheckpointError(f"{source}: corrupt safetensors header: {len(header) - 1} entries "
+                              f"(more than {MAX_TENSORS} tensors in one file)")
+    entries = {}
     for name, info in header.items():
         if name == "__metadata__":
             continue
         try:
-            dtype_name, shape, (begin, end) = info["dtype"], list(info["shape"]), info["data_offsets"]
+            dtype_name, shape, (begin, end) = info["dtype"], info["shape"], info["data_offsets"]
         except (KeyError, TypeError, ValueError):
-            raise CheckpointError(f"{path}: corrupt header entry for tensor {name!r}: {info!r}") from None
-        if dtype_name not in SAFETENSORS_DTYPES:
-            raise CheckpointError(f"{path}: tensor {name!r} has unsupported dtype {dtype_name}")
-        dtype = np.dtype(SAFETENSORS_DTYPES[dtype_name])
-        count = int(np.prod(shape, dtype=np.int64))
-        if end - begin != count * dtype.itemsize or begin < 0 or start + end > size:
+            raise CheckpointError(f"{source}: corrupt header entry for tensor {name!r}: {info!r}") from None
+        if not isinstance(dtype_name, str) or dtype_name not in SAFETENSORS_DTYPES:
+            raise CheckpointError(f"{source}: tensor {name!r} has unsupported dtype {dtype_name!r}")
+        if not isinstance(shape, list) or not all(type(n) is int and n >= 0 for n in shape):
+            raise CheckpointError(f"{source}: tensor {name!r} has shape {shape!r}: "
+                                  f"expected a list of non-negative integers")
+        if not all(type(n) is int and n >= 0 for n in (begin, end)):
+            raise CheckpointError(f"{source}: tensor {name!r} has data_offsets {info['data_offsets']!r}: "
+                                  f"expected two non-negative integers")
+        itemsize = np.dtype(SAFETENSORS_DTYPES[dtype_name]).itemsize
+        if math.prod(max(n, 1) for n in shape) * itemsize >= 2**63:  # Python ints: no overflow here
+            raise CheckpointError(f"{source}: tensor {name!r} has shape {shape}, too large for any array")
+        nbytes = math.prod(shape) * itemsize
+        if end - begin != nbytes or end > data_size:
             raise CheckpointError(
-                f"{path}: tensor {name!r} ({dtype_name}, shape {shape}) needs {count * dtype.itemsize} bytes at "
-                f"[{begin}, {end}) but the file holds {size - start} data bytes: truncated or corrupt file")
-        arr = np.asarray(mm[start + begin:start + end]).view(dtype).reshape(shape)  # a plain view of the map
-        out[name] = bf16_to_f32(arr) if dtype_name == "BF16" else arr
-    return out
+                f"{source}: tensor {name!r} ({dtype_name}, shape {shape}) needs {nbytes} bytes at "
+                f"[{begin}, {end}) but the file holds {data_size} data bytes: truncated or corrupt file")
+        entries[name] = (dtype_name, shape, begin, end)
+    expected = 0
+    for name, (_, _, begin, end) in sorted(entries.items(), key=lambda item: (item[1][2], item[1][3])):
+        if begin != expected:
+            why = "overlaps the tensor before it" if begin < expected else f"leaves a gap after byte {expected}"
+            raise CheckpointError(f"{source}: tensor {name!r} at data_offsets [{begin}, {end}) {why}: "
+                                  f"corrupt header")
+        expected = end
+    if expected != data_size:
+        raise CheckpointError(f"{source}: the tensors end at data byte {expected} but the file holds {data_size}: "
+                              f"corrupt header or trailing bytes")
+    return entries
 
 
 def write_safetensors(path: str | Path, tensors: Mapping[str, np.ndarray], metadata: dict | None = None,
@@ -121,15 +162,21 @@ def write_safetensors(path: str | Path, tensors: Mapping[str, np.ndarray], metad
         offset += data.nbytes
     head = json.dumps(header, separators=(",", ":")).encode("utf-8")
     head += b" " * (-len(head) % 8)  # align the data to 8 bytes, as the reference writer does
-    with _replacing(Path(path)) as f:
+    with replacing(Path(path)) as f:
         f.write(struct.pack("<Q", len(head)))
         f.write(head)
         for data in blobs:
             f.write(data.reshape(-1).view(np.uint8))  # the array's own bytes, no copy
 
 
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Write a text file (UTF-8) through a temporary file and a rename, like `write_safetensors`."""
+    with replacing(Path(path)) as f:
+        f.write(text.encode("utf-8"))
+
+
 @contextmanager
-def _replacing(path: Path):
+def replacing(path: Path):
     """A new file opened for writing that replaces `path` only once it is complete and on disk."""
     for _ in range(100):
         tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")

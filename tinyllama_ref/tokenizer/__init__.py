@@ -6,6 +6,6 @@
     'Hello world'
 """
 from .loaders import load_tokenizer, tokenizer_from_file
-from .tokenizer import AddedToken, BatchEncoding, Tokenizer
+from .tokenizer import AddedToken, BatchEncoding, Tokenizer, TokenizerError
 
-__all__ = ["AddedToken", "BatchEncoding", "Tokenizer", "load_tokenizer", "tokenizer_from_file"]
+__all__ = ["AddedToken", "BatchEncoding", "Tokenizer", "TokenizerError", "load_tokenizer", "tokenizer_from_file"]

@@ -14,13 +14,16 @@ import json
 from pathlib import Path
 
 from .hf_bpe import GPT2_PATTERN, MergesBPE
-from .tokenizer import AddedToken, Tokenizer
+from .tokenizer import AddedToken, Tokenizer, TokenizerError
 
 
 def _steps(component, what: str, source: str) -> list[dict]:
     """A component as a flat list of steps (a Sequence is unrolled; null is no step)."""
     if component is None:
         return []
+    if not isinstance(component, dict) or not isinstance(component.get("type"), str):
+        raise TokenizerError(f"{source}: field {what!r} must be null or an object with a string 'type', "
+                             f"got {json.dumps(component)[:120]}")
     if component.get("type") == "Sequence":
         key = next(k for k in ("normalizers", "pretokenizers", "decoders", "processors") if k in component)
         return [s for c in component[key] for s in _steps(c, what, source)]
@@ -48,20 +51,46 @@ def tokenizer_from_json(path) -> Tokenizer:
         spec = json.loads(path.read_text(encoding="utf-8"))
     except OSError as e:
         raise FileNotFoundError(f"cannot read {path}: {e.strerror or e}") from e
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path} is not valid JSON: {e}") from None
-    return tokenizer_from_json_dict(spec, str(path))
+    except (ValueError, RecursionError) as e:  # not UTF-8, not JSON, nested too deep
+        raise TokenizerError(f"{path} is not valid JSON: {e}") from None
+    try:
+        return tokenizer_from_json_dict(spec, str(path))
+    except (KeyError, TypeError, AttributeError, IndexError, StopIteration, RecursionError) as e:
+        # a field of an unexpected kind that no specific check above caught
+        raise TokenizerError(f"{path}: malformed tokenizer.json ({type(e).__name__}: {e})") from None
 
 
 def tokenizer_from_json_dict(spec: dict, source: str = "<tokenizer.json>") -> Tokenizer:
+    if not isinstance(spec, dict):
+        raise TokenizerError(f"{source}: expected a JSON object, got {type(spec).__name__}")
     model = spec.get("model") or {}
+    if not isinstance(model, dict):
+        raise TokenizerError(f"{source}: field 'model' must be an object, got {type(model).__name__}")
     if model.get("type") != "BPE":
         raise NotImplementedError(f"{source}: model type {model.get('type')!r} is not supported (only BPE)")
     if model.get("continuing_subword_prefix") or model.get("end_of_word_suffix") or model.get("dropout"):
         raise NotImplementedError(f"{source}: BPE with continuing_subword_prefix, end_of_word_suffix or dropout "
                                   "is not supported")
-    vocab = model.get("vocab") or {}
+    vocab = model.get("vocab")
+    if not isinstance(vocab, dict) or not vocab:
+        raise TokenizerError(f"{source}: field 'model.vocab' must be a non-empty object of token -> id, "
+                             f"got {json.dumps(vocab)[:80]}")
+    bad = next(((k, i) for k, i in vocab.items() if type(i) is not int or i < 0), None)
+    if bad:
+        raise TokenizerError(f"{source}: field 'model.vocab' gives token {bad[0]!r} the id {bad[1]!r}, "
+                             f"not a non-negative integer")
     added = spec.get("added_tokens") or []
+    if not isinstance(added, list):
+        raise TokenizerError(f"{source}: field 'added_tokens' must be a list, got {type(added).__name__}")
+    for n, t in enumerate(added):
+        if not isinstance(t, dict) or type(t.get("id")) is not int or t["id"] < 0 \
+                or not isinstance(t.get("content"), str):
+            raise TokenizerError(f"{source}: added_tokens[{n}] needs a non-negative integer 'id' and a string "
+                                 f"'content', got {json.dumps(t)[:80]}")
+    top = max([*vocab.values(), *(t["id"] for t in added)])
+    if top >= len(vocab) + len(added):  # some id below it has no token: say so before allocating the table
+        raise TokenizerError(f"{source}: token ids go up to {top}, but 'model.vocab' and 'added_tokens' hold "
+                             f"only {len(vocab) + len(added)} tokens")
     size = max([*vocab.values(), *(t["id"] for t in added)], default=-1) + 1
     pieces = [""] * size
     for token, i in vocab.items():
@@ -69,14 +98,14 @@ def tokenizer_from_json_dict(spec: dict, source: str = "<tokenizer.json>") -> To
     for t in added:
         pieces[t["id"]] = pieces[t["id"]] or t["content"]
     if "" in pieces:
-        raise ValueError(f"{source}: token id {pieces.index('')} has no token in the vocabulary")
+        raise TokenizerError(f"{source}: token id {pieces.index('')} has no token in the vocabulary")
     merges = [tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m) for m in model.get("merges") or []]
     kw = dict(byte_fallback=bool(model.get("byte_fallback")), fuse_unk=bool(model.get("fuse_unk")),
               ignore_merges=bool(model.get("ignore_merges")), normalizer=[], decoder=[], split_patterns=[])
     unk = model.get("unk_token")
     if unk is not None:
         if unk not in vocab:
-            raise ValueError(f"{source}: unk_token {unk!r} is not in the vocabulary")
+            raise TokenizerError(f"{source}: unk_token {unk!r} is not in the vocabulary")
         kw["unk_id"] = vocab[unk]
     for step in _steps(spec.get("normalizer"), "normalizer", source):
         if step["type"] == "Prepend":
@@ -137,6 +166,10 @@ def tokenizer_from_json_dict(spec: dict, source: str = "<tokenizer.json>") -> To
                 _unsupported("post_processor", step, source)
             a = names.index("A")
             ids_of = {k: v["ids"][0] for k, v in (step.get("special_tokens") or {}).items()}
+            missing = [n for n in names if n != "A" and n not in ids_of]
+            if missing:
+                raise TokenizerError(f"{source}: post_processor TemplateProcessing uses {missing[0]!r}, "
+                                     f"which its 'special_tokens' does not define")
             if a == 1:
                 add_bos, bos_id = True, ids_of[names[0]]
             if a == len(names) - 2:

@@ -15,7 +15,7 @@ from pathlib import Path
 from .gguf_vocab import tokenizer_from_gguf
 from .hf_json import tokenizer_from_json
 from .sp_model import CONTROL, UNKNOWN, load_sentencepiece_model
-from .tokenizer import AddedToken, Tokenizer
+from .tokenizer import AddedToken, Tokenizer, TokenizerError
 
 TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json")
 
@@ -86,13 +86,20 @@ def apply_tokenizer_config(tok: Tokenizer, directory: Path) -> None:
         if p.is_file():
             try:
                 data = json.loads(p.read_text(encoding="utf-8"))
-            except (json.JSONDecodeError, UnicodeDecodeError) as e:
-                raise ValueError(f"{p} is not valid JSON: {e}") from None
+            except (ValueError, RecursionError) as e:  # not UTF-8, not JSON, nested too deep
+                raise TokenizerError(f"{p} is not valid JSON: {e}") from None
             if not isinstance(data, dict):
                 raise ValueError(f"{p} must hold a JSON object, got {type(data).__name__}")
             config.update(data)
     added = {t.content: t for t in tok.added_tokens}
-    for key, value in (config.get("added_tokens_decoder") or {}).items():
+    decoder = config.get("added_tokens_decoder") or {}
+    if not isinstance(decoder, dict):
+        raise TokenizerError(f"{directory}: field 'added_tokens_decoder' must be an object of id -> token")
+    for key, value in decoder.items():
+        if not (isinstance(key, str) and key.isdigit() and int(key) < tok.vocab_size) or not isinstance(value, dict):
+            raise TokenizerError(f"{directory}: added_tokens_decoder key {key!r} is not a token id of the "
+                                 f"vocabulary (ids 0..{tok.vocab_size - 1}) of {tok.source}, or its value "
+                                 f"is not an object")
         content = _token_content(value)
         if content is not None and content not in added:
             added[content] = AddedToken(content, int(key), special=bool(value.get("special", True)),

@@ -18,6 +18,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 
+class TokenizerError(ValueError):
+    """A token id, text or tokenizer file this package cannot use; the message says which and where."""
+
+
 @dataclass
 class AddedToken:
     """A token matched in the text before the model runs (HF's AddedToken)."""
@@ -107,6 +111,11 @@ class Tokenizer:
         """
         if not isinstance(text, str):
             raise TypeError(f"encode takes a str, got {type(text).__name__}")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as e:  # a lone surrogate: not a character, so it has no UTF-8 bytes
+            raise TokenizerError(f"encode: the text holds {text[e.start]!r} (a lone surrogate, not a character) "
+                                 f"at position {e.start}") from None
         add_bos = self.add_bos if add_bos is None else add_bos
         add_eos = self.add_eos if add_eos is None else add_eos
         ids = []
@@ -189,8 +198,26 @@ class Tokenizer:
         The text between special tokens decodes exactly as sentencepiece (or the tokenizers library)
         decodes it: the first word's dummy-prefix space is dropped, byte pieces are reassembled.
         """
-        ids = [int(i) for i in np.asarray(ids, dtype=np.int64).reshape(-1)]
+        ids = self._checked_ids(ids)
         if skip_special_tokens:
             special = self.special_ids
             ids = [i for i in ids if i not in special]
         return self.model.decode(ids, render_control=not skip_special_tokens)
+
+    def _checked_ids(self, ids) -> list[int]:
+        """decode's ids as Python ints: integers (a list, or a rectangular nested list), in the vocabulary."""
+        try:
+            arr = np.asarray(ids)
+        except ValueError:  # ragged nested lists
+            raise TokenizerError("decode takes a list of token ids (or a rectangular list of lists); "
+                                 "got a ragged nested list") from None
+        flat = arr.reshape(-1).tolist()
+        if arr.size and arr.dtype.kind not in "iu":
+            bad = next((x for x in flat if type(x) is not int), None)  # object arrays of huge ints: checked below
+            if bad is not None or arr.dtype.kind != "O":
+                raise TokenizerError(f"decode takes integer token ids, got {bad!r} ({arr.dtype} ids)")
+        for pos, i in enumerate(flat):
+            if not 0 <= i < self.vocab_size:
+                raise TokenizerError(f"token id {i} is outside the vocabulary (ids 0..{self.vocab_size - 1}) "
+                                     f"of {self.source}, at position {pos}")
+        return flat

@@ -1,0 +1,139 @@
+"""Hypothesis fuzzing of the file readers (issue 12): any bytes either load or raise this project's
+own error type, naming the file; never another exception, a hang or a crash."""
+from __future__ import annotations
+
+import json
+import struct
+import tempfile
+from pathlib import Path
+
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from tinyllama_ref.config import ConfigError
+from tinyllama_ref.formats.checkpoint import checkpoint_files
+from tinyllama_ref.formats.gguf_file import GGUFError, read_gguf_file
+from tinyllama_ref.formats.safetensors import CheckpointError, read_safetensors
+from tinyllama_ref.tokenizer import TokenizerError
+from tinyllama_ref.tokenizer.hf_json import tokenizer_from_json
+from tinyllama_ref.tokenizer.sp_model import load_sentencepiece_model
+
+FUZZ = settings(max_examples=150, deadline=2000, suppress_health_check=[HealthCheck.too_slow],
+                database=None)
+
+json_values = st.recursive(st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats(allow_nan=False)
+                           | st.text(max_size=8),
+                           lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner,
+                                                                                        max_size=4),
+                           max_leaves=20)
+
+
+def in_file(name: str, data: bytes) -> Path:
+    d = Path(tempfile.mkdtemp())
+    (d / name).write_bytes(data)
+    return d / name
+
+
+def expect(read, path: Path, errors):
+    """`read(path)` either succeeds or raises one of `errors` whose message names the file."""
+    try:
+        read(path)
+    except errors as e:
+        assert str(path.parent) in str(e) or path.name in str(e), str(e)
+
+
+# -- safetensors headers -------------------------------------------------------------------------------
+
+entry = st.fixed_dictionaries({"dtype": st.sampled_from(["F32", "F16", "BF16", "I64", "X", 3]),
+                               "shape": st.lists(st.integers(-2, 2**62), max_size=3) | json_values,
+                               "data_offsets": st.lists(st.integers(-4, 64), min_size=0, max_size=3) | json_values})
+
+
+@FUZZ
+@given(header=st.dictionaries(st.text(max_size=6), entry | json_values, max_size=4), data=st.binary(max_size=64))
+def test_safetensors_header(header, data):
+    head = json.dumps(header).encode()
+    expect(read_safetensors, in_file("m.safetensors", struct.pack("<Q", len(head)) + head + data), CheckpointError)
+
+
+@FUZZ
+@given(raw=st.binary(max_size=200))
+def test_safetensors_bytes(raw):
+    expect(read_safetensors, in_file("m.safetensors", raw), CheckpointError)
+
+
+# -- shard index -------------------------------------------------------------------------------------------
+
+@FUZZ
+@given(index=st.fixed_dictionaries({"weight_map": json_values}) | json_values, raw=st.none() | st.binary(max_size=40))
+def test_shard_index(index, raw):
+    path = in_file("model.safetensors.index.json", json.dumps(index).encode() if raw is None else raw)
+    expect(lambda p: checkpoint_files(p.parent), path, CheckpointError)
+
+
+# -- GGUF ----------------------------------------------------------------------------------------------------
+
+@st.composite
+def gguf_files(draw):
+    out = b"GGUF" + struct.pack("<I", draw(st.sampled_from([3, 2, 1])))
+    n_tensors, n_kv = draw(st.integers(0, 3)), draw(st.integers(0, 4))
+    out += struct.pack("<QQ", n_tensors, n_kv)
+    for _ in range(n_kv):
+        key = draw(st.text(max_size=6)).encode()
+        out += struct.pack("<Q", len(key)) + key + struct.pack("<I", draw(st.integers(0, 14)))
+        out += draw(st.binary(max_size=24))
+    for _ in range(n_tensors):
+        name = draw(st.sampled_from([b"a", b"b", b"a"]))
+        dims = draw(st.lists(st.integers(0, 2**40), max_size=3))
+        out += struct.pack("<Q", len(name)) + name + struct.pack("<I", len(dims))
+        out += b"".join(struct.pack("<Q", d) for d in dims) + struct.pack("<IQ", draw(st.integers(0, 42)),
+                                                                           draw(st.integers(0, 64)))
+    return out + draw(st.binary(max_size=64))
+
+
+@FUZZ
+@given(data=gguf_files() | st.binary(max_size=100).map(lambda b: b"GGUF" + b))
+def test_gguf_metadata(data):
+    expect(read_gguf_file, in_file("m.gguf", data), GGUFError)
+
+
+# -- tokenizer.json ------------------------------------------------------------------------------------------
+
+tokenizer_specs = st.fixed_dictionaries({
+    "model": st.fixed_dictionaries({"type": st.sampled_from(["BPE", "WordPiece", 1]),
+                                    "vocab": st.dictionaries(st.text(max_size=3), st.integers(-1, 12), max_size=6)
+                                    | json_values,
+                                    "merges": st.lists(st.text(max_size=5), max_size=3) | json_values}),
+    "added_tokens": st.lists(st.fixed_dictionaries({"id": st.integers(-1, 12) | json_values,
+                                                    "content": st.text(max_size=4) | json_values}), max_size=2)
+    | json_values,
+    "normalizer": json_values, "pre_tokenizer": json_values, "post_processor": json_values,
+    "decoder": json_values}) | json_values
+
+
+@FUZZ
+@given(spec=tokenizer_specs, raw=st.none() | st.binary(max_size=40))
+def test_tokenizer_json(spec, raw):
+    path = in_file("tokenizer.json", json.dumps(spec).encode() if raw is None else raw)
+    expect(tokenizer_from_json, path, (TokenizerError, NotImplementedError))
+
+
+# -- tokenizer.model (protobuf) -------------------------------------------------------------------------------
+
+@FUZZ
+@given(raw=st.binary(max_size=200))
+def test_sentencepiece_model(raw):
+    expect(load_sentencepiece_model, in_file("tokenizer.model", raw), (ValueError, NotImplementedError))
+
+
+# -- config.json ---------------------------------------------------------------------------------------------
+
+@FUZZ
+@given(config=st.fixed_dictionaries({"model_type": st.sampled_from(["llama", "open-llama", 3]),
+                                     "num_hidden_layers": json_values, "hidden_size": json_values,
+                                     "num_attention_heads": json_values, "rope_scaling": json_values}) | json_values,
+       raw=st.none() | st.binary(max_size=40))
+def test_config_json(config, raw):
+    from tinyllama_ref.config import LlamaConfig
+
+    path = in_file("config.json", json.dumps(config).encode() if raw is None else raw)
+    expect(LlamaConfig.from_json, path, ConfigError)

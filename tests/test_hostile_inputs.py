@@ -1,0 +1,479 @@
+"""Hostile inputs (issue 12): nothing is lost, nothing is silently wrong, every refusal is one clear line.
+
+Each test is one case from the issue's list: files that would be overwritten, headers that lie about
+their offsets, ids and labels out of range, readers fed arbitrary bytes.
+"""
+from __future__ import annotations
+
+import json
+import struct
+
+import numpy as np
+import pytest
+
+import tinyllama_ref as tl
+from tinyllama_ref import cli
+from tinyllama_ref.formats.safetensors import CheckpointError, read_safetensors
+from test_errors import ckpt, model, save_checkpoint  # noqa: F401 (fixtures shared with test_errors)
+
+gguf = pytest.importorskip("gguf")
+from test_gguf import Q, tiny_metadata, tiny_hf_tensors, to_gguf_tensors, write_gguf, write_tiny  # noqa: E402
+
+
+def run_cli(argv, capsys):
+    code = cli.main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+# -- data loss: convert, dump ----------------------------------------------------------------------
+
+def test_convert_refuses_a_non_empty_directory_unless_forced(tmp_path, capsys):
+    gguf_path, hf = write_tiny(tmp_path / "tiny.gguf", Q.F32)
+    old = save_checkpoint(tmp_path / "old")
+    (old / "model.safetensors.index.json").write_text("{}")
+    (old / "tokenizer.model").write_bytes(b"stale")
+    before = {p.name: p.read_bytes() for p in old.iterdir()}
+    code, _, err = run_cli(["convert", gguf_path, old], capsys)
+    assert code == 1 and "is not empty" in err and "--force" in err
+    assert {p.name: p.read_bytes() for p in old.iterdir()} == before  # untouched
+    code, _, err = run_cli(["convert", gguf_path, old, "--force"], capsys)
+    assert code == 0, err
+    assert sorted(p.name for p in old.iterdir()) == ["config.json", "generation_config.json", "model.safetensors",
+                                                    "tokenizer.json", "tokenizer_config.json"]
+    np.testing.assert_array_equal(tl.load(old).params["model"]["norm"]["weight"], hf["model.norm.weight"])
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging left behind
+
+
+def test_convert_into_an_empty_or_new_directory(tmp_path, capsys):
+    gguf_path, _ = write_tiny(tmp_path / "tiny.gguf", Q.F32)
+    (tmp_path / "empty").mkdir()
+    for out in (tmp_path / "empty", tmp_path / "new" / "dir"):
+        code, _, err = run_cli(["convert", gguf_path, out], capsys)
+        assert code == 0, err
+        assert (out / "model.safetensors").is_file()
+
+
+def test_convert_checks_everything_before_writing_anything(tmp_path, capsys):
+    metadata = dict(tiny_metadata(), **{"tokenizer.ggml.pre": "no-such-pre-tokenizer"})
+    gguf_path = write_gguf(tmp_path / "bad.gguf", to_gguf_tensors(tiny_hf_tensors(), Q.F32), metadata)
+    old = save_checkpoint(tmp_path / "old")
+    before = {p.name: p.read_bytes() for p in old.iterdir()}
+    code, _, err = run_cli(["convert", gguf_path, old, "--force"], capsys)
+    assert code == 1 and "no-such-pre-tokenizer" in err
+    assert {p.name: p.read_bytes() for p in old.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.gguf", "old"]
+
+
+def test_dump_refuses_to_overwrite_unless_forced(ckpt, capsys):
+    weights = (ckpt / "model.safetensors").read_bytes()
+    code, _, err = run_cli(["dump", "--model", ckpt, "--prompt", "hi", "--out", ckpt / "model.safetensors"],
+                           capsys)
+    assert code == 1 and "exists" in err and "--force" in err
+    assert (ckpt / "model.safetensors").read_bytes() == weights
+
+
+def test_dump_force_replaces_through_a_rename(tmp_path, capsys):
+    out = tmp_path / "acts.npz"
+    out.write_bytes(b"old")
+    inode = out.stat().st_ino
+    code, _, err = run_cli(["dump", "--prompt", "hi", "--out", out, "--force"], capsys)
+    assert code == 0, err
+    assert out.stat().st_ino != inode  # a new file renamed into place, not the old one truncated
+    assert "logits" in np.load(out).files
+
+
+def test_json_writes_go_through_a_rename(tmp_path):
+    from tinyllama_ref.formats.safetensors import write_text_atomic
+
+    path = tmp_path / "a.json"
+    path.write_text("old")
+    inode = path.stat().st_ino
+    write_text_atomic(path, "{}")
+    assert path.read_text() == "{}" and path.stat().st_ino != inode
+    assert [p.name for p in tmp_path.iterdir()] == ["a.json"]
+
+
+# -- safetensors headers that lie ----------------------------------------------------------------------
+
+def write_raw_safetensors(path, header: dict, data: bytes):
+    head = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(head)) + head + data)
+    return path
+
+
+F32_2x2 = {"dtype": "F32", "shape": [2, 2]}
+
+
+@pytest.mark.parametrize("offsets, n_floats, why", [
+    ({"a": [0, 16], "b": [0, 16]}, 4, "overlaps"),  # b would silently be a copy of a
+    ({"a": [0, 16], "b": [8, 24]}, 6, "overlaps"),
+    ({"a": [0, 16], "b": [20, 36]}, 9, "gap"),
+    ({"a": [16, 32], "b": [0, 16]}, 8, None),  # out of order but tiling: accepted, as by the safetensors library
+    ({"a": [0, 16], "b": [16, 32], "c": [32, 48]}, 8, "truncated"),  # past the end
+    ({"a": [0, 16]}, 8, "trailing"),
+])
+def test_data_offsets_must_tile_the_data(tmp_path, offsets, n_floats, why):
+    header = {name: dict(F32_2x2, data_offsets=o) for name, o in offsets.items()}
+    data = np.arange(n_floats, dtype=np.float32).tobytes()
+    path = write_raw_safetensors(tmp_path / "x.safetensors", header, data)
+    if why is None:
+        out = read_safetensors(path)
+        np.testing.assert_array_equal(out["b"].ravel(), [0, 1, 2, 3])
+        return
+    with pytest.raises(CheckpointError, match=why) as e:
+        read_safetensors(path)
+    assert str(path) in str(e.value)
+
+
+@pytest.mark.parametrize("entry, match", [
+    ({"dtype": "F32", "shape": [-1, 4], "data_offsets": [0, 16]}, "non-negative integers"),
+    ({"dtype": "F32", "shape": [2**40, 2**40, 2**40], "data_offsets": [0, 16]}, "too large"),
+    ({"dtype": "F32", "shape": [0, 2**61], "data_offsets": [0, 0]}, "too large"),
+    ({"dtype": "F32", "shape": [2, 2], "data_offsets": [0.0, 16.0]}, "data_offsets"),
+    ({"dtype": "F32", "shape": [2.0, 2], "data_offsets": [0, 16]}, "non-negative integers"),
+    ({"dtype": ["F32"], "shape": [2, 2], "data_offsets": [0, 16]}, "unsupported dtype"),
+    ({"dtype": "F32", "shape": [2, 2], "data_offsets": [0, 16, 3]}, "corrupt header entry"),
+])
+def test_bad_header_entries_name_the_file_and_tensor(tmp_path, entry, match):
+    path = write_raw_safetensors(tmp_path / "x.safetensors", {"w": entry}, bytes(16))
+    with pytest.raises(CheckpointError, match=match) as e:
+        read_safetensors(path)
+    assert str(path) in str(e.value) and "'w'" in str(e.value)
+
+
+def test_a_header_with_a_million_entries_fails_fast(tmp_path):
+    import time
+
+    header = {f"t{i}": {"dtype": "F32", "shape": [0], "data_offsets": [0, 0]} for i in range(1_000_000)}
+    path = write_raw_safetensors(tmp_path / "big.safetensors", header, b"")
+    t0 = time.perf_counter()
+    with pytest.raises(CheckpointError, match="more than 100000 tensors"):
+        read_safetensors(path)
+    assert time.perf_counter() - t0 < 5
+
+
+def test_deeply_nested_header_json(tmp_path):
+    head = b"[" * 100_000 + b"]" * 100_000
+    path = tmp_path / "deep.safetensors"
+    path.write_bytes(struct.pack("<Q", len(head)) + head)
+    with pytest.raises(CheckpointError, match="not JSON"):
+        read_safetensors(path)
+
+
+# -- shard indexes and layer counts ------------------------------------------------------------------
+
+def sharded(tmp_path, weight_map):
+    path = save_checkpoint(tmp_path / "sharded")
+    (path / "model.safetensors").rename(path / "shard-1.safetensors")
+    (path / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    return path
+
+
+@pytest.mark.parametrize("weight_map, match", [
+    (["shard-1.safetensors"], "must map tensor names to file names"),
+    ({"model.norm.weight": 1}, "must map tensor names to file names"),
+    ({"model.norm.weight": "/etc/passwd"}, "'/etc/passwd', which is not a file in"),
+    ({"model.norm.weight": "../sharded/shard-1.safetensors"}, "which is not a file in"),
+])
+def test_bad_shard_index_is_refused(tmp_path, weight_map, match):
+    path = sharded(tmp_path, weight_map)
+    with pytest.raises(tl.CheckpointError, match=match) as e:
+        tl.load(path)
+    assert "model.safetensors.index.json" in str(e.value)
+
+
+def test_a_huge_layer_count_fails_at_the_first_missing_layer(tmp_path):
+    import time
+
+    path = save_checkpoint(tmp_path / "c")
+    config = json.loads((path / "config.json").read_text())
+    (path / "config.json").write_text(json.dumps(dict(config, num_hidden_layers=10**7)))
+    t0 = time.perf_counter()
+    with pytest.raises(tl.CheckpointError, match=r"missing tensor\(s\) of layer 2 .*10000000.* layers 0-1"):
+        tl.load(path)
+    assert time.perf_counter() - t0 < 5
+
+
+def test_a_huge_gguf_block_count_fails_fast(tmp_path):
+    import time
+
+    metadata = dict(tiny_metadata(), **{"llama.block_count": 10**6})
+    path = write_gguf(tmp_path / "big.gguf", to_gguf_tensors(tiny_hf_tensors(), Q.F32), metadata)
+    t0 = time.perf_counter()
+    with pytest.raises(tl.CheckpointError, match="missing tensor.* of layer 2"):
+        tl.load(path)
+    assert time.perf_counter() - t0 < 5
+
+
+# -- model inputs ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("label, where", [(-5, (0, 2)), (32, (0, 1)), (2**40, (0, 3))])
+def test_labels_out_of_range_name_the_label_and_position(model, label, where):
+    labels = [[5, 6, 7, 8]]
+    labels[0][where[1]] = label
+    with pytest.raises(tl.InputError, match=rf"label {label} at position \(0, {where[1]}\) is outside"):
+        model([[5, 6, 7, 8]], labels=labels)
+
+
+def test_labels_of_minus_100_are_still_ignored(model):
+    assert np.isfinite(float(model([[5, 6, 7, 8]], labels=[[-100, 6, -100, 8]]).loss))
+
+
+def test_a_failed_forward_leaves_the_cache_as_it_was(model):
+    cache = model([[1, 2, 3]], use_cache=True).past_key_values
+    with pytest.raises(tl.InputError):
+        model([[4]], past_key_values=cache, use_cache=True, labels=[[-7]])
+    assert cache.length == 3
+
+
+@pytest.mark.parametrize("ids", [[[]], [], np.zeros((0, 3), np.int64)])
+def test_empty_input_says_it_is_empty(model, ids):
+    with pytest.raises(tl.InputError, match="empty"):
+        model(ids)
+
+
+def test_an_attention_matrix_that_cannot_fit_is_refused_before_it_is_allocated(model):
+    import time
+
+    t0 = time.perf_counter()
+    with pytest.raises(tl.InputError, match=r"attention matrix .* GiB, more than the .* GiB available.*context is 64"):
+        model(np.ones((1, 1_000_000), np.int64))
+    assert time.perf_counter() - t0 < 5
+
+
+# -- GGUF ----------------------------------------------------------------------------------------------
+
+def gguf_string(s: str) -> bytes:
+    raw = s.encode()
+    return struct.pack("<Q", len(raw)) + raw
+
+
+def raw_gguf(path, kv: bytes = b"", n_kv: int = 0, tensors=(), data: bytes = b""):
+    """A GGUF v3 file from raw parts: kv is the encoded metadata; tensors are (name, ne, type, offset)."""
+    out = b"GGUF" + struct.pack("<IQQ", 3, len(tensors), n_kv) + kv
+    for name, ne, kind, offset in tensors:
+        out += gguf_string(name) + struct.pack("<I", len(ne)) + struct.pack(f"<{len(ne)}Q", *ne)
+        out += struct.pack("<IQ", kind, offset)
+    out += b"\0" * (-len(out) % 32) + data
+    path.write_bytes(out)
+    return path
+
+
+def test_gguf_with_a_tensor_name_twice_is_refused(tmp_path):
+    from tinyllama_ref.formats.gguf_file import GGUFError, read_gguf_file
+
+    path = raw_gguf(tmp_path / "dup.gguf", tensors=[("a", [4], 0, 0), ("a", [4], 0, 16)], data=bytes(32))
+    with pytest.raises(GGUFError, match=r"dup.gguf: tensor 'a' appears twice"):
+        read_gguf_file(path)
+
+
+def test_gguf_arrays_nested_100000_deep(tmp_path):
+    from tinyllama_ref.formats.gguf_file import ARRAY, GGUFError, read_gguf_file
+
+    depth = 100_000
+    kv = gguf_string("x") + struct.pack("<I", ARRAY) + struct.pack("<IQ", ARRAY, 1) * depth
+    path = raw_gguf(tmp_path / "deep.gguf", kv, n_kv=1)
+    with pytest.raises(GGUFError, match=r"deep.gguf: arrays nested more than 16 deep in metadata key 'x'"):
+        read_gguf_file(path)
+
+
+@pytest.mark.parametrize("key, value", [("llama.attention.head_count", 0), ("llama.block_count", 0),
+                                        ("llama.embedding_length", "16"), ("llama.attention.head_count_kv", 0)])
+def test_gguf_counts_must_be_positive_integers(tmp_path, key, value):
+    from tinyllama_ref.formats.gguf import GGUFError
+
+    metadata = dict(tiny_metadata(), **{key: value})
+    path = write_gguf(tmp_path / "bad.gguf", to_gguf_tensors(tiny_hf_tensors(), Q.F32), metadata)
+    with pytest.raises(GGUFError, match=rf"bad.gguf: metadata key {key} is {value!r}, not a positive integer"):
+        tl.load(path)
+
+
+# -- generation, generation_config.json, compare -----------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def bundled():
+    path = cli.default_model_dir()
+    return tl.load(path), tl.load_tokenizer(path)
+
+
+def test_a_plain_stop_string_is_one_stop_string(bundled):
+    model, tok = bundled
+    full = tl.generate(model, tok, "In the beginning", max_new_tokens=30, temperature=0)
+    stop = full[len(full) // 2:len(full) // 2 + 4]
+    assert tl.generate(model, tok, "In the beginning", max_new_tokens=30, temperature=0, stop=stop) == \
+        full[:full.index(stop)]
+    assert tl.generate(model, tok, "In the beginning", max_new_tokens=30, temperature=0, stop=[stop, "zzzz"]) == \
+        full[:full.index(stop)]
+
+
+@pytest.mark.parametrize("seed", [-1, "abc", 1.5])
+def test_a_bad_seed_is_named(bundled, seed):
+    model, tok = bundled
+    with pytest.raises(ValueError, match=rf"seed={seed!r} must be a non-negative integer"):
+        tl.generate(model, tok, "In", max_new_tokens=2, seed=seed)
+
+
+def test_cli_seed_minus_one_is_named(capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["generate", "hi", "--seed", "-1"])
+    assert e.value.code == 2 and "--seed" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("content, match", [("[1, 2]", "expected a JSON object, got list"),
+                                            ('{"temperature": -1, "do_sample": true}',
+                                             "field 'temperature' must be a non-negative number, got -1"),
+                                            ('{"top_k": "50"}', "field 'top_k'"),
+                                            ("{not json", "not valid JSON")])
+def test_bad_generation_config_names_the_file(ckpt, content, match):
+    (ckpt / "generation_config.json").write_text(content)
+    with pytest.raises(tl.ConfigError, match=match) as e:
+        tl.load(ckpt)
+    assert "generation_config.json" in str(e.value)
+
+
+def test_compare_with_nothing_in_common_fails(tmp_path, capsys):
+    from tinyllama_ref.parity import save_tensors
+
+    save_tensors(tmp_path / "a.safetensors", {"x": np.zeros(3, np.float32)})
+    np.savez(tmp_path / "b.npz", y=np.zeros(3, np.float32))
+    code, out, _ = run_cli(["compare", tmp_path / "a.safetensors", tmp_path / "b.npz"], capsys)
+    assert code == 1 and "nothing compared" in out
+
+
+def test_compare_npz_with_an_object_array_names_the_file(tmp_path, capsys):
+    np.savez(tmp_path / "obj.npz", x=np.array([{"a": 1}], dtype=object))
+    np.savez(tmp_path / "ok.npz", x=np.zeros(3, np.float32))
+    code, _, err = run_cli(["compare", tmp_path / "obj.npz", tmp_path / "ok.npz"], capsys)
+    assert code == 1 and "obj.npz" in err and "error" in err
+
+
+# -- tokenizers ---------------------------------------------------------------------------------------------
+
+from tinyllama_ref.tokenizer import TokenizerError  # noqa: E402
+
+GOOD_TOKENIZER = {"model": {"type": "BPE", "vocab": {"a": 0, "b": 1, "ab": 2, "<s>": 3}, "merges": ["a b"]},
+                  "added_tokens": [{"id": 3, "content": "<s>", "special": True}]}
+
+
+def write_tokenizer_json(tmp_path, spec):
+    path = tmp_path / "tokenizer.json"
+    path.write_text(json.dumps(spec))
+    return path
+
+
+def test_the_good_tokenizer_json_loads(tmp_path):
+    tok = tl.load_tokenizer(write_tokenizer_json(tmp_path, GOOD_TOKENIZER))
+    assert tok.encode("ab<s>", add_bos=False) == [2, 3]
+
+
+@pytest.mark.parametrize("spec, match", [
+    ({"model": {"type": "BPE"}}, "field 'model.vocab' must be a non-empty object"),
+    ({"model": {"type": "BPE", "vocab": {"a": 0, "b": -1}}}, "token 'b' the id -1"),
+    ({**GOOD_TOKENIZER, "added_tokens": [{"content": "<x>"}]}, r"added_tokens\[0\] needs a non-negative integer 'id'"),
+    ({**GOOD_TOKENIZER, "normalizer": {"prepend": "x"}}, "field 'normalizer' must be null or an object with a "
+                                                          "string 'type'"),
+    ([1, 2], "expected a JSON object, got list"),
+    ({**GOOD_TOKENIZER, "post_processor": {"type": "TemplateProcessing", "single": [
+        {"SpecialToken": {"id": "<s>"}}, {"Sequence": {"id": "A"}}]}}, "uses '<s>', which its 'special_tokens'"),
+    ({"model": {"type": "BPE", "vocab": {"a": 0, "b": 10**12}}}, "token ids go up to 1000000000000"),
+    ({**GOOD_TOKENIZER, "decoder": {"type": "Strip"}}, "malformed tokenizer.json"),
+])
+def test_bad_tokenizer_json_names_the_file_and_field(tmp_path, spec, match):
+    path = write_tokenizer_json(tmp_path, spec)
+    with pytest.raises(TokenizerError, match=match) as e:
+        tl.load_tokenizer(path)
+    assert "tokenizer.json" in str(e.value)
+
+
+@pytest.mark.parametrize("decoder, match", [({"x": {"content": "<y>"}}, "key 'x' is not a token id"),
+                                            ({"99": {"content": "<y>"}}, "key '99' is not a token id"),
+                                            ({"1": "b"}, "is not an object")])
+def test_bad_added_tokens_decoder_is_refused(tmp_path, decoder, match):
+    write_tokenizer_json(tmp_path, GOOD_TOKENIZER)
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"added_tokens_decoder": decoder}))
+    with pytest.raises(TokenizerError, match=match):
+        tl.load_tokenizer(tmp_path)
+
+
+def test_a_lone_surrogate_is_named_with_its_position(bundled):
+    _, tok = bundled
+    with pytest.raises(TokenizerError, match=r"'\\ud800' \(a lone surrogate, not a character\) at position 5"):
+        tok.encode("abcde\ud800b")
+
+
+@pytest.mark.parametrize("ids, match", [([2**70], "token id 1180591620717411303424 is outside the vocabulary"),
+                                        ([[5], [6, 7]], "ragged"), ([1.7], "integer token ids, got 1.7")])
+def test_bad_ids_to_decode(bundled, ids, match):
+    _, tok = bundled
+    with pytest.raises(TokenizerError, match=match):
+        tok.decode(ids)
+
+
+# -- chat and the command line -------------------------------------------------------------------------------
+
+def checkpoint_with_template(tmp_path, template):
+    import shutil
+
+    path = tmp_path / "m"
+    shutil.copytree(cli.default_model_dir(), path)
+    (path / "tokenizer_config.json").write_text(json.dumps({"chat_template": template}))
+    return path
+
+
+@pytest.mark.parametrize("template, match", [("{% for m in messages %}{{ m.content }", "TemplateSyntaxError"),
+                                             ("{{ ''.__class__.__mro__ }}", "SecurityError")])
+def test_a_broken_chat_template_is_one_cli_line(tmp_path, monkeypatch, capsys, template, match):
+    import io
+
+    path = checkpoint_with_template(tmp_path, template)
+    monkeypatch.setattr("sys.stdin", io.StringIO("hello\n"))
+    code, _, err = run_cli(["chat", "--model", path, "-n", "2"], capsys)
+    assert code == 1 and "the chat template failed" in err and match in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_a_line_that_is_not_utf8_is_skipped(bundled):
+    import io
+
+    model, tok = bundled
+    lines = iter(["In the beginning", "caf\udce9", "And God said"])
+
+    def typed(prompt):
+        try:
+            return next(lines)
+        except StopIteration:
+            raise EOFError from None
+
+    messages = chat_fn()(model, tok, max_new_tokens=2, temperature=0, input_fn=typed, output=io.StringIO())
+    assert [m["content"] for m in messages if m["role"] == "user"] == ["In the beginning", "And God said"]
+
+
+def chat_fn():
+    from tinyllama_ref.conversation import chat
+
+    return chat
+
+
+def test_chat_cli_skips_a_bad_stdin_line(monkeypatch, capsys):
+    import io
+
+    raw = io.BytesIO(b"In the beginning\ncaf\xe9\nAnd God said\n")
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(raw, encoding="utf-8"))
+    code, out, err = run_cli(["chat", "-n", "2", "-t", "0"], capsys)
+    assert code == 0 and "skipped a line that is not valid UTF-8" in err
+    assert out.count(">>> ") == 4  # three lines read, then end of input
+
+
+def test_invalid_utf8_in_a_cli_argument(capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["generate", "caf\udce9"])
+    assert e.value.code == 2 and "not valid UTF-8" in capsys.readouterr().err
+
+
+def test_gguf_shape_whose_size_overflows_int64(tmp_path):
+    from tinyllama_ref.formats.gguf_file import GGUFError, read_gguf_file
+
+    path = raw_gguf(tmp_path / "big.gguf", tensors=[("a", [4, 2**40, 2**40, 2**40], 0, 0)], data=bytes(64))
+    with pytest.raises(GGUFError, match="big.gguf: tensor 'a' needs bytes .* it is truncated"):
+        read_gguf_file(path)
