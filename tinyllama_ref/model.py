@@ -122,8 +122,7 @@ def forward(params: dict, config: LlamaConfig, input_ids, attention_mask=None, p
         raise InputError("sequence classification of a batch needs a pad_token_id in the config")
     if labels is not None and config.head == "causal_lm":  # checked before the cache is written
         labels = check_labels(labels, logits_to_keep, b, s, xp, config.vocab_size)
-    if xp is np:
-        check_attention_memory(config, b, s, past)
+    check_attention_memory(config, b, s, past, xp)
     m = params["model"]
     x = llama.embed(m["embed_tokens"]["weight"], input_ids)  # [b, s, D]
     if config.is_open_llama and config.use_stable_embedding:
@@ -196,8 +195,14 @@ def check_labels(labels, logits_to_keep, b: int, s: int, xp, vocab_size: int | N
     return labels
 
 
-def available_memory() -> int | None:
-    """Bytes of memory available to a new allocation (Linux MemAvailable, else free pages), or None."""
+def available_memory(xp=np) -> int | None:
+    """Bytes of memory available to a new allocation, or None: the device's free memory on CuPy, else
+    the host's (Linux MemAvailable, else free pages)."""
+    if xp is not np:
+        try:
+            return int(xp.cuda.runtime.memGetInfo()[0])
+        except Exception:  # no runtime query: no guard rather than a wrong one
+            return None
     try:
         with open("/proc/meminfo") as f:
             for line in f:
@@ -211,13 +216,13 @@ def available_memory() -> int | None:
         return None
 
 
-def check_attention_memory(config: LlamaConfig, b: int, s: int, past: int) -> None:
+def check_attention_memory(config: LlamaConfig, b: int, s: int, past: int, xp=np) -> None:
     """Refuse, before allocating it, an attention matrix [batch, heads, seq, past + seq] (float32) that
     alone would not fit in the memory available now."""
     need = b * config.num_attention_heads * s * (past + s) * 4
     if need < 2**30:
         return  # under 1 GiB: not worth a look at /proc
-    free = available_memory()
+    free = available_memory(xp)
     if free is not None and need > free:
         raise InputError(f"input_ids of shape {(b, s)} (after {past} cached positions) needs an attention matrix "
                          f"[batch, heads, seq, past + seq] = {(b, config.num_attention_heads, s, past + s)} of "
