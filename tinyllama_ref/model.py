@@ -143,10 +143,11 @@ def forward(params: dict, config: LlamaConfig, input_ids, attention_mask=None, p
         layer_fn = partial(instrumented.decoder_layer, trace=trace, project=sliced_projection(config.pretraining_tp))
     elif xp is not np and fused.ENABLED:  # on CuPy: the same layer, its pointwise steps fused into single kernels
         layer_fn = fused.decoder_layer
-    hidden_states, attentions = [x], []
+    hidden_states, attentions = [x], []  # kept only when asked for: each layer's output is [b, s, D]
     for i, layer_params in enumerate(m["layers"]):
         x, probs = layer_fn(layer_params, x, cos, sin, mask_bias, config, cache, i, past)
-        hidden_states.append(x)
+        if output_hidden_states:
+            hidden_states.append(x)
         if output_attentions:
             attentions.append(probs)
     x = llama.rms_norm(x, m["norm"]["weight"], config.rms_norm_eps)
