@@ -452,7 +452,8 @@ def test_hf_checkpoint_directory_loads_with_our_reader(tmp_path):
 
 # -- 5. the tokenizer against llama.cpp's expectations, SentencePiece and transformers ---------------
 
-LLAMA_CPP_VOCABS = ["llama-spm", "llama-bpe", "gpt-2", "starcoder", "refact", "command-r"]
+LLAMA_CPP_VOCABS = ["llama-spm", "llama-bpe", "gpt-2", "starcoder", "refact", "command-r", "mpt", "falcon", "qwen2",
+                    "deepseek-coder"]
 
 
 def read_vocab_metadata(path: Path) -> dict:
@@ -504,7 +505,7 @@ def test_convert_and_load_tokenizer_accept_the_same_pre_tokenizers(pre):
 def test_convert_and_load_tokenizer_refuse_the_same_pre_tokenizers():
     no_pre = tiny_vocab()
     del no_pre["tokenizer.ggml.pre"]
-    for metadata in (dict(tiny_vocab(), **{"tokenizer.ggml.pre": "qwen2"}), no_pre):
+    for metadata in (dict(tiny_vocab(), **{"tokenizer.ggml.pre": "no-such-pre"}), no_pre):
         with pytest.raises(GGUFError) as convert_error:
             tokenizer_json(metadata, source="f.gguf")
         with pytest.raises(GGUFError) as load_error:

@@ -34,6 +34,13 @@ LLAMA3_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{
 GPT2 = PreTokenizer((GPT2_PATTERN,))
 DIGITS_THEN_GPT2 = PreTokenizer((r"\p{N}", GPT2_PATTERN))
 LLAMA3 = PreTokenizer((LLAMA3_PATTERN,), ignore_merges=True)
+QWEN2_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+                 r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+QWEN2 = PreTokenizer((QWEN2_PATTERN,))
+# Falcon: runs of punctuation (backquote included), GPT-2's regex, runs of 3 ASCII digits.
+FALCON = PreTokenizer((r"[\p{P}\$\+<=>\^~\|`]+", GPT2_PATTERN, r"[0-9][0-9][0-9]"))
+# DeepSeek: llama.cpp's rewrite of the tokenizer.json splits; CJK is the ranges 一-龥, ࠀ-一 and 가-퟿.
+DEEPSEEK_CODER = PreTokenizer((r"[\r\n]", r"\s?\p{L}+", r"\s?\p{P}+", r"[一-龥ࠀ-一가-퟿]+", r"\p{N}"))
 DEFAULT = PreTokenizer((r"[\p{P}\$\+<=>\^~\|]+", GPT2_PATTERN, r"\p{N}+", r"[0-9][0-9][0-9]"))
 
 # tokenizer.ggml.pre -> pre-tokenizer. Each comment names llama.cpp's type (LLAMA_VOCAB_PRE_TYPE_*).
@@ -45,6 +52,10 @@ GGUF_PRE_TOKENIZERS = {
     "refact": DIGITS_THEN_GPT2,     # REFACT: the regexes of STARCODER
     "command-r": DIGITS_THEN_GPT2,  # COMMAND_R (Command-R): the regexes of STARCODER
     "smollm": DIGITS_THEN_GPT2,     # SMOLLM (SmolLM2): the regexes of STARCODER
+    "mpt": GPT2,                    # MPT: GPT-2's regex alone
+    "falcon": FALCON,               # FALCON: runs of punctuation, GPT-2's regex, runs of 3 digits
+    "qwen2": QWEN2,                 # QWEN2: Llama 3's regex with every number character alone
+    "deepseek-coder": DEEPSEEK_CODER,  # DEEPSEEK_CODER: newlines, letters, punctuation, CJK, digits alone
     "llama-bpe": LLAMA3,            # LLAMA3 (Llama 3): its own regex; a piece that is a token skips the merges
     "llama3": LLAMA3,               # LLAMA3, another name for it
     "llama-v3": LLAMA3,             # LLAMA3, another name for it
