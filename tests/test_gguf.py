@@ -453,7 +453,7 @@ def test_hf_checkpoint_directory_loads_with_our_reader(tmp_path):
 # -- 5. the tokenizer against llama.cpp's expectations, SentencePiece and transformers ---------------
 
 LLAMA_CPP_VOCABS = ["llama-spm", "llama-bpe", "gpt-2", "starcoder", "refact", "command-r", "mpt", "falcon", "qwen2",
-                    "deepseek-coder"]
+                    "deepseek-coder", "deepseek-llm", "qwen35"]
 
 
 def read_vocab_metadata(path: Path) -> dict:
