@@ -453,7 +453,7 @@ def test_hf_checkpoint_directory_loads_with_our_reader(tmp_path):
 # -- 5. the tokenizer against llama.cpp's expectations, SentencePiece and transformers ---------------
 
 LLAMA_CPP_VOCABS = ["llama-spm", "llama-bpe", "gpt-2", "starcoder", "refact", "command-r", "mpt", "falcon", "qwen2",
-                    "deepseek-coder", "deepseek-llm", "qwen35"]
+                    "deepseek-coder", "deepseek-llm", "qwen35", "phi-3"]
 
 
 def read_vocab_metadata(path: Path) -> dict:
@@ -487,6 +487,14 @@ def test_load_tokenizer_matches_llama_cpp_test_vocabularies(name):
     expected = Path(str(path) + ".out").read_text(encoding="utf-8").split("\n")
     for text, ids in zip(texts, expected):
         assert tok.encode(text, add_bos=False) == [int(i) for i in ids.split()], repr(text)
+
+
+@pytest.mark.parametrize("name, model", [("bert-bge", "bert"), ("gemma-4", "gemma4")])
+def test_load_tokenizer_refuses_other_llama_cpp_vocabularies_clearly(name, model):
+    """Word-piece BERT and Gemma-4's vocabulary are not LLaMA-family: one error naming the file and the model."""
+    path = realdata.llama_cpp_vocab_path(name)
+    with pytest.raises(NotImplementedError, match=f"{name}.gguf: tokenizer.ggml.model = '{model}' is not supported"):
+        load_tokenizer(path)
 
 
 PRE_TOKENIZER_TEXTS = ["Hello world", "it's 12345 o'clock", "a  1\n\n  b", "x+y<=z^2 | ~w $5.00!!", "'S'ſ 日本語 🦙",
