@@ -452,7 +452,8 @@ def test_hf_checkpoint_directory_loads_with_our_reader(tmp_path):
 
 # -- 5. the tokenizer against llama.cpp's expectations, SentencePiece and transformers ---------------
 
-LLAMA_CPP_VOCABS = ["llama-spm", "llama-bpe", "gpt-2", "starcoder", "refact", "command-r"]
+LLAMA_CPP_VOCABS = ["llama-spm", "llama-bpe", "gpt-2", "starcoder", "refact", "command-r", "mpt", "falcon", "qwen2",
+                    "deepseek-coder", "deepseek-llm", "qwen35", "phi-3"]
 
 
 def read_vocab_metadata(path: Path) -> dict:
@@ -488,6 +489,14 @@ def test_load_tokenizer_matches_llama_cpp_test_vocabularies(name):
         assert tok.encode(text, add_bos=False) == [int(i) for i in ids.split()], repr(text)
 
 
+@pytest.mark.parametrize("name, model", [("bert-bge", "bert"), ("gemma-4", "gemma4")])
+def test_load_tokenizer_refuses_other_llama_cpp_vocabularies_clearly(name, model):
+    """Word-piece BERT and Gemma-4's vocabulary are not LLaMA-family: one error naming the file and the model."""
+    path = realdata.llama_cpp_vocab_path(name)
+    with pytest.raises(NotImplementedError, match=f"{name}.gguf: tokenizer.ggml.model = '{model}' is not supported"):
+        load_tokenizer(path)
+
+
 PRE_TOKENIZER_TEXTS = ["Hello world", "it's 12345 o'clock", "a  1\n\n  b", "x+y<=z^2 | ~w $5.00!!", "'S'ſ 日本語 🦙",
                        "  leading\tand trailing  ", "I'LL DON'T we've 1000000 ½²"]
 
@@ -504,7 +513,7 @@ def test_convert_and_load_tokenizer_accept_the_same_pre_tokenizers(pre):
 def test_convert_and_load_tokenizer_refuse_the_same_pre_tokenizers():
     no_pre = tiny_vocab()
     del no_pre["tokenizer.ggml.pre"]
-    for metadata in (dict(tiny_vocab(), **{"tokenizer.ggml.pre": "qwen2"}), no_pre):
+    for metadata in (dict(tiny_vocab(), **{"tokenizer.ggml.pre": "no-such-pre"}), no_pre):
         with pytest.raises(GGUFError) as convert_error:
             tokenizer_json(metadata, source="f.gguf")
         with pytest.raises(GGUFError) as load_error:

@@ -342,8 +342,10 @@ def tokenizer_json(metadata: dict, source: str = "GGUF") -> dict:
         spelling = BYTE_TO_CHAR
         alphabet = set(spelling.values())
         # every real byte-level token is spelled in the 256-character alphabet; respell any that is not
-        vocab = {tok if set(tok) <= alphabet else "".join(spelling[b] for b in tok.encode("utf-8")): i
-                 for i, tok in enumerate(tokens)}
+        # a USER_DEFINED token outside it (MPT's runs of spaces) is raw text, matched before the split
+        vocab = {tok if set(tok) <= alphabet or kind == USER_DEFINED
+                 else "".join(spelling[b] for b in tok.encode("utf-8")): i
+                 for i, (tok, kind) in enumerate(zip(tokens, types))}
         merges = [m.split(" ") for m in metadata.get("tokenizer.ggml.merges", [])]
         # a CONTROL token outside the alphabet is a converter's mislabel; as transformers, skip it
         added = [_added_token(i, tok, True) for i, (tok, kind) in enumerate(zip(tokens, types))

@@ -34,6 +34,29 @@ LLAMA3_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{
 GPT2 = PreTokenizer((GPT2_PATTERN,))
 DIGITS_THEN_GPT2 = PreTokenizer((r"\p{N}", GPT2_PATTERN))
 LLAMA3 = PreTokenizer((LLAMA3_PATTERN,), ignore_merges=True)
+QWEN2_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+                 r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+QWEN2 = PreTokenizer((QWEN2_PATTERN,))
+# Falcon: runs of punctuation (backquote included), GPT-2's regex, runs of 3 ASCII digits.
+FALCON = PreTokenizer((r"[\p{P}\$\+<=>\^~\|`]+", GPT2_PATTERN, r"[0-9][0-9][0-9]"))
+# DeepSeek: llama.cpp's rewrite of the tokenizer.json splits; CJK is the ranges 一-龥, ࠀ-一 and 가-퟿.
+DEEPSEEK_CODER = PreTokenizer((r"[\r\n]", r"\s?\p{L}+", r"\s?\p{P}+", r"[一-龥ࠀ-一가-퟿]+", r"\p{N}"))
+# Qwen 3.5: as QWEN2, with combining marks (\p{M}) counted as letters.
+QWEN35 = PreTokenizer((r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+|\p{N}"
+                       r"| ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",))
+DEEPSEEK_LLM = PreTokenizer((
+    r"[\r\n]",
+    # escapes where a character has a singleton decomposition (U+1F7D ώ, U+1FBE ι, U+2126 Ω, U+212A K...):
+    # an NFC-normalizing editor would silently turn them into other characters and break the ranges
+    r"\s?[A-Za-zµÀ-ÖØ-öø-ƺƼ-ƿǄ-ʓʕ-ʯͰ-ͳͶͷͻ-ͽͿΆΈ-ΊΌΎ-ΡΣ-ϵϷ-ҁҊ-ԯԱ-ՖႠ-ჅᎠ-Ᏽᏸ-ᏽᲐ-ᲺᲽ-Ჿᴀ-ᴫᵫ-ᵷᵹ-ᶚḀ-ἕἘ-Ἕἠ-ὅὈ-Ὅὐ-ὗὙὛὝ"
+    "\u1f5f-\u1f7d\u1f80-\u1fb4\u1fb6-\u1fbc\u1fbe\u1fc2-\u1fc4\u1fc6-\u1fcc\u1fd0-\u1fd3\u1fd6-\u1fdb"
+    "\u1fe0-\u1fec\u1ff2-\u1ff4\u1ff6-\u1ffc\u2102\u2107\u210a-\u2113\u2115\u2119-\u211d\u2124\u2126\u2128"
+    "\u212a-\u212d"
+    r"ℯ-ℴℹℼ-ℿⅅ-ⅉⅎↃↄⰀ-ⱻⱾ-ⳤⳫ-ⳮⳲⳳꙀ-ꙭꚀ-ꚛꜢ-ꝯꝱ-ꞇꞋ-ꞎꭰ-ꮿﬀ-ﬆﬓ-ﬗＡ-Ｚａ-ｚ𐐀-𐑏𐒰-𐓓𐓘-𐓻𐲀-𐲲𐳀-𐳲𑢠-𑣟𞤀-𞥃]+",
+    r"\s?[!-/:-~！-／：-～‘-‟　-。]+",
+    r"\s+$",
+    r"[一-龥ࠀ-一가-퟿]+",
+    r"\p{N}+"))
 DEFAULT = PreTokenizer((r"[\p{P}\$\+<=>\^~\|]+", GPT2_PATTERN, r"\p{N}+", r"[0-9][0-9][0-9]"))
 
 # tokenizer.ggml.pre -> pre-tokenizer. Each comment names llama.cpp's type (LLAMA_VOCAB_PRE_TYPE_*).
@@ -45,6 +68,12 @@ GGUF_PRE_TOKENIZERS = {
     "refact": DIGITS_THEN_GPT2,     # REFACT: the regexes of STARCODER
     "command-r": DIGITS_THEN_GPT2,  # COMMAND_R (Command-R): the regexes of STARCODER
     "smollm": DIGITS_THEN_GPT2,     # SMOLLM (SmolLM2): the regexes of STARCODER
+    "mpt": GPT2,                    # MPT: GPT-2's regex alone
+    "falcon": FALCON,               # FALCON: runs of punctuation, GPT-2's regex, runs of 3 digits
+    "qwen2": QWEN2,                 # QWEN2: Llama 3's regex with every number character alone
+    "deepseek-coder": DEEPSEEK_CODER,  # DEEPSEEK_CODER: newlines, letters, punctuation, CJK, digits alone
+    "qwen35": QWEN35,               # QWEN35: QWEN2's regex, combining marks counted as letters
+    "deepseek-llm": DEEPSEEK_LLM,   # DEEPSEEK_LLM: newlines, cased letters, ASCII/CJK punctuation, end spaces, CJK, numbers
     "llama-bpe": LLAMA3,            # LLAMA3 (Llama 3): its own regex; a piece that is a token skips the merges
     "llama3": LLAMA3,               # LLAMA3, another name for it
     "llama-v3": LLAMA3,             # LLAMA3, another name for it

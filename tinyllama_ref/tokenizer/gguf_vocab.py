@@ -60,7 +60,12 @@ def tokenizer_from_gguf_metadata(meta: dict, source: str = "<gguf metadata>") ->
             charsmap=parse_charsmap(bytes(meta.get("tokenizer.ggml.precompiled_charsmap") or b""), source),
             add_dummy_prefix=bool(meta.get("tokenizer.ggml.add_space_prefix", True)),
             remove_extra_whitespaces=bool(meta.get("tokenizer.ggml.remove_extra_whitespaces", False)))
-        model = SentencePieceBPE(pieces=tokens, scores=[float(s) for s in scores], types=[int(t) for t in types],
+        sp_types = [int(t) for t in types]
+        unk = token_id("unknown")
+        if unk is not None:  # as llama.cpp, the <unk> is the one the metadata names, whatever the types say
+            # (Phi-3's file types its <unk> CONTROL and its 53 [PAD] pieces UNKNOWN: those become CONTROL)
+            sp_types = [UNKNOWN if i == unk else CONTROL if t == UNKNOWN else t for i, t in enumerate(sp_types)]
+        model = SentencePieceBPE(pieces=tokens, scores=[float(s) for s in scores], types=sp_types,
                                  normalizer=spec, byte_fallback=BYTE in types, source=source)
         special_types = (CONTROL, UNKNOWN)
     elif kind == "gpt2":
