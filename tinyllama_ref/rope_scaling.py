@@ -137,7 +137,7 @@ class RopeTables:
 
     Only "dynamic" and "longrope" depend on the length (the furthest position + 1): longrope has two
     buckets (within its original context, and beyond), dynamic NTK one up to `max_position_embeddings`
-    and one per length past it. Every other type has a single table. `rope_tables(seq_len)` returns what
+    and one per length past it. Every other type has a single table. Calling it with `seq_len` returns what
     `rope_inv_freq` returns, with the frequencies as an array of the model's module (copied up once).
     """
 
