@@ -353,7 +353,7 @@ def compare_case(case_dir: str | Path, theirs: str | Path, input_name: str | Non
     atol = pack["tolerances"][dtype]["atol"] if atol is None else atol
     if not theirs.exists():
         raise FileNotFoundError(f"dump not found: {theirs}")
-    results, compared = {}, 0
+    results, compared, shown = {}, 0, False
     for name, path in their_files(case_dir, theirs, input_name).items():
         if path is None:
             results[name] = "no dump given"
@@ -362,8 +362,11 @@ def compare_case(case_dir: str | Path, theirs: str | Path, input_name: str | Non
         other = load_tensors(path)
         if "attention_mask" in ours:
             ours, other = drop_padding(ours, ours["attention_mask"]), drop_padding(other, ours["attention_mask"])
-        print(f"== {case_dir.name} / {name}: {path}", file=out)
-        code = print_comparison(compare(ours, other, rtol, atol), rtol, atol, f"{case_dir / name} and {path}", out)
+        rows = compare(ours, other, rtol, atol)
+        table = not shown and any(r["status"] != "ok" for r in rows)  # the table of the first input that differs
+        shown = shown or table
+        print(f"== {case_dir.name} / {name} ({path})", file=out)
+        code = print_comparison(rows, rtol, atol, f"{case_dir / name} and {path}", out, table=table)
         compared += 1
         results[name] = "agrees" if code == 0 else "DIVERGES"
     print(f"\n{case_dir.name} ({dtype}: rtol={rtol}, atol={atol}): " +

@@ -198,12 +198,15 @@ def compare_files(ours: str | Path, theirs: str | Path, rtol: float = 1e-3, atol
     return print_comparison(compare(mine, other, rtol, atol), rtol, atol, f"{ours} and {theirs}", out)
 
 
-def print_comparison(rows: list[dict], rtol: float, atol: float, what: str = "the two dumps", out=None) -> int:
-    """Print `compare`'s rows as a table and the first divergence; 0 when all shared tensors agree, else 1."""
+def print_comparison(rows: list[dict], rtol: float, atol: float, what: str = "the two dumps", out=None,
+                     table: bool = True) -> int:
+    """Print `compare`'s rows as a table (unless `table` is False), then the verdict: the first divergence,
+    or that all shared tensors agree. Returns 0 when they agree, else 1."""
     out = out or sys.stdout
     width = max([len(r["name"]) for r in rows] + [6])
-    print(f"{'tensor':{width}s}  {'shape':>18s}  {'max|Δ|':>10s}  {'max rel':>10s}  status", file=out)
-    for r in rows:
+    if table:
+        print(f"{'tensor':{width}s}  {'shape':>18s}  {'max|Δ|':>10s}  {'max rel':>10s}  status", file=out)
+    for r in rows if table else []:
         print(f"{r['name']:{width}s}  {str(r['shape']):>18s}  {r['max_abs']:10.3g}  {r['max_rel']:10.3g}  "
               f"{r['status']}", file=out)
     bad = first_divergence(rows)
