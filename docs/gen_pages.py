@@ -67,6 +67,7 @@ READING_ORDER = [
     ("tinyllama_ref/fetch.py", "Fetching models"),
     ("tinyllama_ref/backend.py", "NumPy and CuPy"),
     ("tinyllama_ref/parity.py", "The parity kit"),
+    ("tinyllama_ref/golden_pack.py", "The conformance pack"),
     ("tinyllama_ref/conversation.py", "Chat"),
     ("tinyllama_ref/cli.py", "The command line"),
 ]

@@ -1,4 +1,4 @@
-"""The `tinyllama-ref` command line: generate, chat, info, tokenize, convert, fetch, dump, compare.
+"""The `tinyllama-ref` command line: generate, chat, info, tokenize, convert, fetch, dump, compare, golden.
 
 Habits borrowed from llama.cpp's tools: the generated text streams to stdout, timings go to stderr,
 and a mistake (a missing model, a bad flag value) is one line on stderr with a non-zero exit.
@@ -207,7 +207,30 @@ def cmd_dump(args) -> int:
 def cmd_compare(args) -> int:
     from .parity import compare_files
 
-    return compare_files(args.ours, args.theirs, rtol=args.rtol, atol=args.atol)
+    if Path(args.ours).is_dir():  # a case of a conformance pack (tinyllama-ref golden)
+        from .golden_pack import compare_case
+
+        return compare_case(args.ours, args.theirs, args.input, args.dtype, args.rtol, args.atol)
+    rtol, atol = (1e-3 if args.rtol is None else args.rtol), (1e-4 if args.atol is None else args.atol)
+    return compare_files(args.ours, args.theirs, rtol=rtol, atol=atol)
+
+
+def cmd_golden(args) -> int:
+    from .golden_pack import CASES, write_pack
+
+    if args.list:
+        for c in CASES:
+            print(f"{c.name:18s} {c.dtype:9s} {c.description}")
+        return 0
+    if args.out is None:
+        raise CLIError("give --out DIR (or --list)")
+    out = Path(args.out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.force:
+        raise CLIError(f"{out} exists and is not empty: choose another --out, or pass --force to write into it")
+    pack = write_pack(out, args.cases, progress=lambda name, size: print(f"{name:18s} {size / 1024:8.1f} KiB"))
+    print(f"{'total':18s} {pack['bytes'] / 1024:8.1f} KiB in {len(pack['cases'])} cases; manifest: "
+          f"{out / 'manifest.json'}")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -259,12 +282,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_dump)
 
     p = sub.add_parser("compare", help="compare two dumps", description="Compare two activation dumps tensor by "
-                                                                        "tensor and name the first divergence.")
-    p.add_argument("ours")
-    p.add_argument("theirs")
-    p.add_argument("--rtol", type=float, default=1e-3)
-    p.add_argument("--atol", type=float, default=1e-4)
+                       "tensor and name the first divergence. OURS may be a case of a conformance pack "
+                       "(PACK/CASE); THEIRS is then a directory of <input>.safetensors dumps, or one dump.")
+    p.add_argument("ours", help="a dump, or a pack's case directory")
+    p.add_argument("theirs", help="a dump (.safetensors or .npz), or a directory of them (against a pack case)")
+    p.add_argument("--rtol", type=float, default=None, help="default 1e-3, or the pack's for --dtype")
+    p.add_argument("--atol", type=float, default=None, help="default 1e-4, or the pack's for --dtype")
+    p.add_argument("--input", help="against a pack case: which input THEIRS is (default: its file name)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
+                   help="against a pack case: the dtype your implementation computes in (picks the tolerances)")
     p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("golden", help="write the conformance pack",
+                       description="Write tiny checkpoints, their inputs and every intermediate tensor, for "
+                                   "checking another implementation (see docs/guides/conformance-pack.md).")
+    p.add_argument("--out", help="output directory")
+    p.add_argument("--cases", nargs="+", metavar="NAME", help="only these cases (default: all; see --list)")
+    p.add_argument("--list", action="store_true", help="list the cases")
+    p.add_argument("--force", action="store_true", help="write into --out even if it is not empty")
+    p.set_defaults(func=cmd_golden)
     return parser
 
 

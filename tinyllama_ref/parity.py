@@ -46,6 +46,9 @@ LAYER_ORDER = ["input_layernorm", "self_attn.q", "self_attn.k", "self_attn.v", "
                "self_attn.k_rope", "self_attn.probs", "self_attn.context", "self_attn.o_proj", "attn_residual",
                "post_attention_layernorm", "mlp.gate_proj", "mlp.up_proj", "mlp.act_mul", "mlp.down_proj", "output"]
 _LAYER_RE = re.compile(r"^layers\.(\d+)\.(.+)$")
+INPUT_NAMES = ("input_ids", "attention_mask", "position_ids")  # integers; the rest of a dump is float32
+HEAD_AXIS_NAMES = ("self_attn.q", "self_attn.k", "self_attn.v", "self_attn.q_rope", "self_attn.k_rope",
+                   "self_attn.probs")  # [b, heads, s, ...]: the token axis is 2, elsewhere it is 1
 
 
 def forward_order_key(name: str) -> tuple:
@@ -54,7 +57,7 @@ def forward_order_key(name: str) -> tuple:
     >>> sorted(["logits", "layers.1.output", "layers.0.mlp.up_proj", "embed_tokens"], key=forward_order_key)
     ['embed_tokens', 'layers.0.mlp.up_proj', 'layers.1.output', 'logits']
     """
-    head = {"input_ids": 0, "embed_tokens": 1}
+    head = {"input_ids": 0, "attention_mask": 0, "position_ids": 0, "embed_tokens": 1}
     if name in head:
         return (head[name], 0, 0, name)
     m = _LAYER_RE.match(name)
@@ -65,12 +68,22 @@ def forward_order_key(name: str) -> tuple:
     return (tail.get(name, 5), 0, 0, name)
 
 
-def trace_forward(model, input_ids) -> dict[str, np.ndarray]:
-    """Every intermediate of one forward pass as float32 NumPy arrays, in forward order."""
+def trace_forward(model, input_ids, attention_mask=None, position_ids=None,
+                  past_key_values=None) -> dict[str, np.ndarray]:
+    """Every intermediate of one forward pass as float32 NumPy arrays, in forward order.
+
+    `attention_mask` and `position_ids`, when given, are recorded after `input_ids` (a padded batch's
+    dump then says which positions are padding). A `past_key_values` cache (a `KVCache`, empty for a
+    prefill) is extended in place: a decode step's dump holds its new tokens only, its `probs` every key.
+    """
     ids = model.as_input(input_ids)
+    given = {k: model.as_input(v, k) for k, v in (("attention_mask", attention_mask), ("position_ids", position_ids))
+             if v is not None}
     trace: dict = {}
-    forward(model.params, model.config, ids, trace=trace)
-    return {k: to_numpy(v).astype(np.int64 if k == "input_ids" else np.float32) for k, v in trace.items()}
+    forward(model.params, model.config, ids, given.get("attention_mask"), given.get("position_ids"),
+            past_key_values, trace=trace, rope=model.rope)
+    trace = {"input_ids": trace.pop("input_ids"), **given, **trace}
+    return {k: to_numpy(v).astype(np.int64 if k in INPUT_NAMES else np.float32) for k, v in trace.items()}
 
 
 def save_tensors(path: str | Path, tensors: Mapping[str, np.ndarray], metadata: dict | None = None) -> Path:
@@ -151,19 +164,54 @@ def first_divergence(rows: list[dict]) -> dict | None:
     return next((r for r in rows if r["status"] not in ("ok", "only in ours", "only in theirs")), None)
 
 
+def drop_padding(tensors: Mapping[str, np.ndarray], attention_mask) -> dict[str, np.ndarray]:
+    """A copy of a dump with every value at a padding position (attention_mask == 0) set to 0.
+
+    What a model computes for a pad token is not defined (a pad query at the left of a batch sees no
+    key at all), so it is not compared. The token axis is 2 in the per-head tensors [b, heads, s, ...],
+    1 elsewhere; after a cache the mask covers past + s positions and the dump its last s. A tensor
+    whose batch or length does not fit the mask is left as it is (compare then reports its shape).
+    """
+    mask = np.asarray(attention_mask) != 0  # [b, t]
+    out = {}
+    for name, arr in tensors.items():
+        axis = 2 if name.split(".", 2)[-1] in HEAD_AXIS_NAMES else 1
+        if name == "attention_mask" or arr.ndim <= axis or arr.shape[0] != mask.shape[0] \
+                or arr.shape[axis] > mask.shape[1]:
+            out[name] = arr
+            continue
+        keep = mask[:, mask.shape[1] - arr.shape[axis]:]  # [b, s]: the dump's own tokens
+        shape = (arr.shape[0],) + (1,) * (axis - 1) + (arr.shape[axis],) + (1,) * (arr.ndim - axis - 1)
+        out[name] = np.where(keep.reshape(shape), arr, 0).astype(arr.dtype)
+    return out
+
+
 def compare_files(ours: str | Path, theirs: str | Path, rtol: float = 1e-3, atol: float = 1e-4,
                   out=None) -> int:
-    """Print the comparison table; return 0 when nothing diverges, 1 otherwise (the CLI's exit code)."""
+    """Print the comparison table; return 0 when nothing diverges, 1 otherwise (the CLI's exit code).
+
+    When `ours` holds an `attention_mask`, padding positions are not compared (`drop_padding`).
+    """
+    mine, other = load_tensors(ours), load_tensors(theirs)
+    if "attention_mask" in mine:
+        mine, other = drop_padding(mine, mine["attention_mask"]), drop_padding(other, mine["attention_mask"])
+    return print_comparison(compare(mine, other, rtol, atol), rtol, atol, f"{ours} and {theirs}", out)
+
+
+def print_comparison(rows: list[dict], rtol: float, atol: float, what: str = "the two dumps", out=None,
+                     table: bool = True) -> int:
+    """Print `compare`'s rows as a table (unless `table` is False), then the verdict: the first divergence,
+    or that all shared tensors agree. Returns 0 when they agree, else 1."""
     out = out or sys.stdout
-    rows = compare(load_tensors(ours), load_tensors(theirs), rtol, atol)
     width = max([len(r["name"]) for r in rows] + [6])
-    print(f"{'tensor':{width}s}  {'shape':>18s}  {'max|Δ|':>10s}  {'max rel':>10s}  status", file=out)
-    for r in rows:
+    if table:
+        print(f"{'tensor':{width}s}  {'shape':>18s}  {'max|Δ|':>10s}  {'max rel':>10s}  status", file=out)
+    for r in rows if table else []:
         print(f"{r['name']:{width}s}  {str(r['shape']):>18s}  {r['max_abs']:10.3g}  {r['max_rel']:10.3g}  "
               f"{r['status']}", file=out)
     bad = first_divergence(rows)
     if not any(r["status"] not in ("only in ours", "only in theirs") for r in rows):
-        print(f"nothing compared: {ours} and {theirs} have no tensor names in common", file=out)
+        print(f"nothing compared: {what} have no tensor names in common", file=out)
         return 1
     if bad is None:
         common = sum(r["status"] == "ok" for r in rows)
