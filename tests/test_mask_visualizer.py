@@ -97,9 +97,8 @@ def test_the_model_attends_where_the_picture_says(case, model):
 
 
 GOLDEN = """\
-Attention mask of llama (kjv-llama), text 1 of 1: 5 tokens; 1 padding on the left (attention_mask 0; \
-a row with no ■ is uniform after softmax, and its output is never used); 2 in the KV cache \
-(keys 0 '<pad>', 1 '<s>')
+Attention mask of llama (kjv-llama), text 1 of 1: 5 tokens; 1 padding on the left (attention_mask 0); \
+2 in the KV cache (keys 0 '<pad>', 1 '<s>')
  ■: may attend   ⬚: masked   (row: a query, column: a key)
              Attention Matrix
              0 1 | 2 3 4 5

@@ -218,7 +218,7 @@ def cmd_mask(args) -> int:
     path = resolve_model(args.model)
     config = tl.load(path).config if path.suffix == ".gguf" else LlamaConfig.from_json(path / "config.json")
     print(visualize_mask(config, tl.load_tokenizer(path), args.prompt, past=args.past,
-                         pad_left=args.pad_left, color=sys.stdout.isatty()))
+                         pad_left=args.pad_left, color=sys.stdout.isatty(), name=path.name))
     return 0
 
 

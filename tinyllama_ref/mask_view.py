@@ -16,6 +16,8 @@ LLaMA has no sliding window: every query sees its whole past.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from . import llama
@@ -71,14 +73,16 @@ def draw_grid(labels: list[str], visible, past: int = 0, color: bool = False) ->
     return "\n".join(lines)
 
 
-def visualize_mask(model_or_config, tokenizer, text, past: int = 0, pad_left: int = 0, color: bool = False) -> str:
+def visualize_mask(model_or_config, tokenizer, text, past: int = 0, pad_left: int = 0, color: bool = False,
+                   name: str | None = None) -> str:
     """Draw which tokens each token may attend to, for one text or a left-padded batch of texts.
 
     model_or_config: a `Model` or a `LlamaConfig` (named in the title; LLaMA's mask depends on no
     setting). text: a str, or a list of str batched with left padding to the longest, as
     `generate_batch` pads them. pad_left: extra padding tokens on the left of every text.
     past: how many of the first tokens are already in the KV cache; the rows are then the new
-    tokens only, and the first `past` columns the cached keys. Returns the text; one grid per text.
+    tokens only, and the first `past` columns the cached keys. name: the model's name in the title
+    (default: the directory a `Model` was loaded from). Returns the text; one grid per text.
     """
     config = getattr(model_or_config, "config", model_or_config)
     if not hasattr(config, "model_type"):
@@ -86,13 +90,13 @@ def visualize_mask(model_or_config, tokenizer, text, past: int = 0, pad_left: in
     texts = [text] if isinstance(text, str) else list(text)
     if not texts or not all(isinstance(x, str) for x in texts):
         raise TypeError("text must be a str or a non-empty list of str")
-    for name, v in (("past", past), ("pad_left", pad_left)):
+    for arg, v in (("past", past), ("pad_left", pad_left)):
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0:
-            raise ValueError(f"{name} must be a non-negative integer, got {v!r}")
+            raise ValueError(f"{arg} must be a non-negative integer, got {v!r}")
     rows = [tokenizer.encode(x) for x in texts]
     for k, ids in enumerate(rows):
         if not ids:
-            raise ValueError(f"text {k} ({texts[k]!r}) encodes to no tokens: nothing to draw")
+            raise ValueError(f"text {k + 1} ({texts[k]!r}) encodes to no tokens: nothing to draw")
     width = max(len(ids) for ids in rows) + pad_left
     if past >= width:
         raise ValueError(f"past = {past} leaves no new token: the batch has {width} positions, so past must be "
@@ -102,18 +106,20 @@ def visualize_mask(model_or_config, tokenizer, text, past: int = 0, pad_left: in
         attention_mask[k, width - len(ids):] = 1
     visible = visible_keys(attention_mask, past)  # [b, s, t]
 
-    name = getattr(model_or_config, "source", "") or ""
-    title = f"Attention mask of {config.model_type}" + (f" ({name.rstrip('/').split('/')[-1]})" if name else "")
+    name = name or Path(getattr(model_or_config, "source", "") or "").name
+    title = f"Attention mask of {config.model_type}" + (f" ({name})" if name else "")
     blocks = []
     for k, ids in enumerate(rows):
         n_pad = width - len(ids)
         labels = [PAD_LABEL] * n_pad + [tokenizer.id_to_piece(i) for i in ids]
         facts = [f"text {k + 1} of {len(rows)}: {len(ids)} tokens"]
         if n_pad:
-            facts.append(f"{n_pad} padding on the left (attention_mask 0; a row with no {MAY_ATTEND} is uniform "
-                         f"after softmax, and its output is never used)")
+            facts.append(f"{n_pad} padding on the left (attention_mask 0)")
         if past:
             cached = ", ".join(f"{j} {labels[j]!r}" for j in range(past))
             facts.append(f"{past} in the KV cache (keys {cached})")
+        if not visible[k].any(-1).all():
+            facts.append(f"a row with no {MAY_ATTEND} (a padding query) is uniform after softmax, and its output "
+                         f"is never used")
         blocks.append(f"{title}, " + "; ".join(facts) + "\n" + draw_grid(labels, visible[k], past, color))
     return "\n\n".join(blocks)
