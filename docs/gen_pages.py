@@ -49,6 +49,8 @@ READING_ORDER = [
     ("tinyllama_ref/instrumented.py", "The instrumented layer: dump and pretraining_tp"),
     ("tinyllama_ref/fused.py", "Fused kernels: the layer on CuPy"),
     ("tinyllama_ref/generation.py", "Generation"),
+    ("tinyllama_ref/mask_view.py", "The attention mask, drawn"),
+    ("tinyllama_ref/perplexity.py", "Perplexity over sliding windows"),
     ("tinyllama_ref/tokenizer/tokenizer.py", "The tokenizer"),
     ("tinyllama_ref/tokenizer/sp_normalizer.py", "Tokenizer: normalization"),
     ("tinyllama_ref/tokenizer/sp_model.py", "Tokenizer: SentencePiece BPE"),

@@ -1,4 +1,5 @@
-"""The `tinyllama-ref` command line: generate, chat, info, tokenize, convert, fetch, dump, compare, golden.
+"""The `tinyllama-ref` command line: generate, chat, info, tokenize, convert, fetch, dump, compare, golden,
+mask, perplexity.
 
 Habits borrowed from llama.cpp's tools: the generated text streams to stdout, timings go to stderr,
 and a mistake (a missing model, a bad flag value) is one line on stderr with a non-zero exit.
@@ -233,6 +234,36 @@ def cmd_golden(args) -> int:
     return 0
 
 
+def cmd_mask(args) -> int:
+    import tinyllama_ref as tl
+    from .config import LlamaConfig
+    from .mask_view import visualize_mask
+
+    path = resolve_model(args.model)
+    config = tl.load(path).config if path.suffix == ".gguf" else LlamaConfig.from_json(path / "config.json")
+    print(visualize_mask(config, tl.load_tokenizer(path), args.prompt, past=args.past,
+                         pad_left=args.pad_left, color=sys.stdout.isatty(), name=path.name))
+    return 0
+
+
+def cmd_perplexity(args) -> int:
+    from .perplexity import perplexity, windows, check_window
+
+    try:
+        text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise CLIError(f"{args.file}: not UTF-8 text ({e})") from None
+    model, tokenizer = _load(args)
+    n = len(tokenizer.encode(text)) if text else 0
+    if n >= 2:
+        max_length, stride = check_window(n, model.config.max_position_embeddings, args.max_length, args.stride)
+        print(f"{n} tokens, max_length {max_length}, stride {stride}: {len(windows(n, max_length, stride))} "
+              f"windows", file=sys.stderr)
+    ppl = perplexity(model, tokenizer, text, max_length=args.max_length, stride=args.stride, progress=True)
+    print(f"perplexity: {ppl:.4f}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tinyllama-ref", description="A NumPy reference implementation of "
                                      "the LLaMA family: generate, chat, inspect, convert, and check parity.")
@@ -301,6 +332,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--list", action="store_true", help="list the cases")
     p.add_argument("--force", action="store_true", help="write into --out even if it is not empty")
     p.set_defaults(func=cmd_golden)
+
+    p = sub.add_parser("mask", help="draw the attention mask", description="Which tokens each token of PROMPT may "
+                       "attend to: causality, the padding of a left-padded batch, and the keys of the KV cache.")
+    p.add_argument("prompt", metavar="PROMPT", nargs="+", help="a prompt; several make a batch, left-padded")
+    p.add_argument("--model", "-m", help="checkpoint directory, .gguf file, or fetched name (its tokenizer)")
+    p.add_argument("--past", type=_positive_int, default=0, help="tokens already in the KV cache: the rows are "
+                                                                 "the new tokens, which see every cached key")
+    p.add_argument("--pad-left", type=_positive_int, default=0, help="extra padding tokens on the left of every "
+                                                                     "prompt, as in a batch with a longer one")
+    p.set_defaults(func=cmd_mask)
+
+    p = sub.add_parser("perplexity", help="perplexity of a text file", description="Perplexity of the text in FILE, "
+                       "by the sliding-window recipe of transformers' docs (\"Perplexity of fixed-length models\").")
+    p.add_argument("file", metavar="FILE", help="a UTF-8 text file, or - for stdin")
+    _add_model_args(p)
+    p.add_argument("--max-length", type=_positive_int, default=None, help="tokens per window (default: the "
+                                                                          "model's context)")
+    p.add_argument("--stride", type=_positive_int, default=None, help="tokens between window starts (default: "
+                                                                      "max-length)")
+    p.set_defaults(func=cmd_perplexity)
     return parser
 
 
