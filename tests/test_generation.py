@@ -214,7 +214,8 @@ def test_cli_bad_flag_values_exit_2(flag, value):
 
 
 def test_cli_help_everywhere():
-    for cmd in ["generate", "chat", "info", "tokenize", "convert", "fetch", "dump", "compare", "golden", "mask", "perplexity"]:
+    for cmd in ["generate", "chat", "info", "tokenize", "convert", "fetch", "dump", "compare", "golden", "mask",
+                "perplexity"]:
         with pytest.raises(SystemExit) as e:
             main([cmd, "--help"])
         assert e.value.code == 0
