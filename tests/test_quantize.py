@@ -35,8 +35,9 @@ def bundled_weights() -> dict:
 # -- torchao 0.18's formulas, transcribed -------------------------------------------------------------------------
 
 def torchao_int8(torch, w):
-    """torchao/quantization/quantize_/workflows/int8/int8_tensor.py `Int8Tensor.from_hp` (PerRow, SYMMETRIC) ->
-    quant_primitives.py `_choose_qparams_affine`, `_quantize_affine_no_dtype_cast`, `_dequantize_affine_no_dtype_check`."""
+    """torchao/quantization/quantize_/workflows/int8/int8_tensor.py `Int8Tensor.from_hp` (PerRow, SYMMETRIC)
+    -> torchao/quantization/quant_primitives.py `_choose_qparams_affine`, `_quantize_affine_no_dtype_cast`,
+    `_dequantize_affine_no_dtype_check`."""
     quant_min, quant_max = -128, 127  # _DTYPE_TO_QVALUE_BOUNDS[torch.int8]
     min_val, max_val = torch.amin(w, dim=1, keepdim=True), torch.amax(w, dim=1, keepdim=True)
     min_val_neg = torch.min(min_val, torch.zeros_like(min_val))
@@ -338,7 +339,7 @@ def test_model_level_errors_name_the_argument_or_the_tensor():
     for bad in (0, -32, 2.5, True):
         with pytest.raises(Q.QuantizationError, match="group_size must be a positive integer"):
             tl.build_model(CONFIG, tensors, quantize="int4", group_size=bad)
-    with pytest.raises(Q.QuantizationError, match=r"w: quantization takes a float matrix \[out, in\], got shape \(3,\)"):
+    with pytest.raises(Q.QuantizationError, match=r"w: quantization takes a float matrix \[out, in\], got shape"):
         Q.quantize_int8(np.ones(3, np.float32), "w")
 
 
@@ -349,3 +350,17 @@ def test_cli_generate_and_info_with_quantize(capsys):
     assert "weights:    4.5 MiB as loaded (int8 layers)" in capsys.readouterr().out
     assert main(["generate", "In", "-n", "2", "--quantize", "int4"]) == 1  # 128 does not divide 192
     assert "group_size 128 does not divide its input size 192" in capsys.readouterr().err
+
+
+def test_the_benchmark_runs_and_prints_its_table():
+    """A smoke run (no time is looked at): benchmarks/quantization.py on the bundled model."""
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parent.parent
+    proc = subprocess.run([sys.executable, "benchmarks/quantization.py", "--models", "bundled", "--new-tokens", "3",
+                           "--group-sizes", "64"], cwd=repo, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [line.split() for line in proc.stdout.splitlines() if line.startswith("bundled ")]
+    assert [r[1] for r in rows] == ["float32", "int8", "int4"] and rows[2][2] == "g64"
+    assert rows[0][2] == "9.0" and rows[1][2] == "4.5"  # MiB: float32, then int8 layers

@@ -48,6 +48,7 @@ from typing import Any
 import numpy as np
 
 from .backend import xp_of
+from .formats.checkpoint import flatten
 
 SCHEMES = ("int8", "int4")
 LINEARS = {"self_attn": ("q_proj", "k_proj", "v_proj", "o_proj"), "mlp": ("gate_proj", "up_proj", "down_proj")}
@@ -138,8 +139,8 @@ def dequantize(qw: QuantizedWeight):
     if qw.bits == 8:
         return (qw.packed.astype(qw.dtype) * qw.scales).astype(qw.dtype)  # zero point 0: nothing to subtract
     codes = unpack_int4(qw.packed).reshape(out, n_in // qw.group_size, qw.group_size)  # [out, G, g]
-    w = (codes.astype(np.float32) - np.float32(8)).astype(qw.dtype) * qw.scales[..., None] + qw.zeros[..., None]
-    return w.reshape(out, n_in)
+    centred = (codes.astype(np.float32) - np.float32(8)).astype(qw.dtype, copy=False)  # q - 8
+    return (centred * qw.scales[..., None] + qw.zeros[..., None]).reshape(out, n_in)
 
 
 def quantize_weight(w, scheme: str, group_size: int = 128, name: str = "weight") -> QuantizedWeight:
@@ -184,8 +185,6 @@ def dequantizing(project):
 
 def weight_bytes(params: dict) -> int:
     """Bytes held by the parameter tree: quantized weights as stored, a tied head counted once."""
-    from .formats.checkpoint import flatten
-
     seen, total = set(), 0
     for arr in flatten(params).values():
         if id(arr) not in seen:

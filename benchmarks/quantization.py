@@ -1,0 +1,114 @@
+"""Weight-only quantization, measured: memory, decode speed and accuracy of int8 and int4 against float32.
+
+For each model, the same checkpoint loaded three ways (`tl.load(..., quantize=None | "int8" | "int4")`):
+- weight memory: `Model.get_memory_footprint()` (the embedding, norms and head stay float32);
+- decode tokens/s: greedy, batch 1, one token per step from the KV cache, and its ratio to float32 in this run;
+- max |Δlogits| against float32 over every position of a fixed prompt;
+- perplexity of a fixed public-domain text (Psalm 23, King James Version): exp of the mean next-token
+  negative log-likelihood over the whole text in one window (the causal-LM loss with labels = input ids).
+
+    python benchmarks/quantization.py                    # the bundled model, and SmolLM2-135M if fetched
+    python benchmarks/quantization.py --models bundled --new-tokens 8
+
+On a CPU, int8/int4 decode is expected to be *slower* than float32: NumPy has no integer-weight matmul, so
+every step dequantizes each weight back to float32 before using it (the work of a whole model's worth of
+elementwise operations per token, on top of the same float matmuls). What quantization buys here is memory.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from timing import last_position, time_greedy  # benchmarks/timing.py, beside this script
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import tinyllama_ref as tl  # noqa: E402
+
+PSALM_23 = ("The LORD is my shepherd; I shall not want. He maketh me to lie down in green pastures: he leadeth me "
+            "beside the still waters. He restoreth my soul: he leadeth me in the paths of righteousness for his "
+            "name's sake. Yea, though I walk through the valley of the shadow of death, I will fear no evil: for "
+            "thou art with me; thy rod and thy staff they comfort me. Thou preparest a table before me in the "
+            "presence of mine enemies: thou anointest my head with oil; my cup runneth over. Surely goodness and "
+            "mercy shall follow me all the days of my life: and I will dwell in the house of the LORD for ever.")
+PROMPT = "In the beginning God created"
+
+
+def find_models(names: list[str]) -> list[tuple[str, Path]]:
+    from tinyllama_ref.cli import default_model_dir
+
+    found = []
+    for name in names:
+        if name == "bundled":
+            found.append(("bundled", default_model_dir()))
+        elif name == "smollm2":
+            from tinyllama_ref.fetch import resolve_model_name
+
+            try:
+                found.append(("smollm2-135m", Path(resolve_model_name("smollm2", progress=False))))
+            except Exception as e:  # not fetched, and no network
+                print(f"smollm2: not available ({e}); skipped", file=sys.stderr)
+        else:
+            found.append((Path(name).name, Path(name)))
+    return found
+
+
+def perplexity(model, ids) -> float:
+    """exp(mean NLL of each token given the ones before it), the whole text in one window."""
+    return float(np.exp(float(model(ids, labels=ids).loss)))
+
+
+def measure(path: Path, scheme: str | None, group_size: int, tokenizer, new_tokens: int) -> dict:
+    model = tl.load(path, quantize=scheme, group_size=group_size)
+    prompt = np.array([tokenizer.encode(PROMPT)])
+    text = np.array([tokenizer.encode(PSALM_23)])
+    model(prompt[:, :2])  # warm-up: page the weights in
+    _, decode_s, tokens, _ = time_greedy(
+        lambda: last_position(model(prompt, use_cache=True, logits_to_keep=1)),
+        lambda token, cache: last_position(model([[token]], past_key_values=cache, use_cache=True)),
+        new_tokens, repeats=1)
+    return dict(bytes=model.get_memory_footprint(), decode_tok_s=(new_tokens - 1) / decode_s, tokens=tokens,
+                logits=np.asarray(model(prompt).logits), ppl=perplexity(model, text), text_tokens=text.shape[1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", nargs="+", default=["bundled", "smollm2"])
+    ap.add_argument("--group-sizes", type=int, nargs="+", default=[64, 32],
+                    help="int4 group sizes (default 64 32: torchao's 128 divides neither 192 nor 576, the widths)")
+    ap.add_argument("--new-tokens", type=int, default=32)
+    args = ap.parse_args()
+    threads = os.environ.get("OPENBLAS_NUM_THREADS") or os.environ.get("OMP_NUM_THREADS") or "all"
+    print(f"machine: {os.cpu_count()} cores, BLAS threads: {threads}; int4 group sizes {args.group_sizes}; "
+          f"decode: {args.new_tokens} greedy tokens")
+    rows = []
+    for label, path in find_models(args.models):
+        tokenizer = tl.load_tokenizer(path)
+        schemes = [(None, 0), ("int8", 0)] + [("int4", g) for g in args.group_sizes]
+        results = {(s, g): measure(path, s, g, tokenizer, args.new_tokens) for s, g in schemes}
+        rows.append((label, results))
+        print(f"{label}: done", file=sys.stderr)
+
+    print()
+    print(f"{'model':14s} {'weights':9s} {'MiB':>8s} {'vs f32':>7s} {'decode tok/s':>12s} {'vs f32':>7s} "
+          f"{'max|Δlogits|':>12s} {'perplexity':>10s} {'Δppl':>7s} {'same greedy':>11s}")
+    for label, results in rows:
+        base = results[(None, 0)]
+        for (scheme, group), r in results.items():
+            name = f"int4 g{group}" if scheme == "int4" else scheme or "float32"
+            delta = float(np.abs(r["logits"] - base["logits"]).max())
+            same = sum(a == b for a, b in zip(r["tokens"], base["tokens"]))
+            print(f"{label:14s} {name:9s} {r['bytes'] / 2**20:8.1f} {r['bytes'] / base['bytes']:6.2f}x "
+                  f"{r['decode_tok_s']:12.1f} {r['decode_tok_s'] / base['decode_tok_s']:6.2f}x {delta:12.2e} "
+                  f"{r['ppl']:10.3f} {r['ppl'] - base['ppl']:+7.3f} {same:>5d}/{len(base['tokens']):<5d}")
+    counts = ", ".join(f"{label} {results[(None, 0)]['text_tokens']}" for label, results in rows)
+    print(f"\nperplexity text: Psalm 23 (KJV), tokens: {counts}; max|Δlogits| over the prompt {PROMPT!r}.")
+
+
+if __name__ == "__main__":
+    main()
