@@ -358,9 +358,26 @@ def test_the_benchmark_runs_and_prints_its_table():
     import sys
 
     repo = Path(__file__).resolve().parent.parent
-    proc = subprocess.run([sys.executable, "benchmarks/quantization.py", "--models", "bundled", "--new-tokens", "3",
-                           "--group-sizes", "64"], cwd=repo, capture_output=True, text=True, timeout=600)
+    args = ["--models", "bundled", "--new-tokens", "3", "--group-sizes", "64", "--rounds", "1"]
+    proc = subprocess.run([sys.executable, "benchmarks/quantization.py", *args], cwd=repo, capture_output=True,
+                          text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = [line.split() for line in proc.stdout.splitlines() if line.startswith("bundled ")]
     assert [r[1] for r in rows] == ["float32", "int8", "int4"] and rows[2][2] == "g64"
     assert rows[0][2] == "9.0" and rows[1][2] == "4.5"  # MiB: float32, then int8 layers
+
+
+def test_int4_with_groups_of_32_reproduces_a_q4_1_gguf_exactly():
+    """llama.cpp's Q4_1 is the same grid: per 32 weights, 16 levels from the minimum to the maximum. So the
+    weights a Q4_1 file stands for (SmolLM2-135M's, real) come back unchanged through int4 with group_size 32."""
+    import realdata
+    from tinyllama_ref.formats.ggml_quants import dequantize
+    from tinyllama_ref.formats.gguf_file import read_gguf_file
+
+    tensors = [t for t in read_gguf_file(realdata.smollm2_gguf_path()).tensors
+               if t.name.startswith("blk.0.") and t.type_name == "Q4_1"]
+    assert len(tensors) >= 5
+    for t in tensors:
+        w = dequantize(t.data, "Q4_1").reshape(t.shape)
+        np.testing.assert_array_equal(Q.dequantize(Q.quantize_int4(w, 32, t.name)), w, err_msg=t.name)
+        assert np.abs(Q.dequantize(Q.quantize_int4(w, 64, t.name)) - w).max() > 0  # a coarser grid loses some
