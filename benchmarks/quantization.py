@@ -19,10 +19,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from cpu import find_models  # benchmarks/cpu.py: the bundled model, smollm2 if fetched, or a path
 from timing import last_position, time_greedy  # benchmarks/timing.py, beside this script
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,25 +39,6 @@ PSALM_23 = ("The LORD is my shepherd; I shall not want. He maketh me to lie down
             "presence of mine enemies: thou anointest my head with oil; my cup runneth over. Surely goodness and "
             "mercy shall follow me all the days of my life: and I will dwell in the house of the LORD for ever.")
 PROMPT = "In the beginning God created"
-
-
-def find_models(names: list[str]) -> list[tuple[str, Path]]:
-    from tinyllama_ref.cli import default_model_dir
-
-    found = []
-    for name in names:
-        if name == "bundled":
-            found.append(("bundled", default_model_dir()))
-        elif name == "smollm2":
-            from tinyllama_ref.fetch import resolve_model_name
-
-            try:
-                found.append(("smollm2-135m", Path(resolve_model_name("smollm2", progress=False))))
-            except Exception as e:  # not fetched, and no network
-                print(f"smollm2: not available ({e}); skipped", file=sys.stderr)
-        else:
-            found.append((Path(name).name, Path(name)))
-    return found
 
 
 def perplexity(model, ids) -> float:
@@ -102,7 +85,7 @@ def main() -> None:
     print(f"machine: {os.cpu_count()} cores, BLAS threads: {threads}; int4 group sizes {args.group_sizes}; "
           f"decode: {args.new_tokens} greedy tokens, best of {args.rounds}")
     rows = []
-    for label, path in find_models(args.models):
+    for label, path in find_models(args.models, Path(tempfile.gettempdir()) / "tinyllama_ref_bench"):
         schemes = [(None, 0), ("int8", 0)] + [("int4", g) for g in args.group_sizes]
         results = measure_model(path, schemes, args.new_tokens, args.rounds)
         rows.append((label, results))
