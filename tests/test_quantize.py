@@ -238,6 +238,23 @@ def test_quantized_forward_is_the_float_model_with_dequantized_weights(backend, 
     assert np.array_equal(backend.to_numpy(steps[0].logits), backend.to_numpy(steps[1].logits))
 
 
+@pytest.mark.parametrize("scheme", ["int8", "int4"])
+def test_quantizing_and_dequantizing_move_nothing_between_host_and_device(double, scheme):
+    """On the CuPy double: quantizing at load and every decode step cost the transfers of the float model."""
+    from tinyllama_ref.generation import SamplingParams
+    from test_transfers import counted_steps
+
+    tensors, counts = random_tensors(CONFIG, std=0.3), []
+    for quantize in (None, scheme):
+        double.transfers.reset()
+        model = tl.build_model(CONFIG, tensors, backend="cupy", quantize=quantize, group_size=32)
+        built = (double.transfers.to_device, double.transfers.to_host)
+        prompts = [[3, 14, 15, 9, 26, 35], [2, 7], [18, 28, 1, 8]]
+        steps = counted_steps(model, prompts, SamplingParams(max_new_tokens=4, temperature=0), double.transfers)
+        counts.append((built, [{k: v for k, v in step.items() if k != "log"} for step in steps]))
+    assert counts[0] == counts[1]
+
+
 def test_what_is_quantized_and_what_stays_float():
     model = tl.build_model(CONFIG, random_tensors(CONFIG), quantize="int4", group_size=32)
     leaves = flatten(model.params)

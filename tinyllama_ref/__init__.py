@@ -10,10 +10,11 @@ from .formats.safetensors import CheckpointError
 from .generation import GenerationStats, SamplingParams, generate, generate_batch, stream
 from .kv_cache import KVCache
 from .model import InputError, Model, ModelOutput, build_model, forward, load
+from .quantize import QuantizationError
 from .tokenizer import Tokenizer, load_tokenizer
 
 __version__ = "0.1.0"
 
 __all__ = ["load", "build_model", "forward", "Model", "ModelOutput", "KVCache", "LlamaConfig",
            "ConfigError", "CheckpointError", "InputError", "generate", "stream", "generate_batch",
-           "GenerationStats", "SamplingParams", "Tokenizer", "load_tokenizer", "chat"]
+           "GenerationStats", "SamplingParams", "Tokenizer", "load_tokenizer", "chat", "QuantizationError"]

@@ -297,7 +297,8 @@ class Model:
         return total
 
     def get_memory_footprint(self) -> int:
-        """Bytes the parameters take, as stored (quantized weights as integers plus their scales), as HF's."""
+        """Bytes the parameters take as stored: quantized weights as their codes, scales and zero points.
+        (HF's method of this name also counts buffers, such as RoPE's inverse frequencies.)"""
         return Q.weight_bytes(self.params)
 
 
