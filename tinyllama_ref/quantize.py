@@ -137,7 +137,7 @@ def dequantize(qw: QuantizedWeight):
     """
     out, n_in = qw.shape
     if qw.bits == 8:
-        return (qw.packed.astype(qw.dtype) * qw.scales).astype(qw.dtype)  # zero point 0: nothing to subtract
+        return (qw.packed.astype(qw.dtype) * qw.scales).astype(qw.dtype, copy=False)  # zero point 0: no subtraction
     codes = unpack_int4(qw.packed).reshape(out, n_in // qw.group_size, qw.group_size)  # [out, G, g]
     centred = (codes.astype(np.float32) - np.float32(8)).astype(qw.dtype, copy=False)  # q - 8
     return (centred * qw.scales[..., None] + qw.zeros[..., None]).reshape(out, n_in)
