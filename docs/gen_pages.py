@@ -48,6 +48,7 @@ READING_ORDER = [
     ("tinyllama_ref/model.py", "The edge: inputs, variants, outputs, loading"),
     ("tinyllama_ref/instrumented.py", "The instrumented layer: dump and pretraining_tp"),
     ("tinyllama_ref/fused.py", "Fused kernels: the layer on CuPy"),
+    ("tinyllama_ref/quantize.py", "Weight-only quantization: int8 and int4"),
     ("tinyllama_ref/generation.py", "Generation"),
     ("tinyllama_ref/mask_view.py", "The attention mask, drawn"),
     ("tinyllama_ref/perplexity.py", "Perplexity over sliding windows"),

@@ -237,6 +237,7 @@ class ndarray:
     __pow__, __rpow__ = _binary(np.power), _binary(np.power, True)
     __matmul__, __rmatmul__ = _binary(np.matmul), _binary(np.matmul, True)
     __and__, __rand__ = _binary(np.bitwise_and), _binary(np.bitwise_and, True)
+    __lshift__, __rshift__ = _binary(np.left_shift), _binary(np.right_shift)
     __or__, __ror__ = _binary(np.bitwise_or), _binary(np.bitwise_or, True)
     __xor__, __rxor__ = _binary(np.bitwise_xor), _binary(np.bitwise_xor, True)
     __lt__, __le__ = _binary(np.less), _binary(np.less_equal)

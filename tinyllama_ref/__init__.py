@@ -12,6 +12,7 @@ from .kv_cache import KVCache
 from .mask_view import visualize_mask
 from .model import InputError, Model, ModelOutput, build_model, forward, load
 from .perplexity import perplexity
+from .quantize import QuantizationError
 from .tokenizer import Tokenizer, load_tokenizer
 
 __version__ = "0.1.0"
@@ -19,4 +20,4 @@ __version__ = "0.1.0"
 __all__ = ["load", "build_model", "forward", "Model", "ModelOutput", "KVCache", "LlamaConfig",
            "ConfigError", "CheckpointError", "InputError", "generate", "stream", "generate_batch",
            "GenerationStats", "SamplingParams", "Tokenizer", "load_tokenizer", "chat",
-           "visualize_mask", "perplexity"]
+           "visualize_mask", "perplexity", "QuantizationError"]

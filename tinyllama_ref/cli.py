@@ -46,7 +46,8 @@ def _load(args, progress: bool = True):
     import tinyllama_ref as tl
 
     path = resolve_model(args.model)
-    model = tl.load(path, backend=args.backend, dtype=args.dtype, progress=progress and sys.stderr.isatty())
+    model = tl.load(path, backend=args.backend, dtype=args.dtype, progress=progress and sys.stderr.isatty(),
+                    quantize=args.quantize, group_size=args.group_size)
     tokenizer = tl.load_tokenizer(path)
     return model, tokenizer
 
@@ -78,6 +79,10 @@ def _add_model_args(p: argparse.ArgumentParser, sampling: bool = False) -> None:
                    help="array module (default: $TINYLLAMA_BACKEND, else numpy)")
     p.add_argument("--dtype", choices=["float32", "float16", "float64"], default="float32",
                    help="compute dtype (default: float32)")
+    p.add_argument("--quantize", choices=["int8", "int4"], default=None,
+                   help="keep the layers' linear weights as int8 (per row) or int4 (per group), as torchao")
+    p.add_argument("--group-size", type=_number(int, lambda v: v >= 1, "a positive integer"), default=128,
+                   help="int4: inputs sharing one scale (default: 128, as torchao)")
     if sampling:
         p.add_argument("--max-new-tokens", "-n", type=_positive_int, default=None, help="tokens to generate")
         p.add_argument("--temperature", "-t", type=_non_negative_float, default=None, help="0 means greedy")
@@ -126,7 +131,7 @@ def cmd_info(args) -> int:
     from .formats.checkpoint import flatten
 
     path = resolve_model(args.model)
-    model = tl.load(path, dtype="float32")
+    model = tl.load(path, dtype="float32", quantize=args.quantize, group_size=args.group_size)
     c = model.config
     n = model.num_parameters()
     print(f"model:      {path}")
@@ -138,6 +143,9 @@ def cmd_info(args) -> int:
     print(f"parameters: {n:,}")
     for dtype, size in (("float32", 4), ("float16", 2), ("bfloat16", 2)):
         print(f"memory:     {dtype:9s} {n * size / 2**20:,.1f} MiB")
+    scheme = f"{args.quantize} layers" + (f", group size {args.group_size}" if args.quantize == "int4" else "")
+    print(f"weights:    {model.get_memory_footprint() / 2**20:,.1f} MiB as loaded "
+          f"({scheme if args.quantize else 'float32'})")
     tensors = flatten(model.params)
     print(f"tensors:    {len(tensors)}")
     shown = [k for k in tensors if ".layers." not in k or ".layers.0." in k]

@@ -10,6 +10,7 @@ or a GGUF file. The array module is chosen here, once, when the model is built.
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from functools import partial
@@ -19,7 +20,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from . import backend as B
-from . import fused, heads, instrumented, llama, losses, open_llama
+from . import fused, heads, instrumented, llama, losses, open_llama, quantize as Q
 from .config import ConfigError, LlamaConfig, check_generation_config
 from .kv_cache import KVCache, cache_signature
 from .rope_scaling import RopeTables
@@ -137,12 +138,17 @@ def forward(params: dict, config: LlamaConfig, input_ids, attention_mask=None, p
 
     if trace is not None:
         trace.update(input_ids=input_ids, embed_tokens=x)
-    layer_fn = llama.decoder_layer
+    layer_fn, project = llama.decoder_layer, sliced_projection(config.pretraining_tp)
+    quantized = Q.is_quantized(params)
+    if quantized:  # int8/int4 weights: each one dequantized just before its matmul (quantize.py)
+        project = Q.dequantizing(project)
     if trace is not None or config.pretraining_tp > 1 or config.hidden_act not in ("silu", "swish"):
         # a variant inside the layer: its steps are observed, its projections sliced, or its activation another
-        layer_fn = partial(instrumented.decoder_layer, trace=trace, project=sliced_projection(config.pretraining_tp))
+        layer_fn = partial(instrumented.decoder_layer, trace=trace, project=project)
     elif xp is not np and fused.ENABLED:  # on CuPy: the same layer, its pointwise steps fused into single kernels
-        layer_fn = fused.decoder_layer
+        layer_fn = partial(fused.decoder_layer, project=project) if quantized else fused.decoder_layer
+    elif quantized:
+        layer_fn = partial(instrumented.decoder_layer, project=project)
     hidden_states, attentions = [x], []  # kept only when asked for: each layer's output is [b, s, D]
     for i, layer_params in enumerate(m["layers"]):
         x, probs = layer_fn(layer_params, x, cos, sin, mask_bias, config, cache, i, past)
@@ -241,6 +247,7 @@ class Model:
     dtype: str = "float32"
     source: str = ""
     generation_config: dict = field(default_factory=dict)
+    quantize: str | None = None  # "int8" or "int4": the layers' linear weights are QuantizedWeights
 
     xp: Any = field(default=None, repr=False)  # numpy or cupy: resolved once, from `backend`
     rope: RopeTables | None = field(default=None, repr=False)  # RoPE frequencies on the device, made once
@@ -286,23 +293,41 @@ class Model:
         for arr in flatten(self.params).values():
             if id(arr) not in seen:  # a tied head is counted once
                 seen.add(id(arr))
-                total += int(arr.size)
+                total += math.prod(arr.shape)  # a QuantizedWeight counts the weights it stands for
         return total
+
+    def get_memory_footprint(self) -> int:
+        """Bytes the parameters take as stored: quantized weights as their codes, scales and zero points.
+        (HF's method of this name also counts buffers, such as RoPE's inverse frequencies.)"""
+        return Q.weight_bytes(self.params)
 
 
 def build_model(config: LlamaConfig, tensors: Mapping[str, np.ndarray], backend: str | None = None,
-                dtype: str = "float32", source: str = "checkpoint", progress=None) -> Model:
-    """A Model from a config and HF-named tensors (from safetensors, GGUF, or built in memory)."""
+                dtype: str = "float32", source: str = "checkpoint", progress=None, quantize: str | None = None,
+                group_size: int = 128) -> Model:
+    """A Model from a config and HF-named tensors (from safetensors, GGUF, or built in memory).
+
+    quantize: None, "int8" or "int4" (`quantize.py`: torchao's int8_weight_only / int4_weight_only, with
+    `group_size` inputs per int4 scale).
+    """
+    if quantize not in (None, *Q.SCHEMES):
+        raise ValueError(f"quantize must be None, 'int8' or 'int4', got {quantize!r}")
+    if quantize == "int4":
+        Q.check_group_size_value(group_size)  # before any tensor is read
     name = B.resolve_backend(backend)
     xp = B.get_module(name)
     params = build_params(tensors, config, dtype, xp, source, progress)
-    return Model(params=params, config=config, backend=name, dtype=dtype, source=source, xp=xp)
+    if quantize:
+        params = Q.quantize_params(params, quantize, group_size)
+    return Model(params=params, config=config, backend=name, dtype=dtype, source=source, quantize=quantize, xp=xp)
 
 
-def load(path: str | Path, backend: str | None = None, dtype: str = "float32", progress: bool = False) -> Model:
+def load(path: str | Path, backend: str | None = None, dtype: str = "float32", progress: bool = False,
+         quantize: str | None = None, group_size: int = 128) -> Model:
     """Load a Hugging Face checkpoint directory (config.json + safetensors) or a GGUF file.
 
     backend: "numpy" or "cupy" (default: $TINYLLAMA_BACKEND, else numpy). dtype: the compute dtype.
+    quantize: None, "int8" or "int4" weight-only quantization of the layers' linear weights (`quantize.py`).
     """
     path = Path(path).expanduser()
     bar = _progress_bar if progress else None
@@ -311,7 +336,7 @@ def load(path: str | Path, backend: str | None = None, dtype: str = "float32", p
 
         config_dict, tensors, _ = read_gguf(path)
         config = LlamaConfig.from_dict(config_dict, source=str(path))
-        model = build_model(config, tensors, backend, dtype, str(path), bar)
+        model = build_model(config, tensors, backend, dtype, str(path), bar, quantize, group_size)
         model.generation_config = {k: config_dict[k] for k in ("bos_token_id", "eos_token_id")
                                    if config_dict.get(k) is not None}
         return model
@@ -321,7 +346,7 @@ def load(path: str | Path, backend: str | None = None, dtype: str = "float32", p
         raise FileNotFoundError(f"{path} is neither a checkpoint directory nor a .gguf file")
     config = LlamaConfig.from_json(path / "config.json")
     tensors = read_checkpoint_tensors(path)
-    model = build_model(config, tensors, backend, dtype, str(path), bar)
+    model = build_model(config, tensors, backend, dtype, str(path), bar, quantize, group_size)
     gen = path / "generation_config.json"
     if gen.is_file():
         try:
