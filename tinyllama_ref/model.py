@@ -324,17 +324,25 @@ def build_model(config: LlamaConfig, tensors: Mapping[str, np.ndarray], backend:
 
 def load(path: str | Path, backend: str | None = None, dtype: str = "float32", progress: bool = False,
          quantize: str | None = None, group_size: int = 128) -> Model:
-    """Load a Hugging Face checkpoint directory (config.json + safetensors) or a GGUF file.
+    """Load a Hugging Face checkpoint directory (config.json + safetensors), a GGUF file, or Meta's
+    original checkpoint directory (params.json + consolidated.*.pth, read without torch).
 
     backend: "numpy" or "cupy" (default: $TINYLLAMA_BACKEND, else numpy). dtype: the compute dtype.
     quantize: None, "int8" or "int4" weight-only quantization of the layers' linear weights (`quantize.py`).
     """
     path = Path(path).expanduser()
     bar = _progress_bar if progress else None
-    if path.suffix == ".gguf":
-        from .formats.gguf import read_gguf
+    from .formats.meta import is_meta_checkpoint
 
-        config_dict, tensors, _ = read_gguf(path)
+    if path.suffix == ".gguf" or is_meta_checkpoint(path):  # converted to HF names and layouts as they load
+        if path.suffix == ".gguf":
+            from .formats.gguf import read_gguf
+
+            config_dict, tensors, _ = read_gguf(path)
+        else:
+            from .formats.meta import read_meta_checkpoint
+
+            config_dict, tensors, _ = read_meta_checkpoint(path)
         config = LlamaConfig.from_dict(config_dict, source=str(path))
         model = build_model(config, tensors, backend, dtype, str(path), bar, quantize, group_size)
         model.generation_config = {k: config_dict[k] for k in ("bos_token_id", "eos_token_id")
