@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -33,7 +31,8 @@ from ..tokenizer.sp_model import CONTROL, NORMAL, UNKNOWN, USER_DEFINED  # = tok
 from .ggml_quants import DECODERS, dequantize
 from .gguf_file import GGUFError, GGUFTensor, read_gguf_file
 from .gguf_pretokenizers import PreTokenizer, gguf_pre_tokenizer
-from .safetensors import bf16_to_f32, write_safetensors, write_text_atomic
+from .hf_writer import write_checkpoint_dir
+from .safetensors import bf16_to_f32
 
 # llama.cpp's names -> HF's. Inside a block ("blk.N.<part>"), then outside any block.
 GGUF_LAYER_PARTS = {
@@ -415,8 +414,8 @@ def tokenizer_config(metadata: dict, config: dict) -> dict:
 
 # -- writing an HF checkpoint ------------------------------------------------------------------
 
-def _write_json(path: Path, obj: Any) -> None:
-    write_text_atomic(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+def _json_text(obj: Any) -> str:
+    return json.dumps(obj, indent=2, ensure_ascii=False) + "\n"
 
 
 def write_hf_checkpoint(gguf_path: str | Path, out_dir: str | Path, progress: bool = False,
@@ -427,7 +426,8 @@ def write_hf_checkpoint(gguf_path: str | Path, out_dir: str | Path, progress: bo
 
     Everything is read and checked before anything is written. A non-empty `out_dir` is refused
     unless `force`; the files are written into a temporary directory beside it, which then takes
-    its place, so a finished directory holds this checkpoint and nothing else.
+    its place (`hf_writer.write_checkpoint_dir`, the writer `Model.save_pretrained` uses), so a
+    finished directory holds this checkpoint and nothing else.
     """
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
@@ -443,31 +443,9 @@ def write_hf_checkpoint(gguf_path: str | Path, out_dir: str | Path, progress: bo
         files["tokenizer_config.json"] = tokenizer_config(metadata, config)
     else:
         warnings.warn(f"{gguf_path}: no tokenizer in the metadata; wrote the model without one", stacklevel=2)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.partial-"))
-    try:
-        for name, obj in files.items():
-            _write_json(staging / name, obj)
-        # "format": "pt" is what transformers checks before it will load the file
-        write_safetensors(staging / "model.safetensors", tensors, metadata={"format": "pt"})
-        _publish_dir(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return out
-
-
-def _publish_dir(staging: Path, out: Path) -> None:
-    """Rename the finished `staging` onto `out`; an old `out` is moved aside first, then removed."""
-    if out.is_dir() and not any(out.iterdir()):
-        out.rmdir()
-    old = None
-    if out.exists():
-        old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-")) / out.name
-        out.replace(old)
-    staging.replace(out)
-    if old is not None:
-        shutil.rmtree(old.parent, ignore_errors=True)
+    texts = {name: _json_text(obj) for name, obj in files.items()}
+    return write_checkpoint_dir(out, texts, tensors, replace_dir=True,
+                                total_parameters=sum(int(t.size) for t in tensors.values()))
 
 
 def convert_gguf(gguf_path: str | Path, out_dir: str | Path, progress: bool = True, force: bool = False) -> Path:
