@@ -69,7 +69,9 @@ def resize_rows(weight, new_num_tokens: int, mean_resizing: bool, initializer_ra
     """
     xp = xp_of(weight)
     old = weight.shape[0]
-    if new_num_tokens <= old:
+    if new_num_tokens == old:
+        return weight
+    if new_num_tokens < old:
         return weight[:new_num_tokens]
     added = new_num_tokens - old
     if mean_resizing:
