@@ -300,23 +300,23 @@ class Model:
         embed = m["embed_tokens"]["weight"]
         if new_num_tokens is None and pad_to_multiple_of is None:
             return embed
-        if pad_to_multiple_of is not None and (type(pad_to_multiple_of) is not int or pad_to_multiple_of <= 0):
-            raise InputError(f"pad_to_multiple_of must be a positive integer, got {pad_to_multiple_of!r}")
-        if new_num_tokens is not None and (type(new_num_tokens) is not int or new_num_tokens <= 0):
-            raise InputError(f"new_num_tokens must be a positive integer, got {new_num_tokens!r}")
-        n = resized_num_tokens(embed.shape[0], new_num_tokens, pad_to_multiple_of)
+        for name, v in (("new_num_tokens", new_num_tokens), ("pad_to_multiple_of", pad_to_multiple_of)):
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v <= 0):
+                raise InputError(f"{name} must be a positive integer, got {v!r}")
+        n = resized_num_tokens(embed.shape[0], new_num_tokens and int(new_num_tokens),
+                               pad_to_multiple_of and int(pad_to_multiple_of))
         for name in ("pad_token_id", "bos_token_id"):  # validated ids: cut rows must not hold them
             token = getattr(c, name)
             if token is not None and token >= n:
                 raise InputError(f"new_num_tokens={n} would cut the row of config.{name} = {token}: "
                                  f"change config.{name} first")
         rng = np.random.default_rng(seed)
-        store = partial(round_to_storage, config=c)
-        m["embed_tokens"]["weight"] = resize_rows(embed, n, mean_resizing, c.initializer_range, rng, store)
+        round_rows = partial(round_to_storage, config=c)  # a bfloat16 checkpoint held as float32 gets bfloat16 rows
+        m["embed_tokens"]["weight"] = resize_rows(embed, n, mean_resizing, c.initializer_range, rng, round_rows)
         if c.head == "causal_lm":
             head = self.params["lm_head"]
             head["weight"] = (m["embed_tokens"]["weight"] if c.lm_head_is_embedding else
-                              resize_rows(head["weight"], n, mean_resizing, c.initializer_range, rng, store))
+                              resize_rows(head["weight"], n, mean_resizing, c.initializer_range, rng, round_rows))
         self.config = dataclasses.replace(c, vocab_size=n)  # a new config: one shared with another model stays
         return m["embed_tokens"]["weight"]
 
