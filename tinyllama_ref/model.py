@@ -9,6 +9,7 @@ or a GGUF file. The array module is chosen here, once, when the model is built.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -287,6 +288,51 @@ class Model:
             labels = self.xp.asarray(labels)
         return forward(self.params, self.config, ids, mask, pos, past_key_values, use_cache,
                        output_hidden_states, output_attentions, labels, logits_to_keep, rope=self.rope)
+
+    def resize_token_embeddings(self, new_num_tokens: int | None = None, pad_to_multiple_of: int | None = None,
+                                mean_resizing: bool = True, seed: int | None = None):
+        """Grow (or cut) the vocabulary to `new_num_tokens` rows, as transformers' method of that name.
+
+        Resizes the embedding and the LM head (a tied or shared head stays one array), then sets
+        `config.vocab_size`; returns the new embedding matrix. Old rows are kept bit for bit; new rows
+        are drawn as `resize.resize_rows` explains. `pad_to_multiple_of` rounds the count up;
+        `new_num_tokens=None` with it pads the current vocabulary. `seed` (our addition; transformers
+        uses torch's global generator) makes the new rows reproducible. As in transformers, the rows
+        of an added pad token are drawn like any other (not zeroed): set `config.pad_token_id` to it.
+        """
+        from .formats.hf_writer import round_to_storage
+        from .resize import resize_rows, resized_num_tokens
+
+        c, m = self.config, self.params["model"]
+        embed = m["embed_tokens"]["weight"]
+        if new_num_tokens is None and pad_to_multiple_of is None:
+            return embed
+        for name, v in (("new_num_tokens", new_num_tokens), ("pad_to_multiple_of", pad_to_multiple_of)):
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v <= 0):
+                raise InputError(f"{name} must be a positive integer, got {v!r}")
+        n = resized_num_tokens(embed.shape[0], new_num_tokens and int(new_num_tokens),
+                               pad_to_multiple_of and int(pad_to_multiple_of))
+        for name in ("pad_token_id", "bos_token_id"):  # validated ids: cut rows must not hold them
+            token = getattr(c, name)
+            if token is not None and token >= n:
+                raise InputError(f"new_num_tokens={n} would cut the row of config.{name} = {token}: "
+                                 f"change config.{name} first")
+        rng = np.random.default_rng(seed)
+        round_rows = partial(round_to_storage, config=c)  # a bfloat16 checkpoint held as float32 gets bfloat16 rows
+        m["embed_tokens"]["weight"] = resize_rows(embed, n, mean_resizing, c.initializer_range, rng, round_rows)
+        if c.head == "causal_lm":
+            head = self.params["lm_head"]
+            head["weight"] = (m["embed_tokens"]["weight"] if c.lm_head_is_embedding else
+                              resize_rows(head["weight"], n, mean_resizing, c.initializer_range, rng, round_rows))
+        self.config = dataclasses.replace(c, vocab_size=n)  # a new config: one shared with another model stays
+        return m["embed_tokens"]["weight"]
+
+    def save_pretrained(self, save_directory: str | Path, max_shard_size: int | str = "50GB",
+                        safe_serialization: bool = True) -> Path:
+        """Write this model as a Hugging Face checkpoint directory (see `formats.hf_writer.save_pretrained`)."""
+        from .formats.hf_writer import save_pretrained
+
+        return save_pretrained(self, save_directory, max_shard_size, safe_serialization)
 
     def num_parameters(self) -> int:
         seen, total = set(), 0

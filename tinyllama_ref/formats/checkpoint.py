@@ -10,15 +10,13 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
-import tempfile
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Mapping
 
 import numpy as np
 
 from ..config import LlamaConfig
-from .safetensors import CheckpointError, read_safetensors, write_safetensors, write_text_atomic
+from .safetensors import CheckpointError, read_safetensors
 
 COMPUTE_DTYPES = ("float32", "float16", "float64")
 
@@ -79,44 +77,6 @@ def check_output_dir(out_dir: str | Path, force: bool = False) -> Path:
     if out.is_dir() and any(out.iterdir()) and not force:
         raise FileExistsError(f"{out} is not empty: choose a new directory, or pass --force to replace it")
     return out
-
-
-def write_checkpoint_dir(out_dir: str | Path, json_files: Mapping[str, Any], tensors: Mapping[str, np.ndarray],
-                         bf16: Iterable[str] = (), copies: Mapping[str, Path] | None = None) -> Path:
-    """Write an HF checkpoint directory: each JSON file, `model.safetensors`, and files copied as they are.
-
-    `bf16` names tensors stored as bfloat16. The files are written into a temporary directory beside
-    `out_dir`, which then takes its place (an old `out_dir` is replaced whole), so a finished directory
-    holds this checkpoint and nothing else, and an interrupted write leaves no half-written one.
-    """
-    out = Path(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.partial-"))
-    try:
-        for name, obj in json_files.items():
-            write_text_atomic(staging / name, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
-        for name, src in (copies or {}).items():
-            shutil.copyfile(src, staging / name)
-        # "format": "pt" is what transformers checks before it will load the file
-        write_safetensors(staging / "model.safetensors", tensors, metadata={"format": "pt"}, bf16=bf16)
-        _publish_dir(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return out
-
-
-def _publish_dir(staging: Path, out: Path) -> None:
-    """Rename the finished `staging` onto `out`; an old `out` is moved aside first, then removed."""
-    if out.is_dir() and not any(out.iterdir()):
-        out.rmdir()
-    old = None
-    if out.exists():
-        old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-")) / out.name
-        out.replace(old)
-    staging.replace(out)
-    if old is not None:
-        shutil.rmtree(old.parent, ignore_errors=True)
 
 
 # -- the parameter tree --------------------------------------------------------------------

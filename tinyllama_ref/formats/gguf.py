@@ -28,10 +28,11 @@ import numpy as np
 
 from ..tokenizer.hf_bpe import BYTE_TO_CHAR
 from ..tokenizer.sp_model import CONTROL, NORMAL, UNKNOWN, USER_DEFINED  # = tokenizer.ggml.token_type values
-from .checkpoint import check_output_dir, write_checkpoint_dir
+from .checkpoint import check_output_dir
 from .ggml_quants import DECODERS, dequantize
 from .gguf_file import GGUFError, GGUFTensor, read_gguf_file
 from .gguf_pretokenizers import PreTokenizer, gguf_pre_tokenizer
+from .hf_writer import write_checkpoint_dir
 from .safetensors import bf16_to_f32
 
 # llama.cpp's names -> HF's. Inside a block ("blk.N.<part>"), then outside any block.
@@ -421,7 +422,9 @@ def write_hf_checkpoint(gguf_path: str | Path, out_dir: str | Path, progress: bo
     Returns `out_dir`.
 
     Everything is read and checked before anything is written. A non-empty `out_dir` is refused
-    unless `force`; `checkpoint.write_checkpoint_dir` writes the directory whole or not at all.
+    unless `force`; the files are written into a temporary directory beside it, which then takes
+    its place (`hf_writer.write_checkpoint_dir`, the writer `Model.save_pretrained` uses), so a
+    finished directory holds this checkpoint and nothing else.
     """
     out = check_output_dir(out_dir, force)
     config, tensors, metadata = read_gguf(gguf_path, progress=progress)
@@ -433,7 +436,8 @@ def write_hf_checkpoint(gguf_path: str | Path, out_dir: str | Path, progress: bo
         files["tokenizer_config.json"] = tokenizer_config(metadata, config)
     else:
         warnings.warn(f"{gguf_path}: no tokenizer in the metadata; wrote the model without one", stacklevel=2)
-    return write_checkpoint_dir(out, files, tensors)
+    return write_checkpoint_dir(out, files, tensors, replace_dir=True,
+                                total_parameters=sum(int(t.size) for t in tensors.values()))
 
 
 def convert_gguf(gguf_path: str | Path, out_dir: str | Path, progress: bool = True, force: bool = False) -> Path:

@@ -36,8 +36,9 @@ import numpy as np
 
 from ..config import LlamaConfig
 from ..tokenizer.sp_model import load_sentencepiece_model
-from .checkpoint import check_output_dir, check_tensors, write_checkpoint_dir
+from .checkpoint import check_output_dir, check_tensors
 from .gguf import unpermute_qk
+from .hf_writer import write_checkpoint_dir
 from .safetensors import CheckpointError
 from .torch_pickle import read_torch_file
 
@@ -296,7 +297,8 @@ def write_hf_checkpoint(ckpt_dir: str | Path, out_dir: str | Path, force: bool =
     if tokenizer.is_file():
         files["tokenizer_config.json"] = tokenizer_config(load_sentencepiece_model(tokenizer), config)
         copies["tokenizer.model"] = tokenizer
-    return write_checkpoint_dir(out, files, tensors, bf16=bf16, copies=copies)
+    return write_checkpoint_dir(out, files, tensors, bf16=bf16, copies=copies, replace_dir=True,
+                                total_parameters=sum(int(t.size) for t in tensors.values()))
 
 
 def convert_meta(ckpt_dir: str | Path, out_dir: str | Path, progress: bool = True, force: bool = False,
