@@ -371,7 +371,8 @@ def test_bad_tokenizer_json_names_the_file_and_field(tmp_path, spec, match):
 
 
 @pytest.mark.parametrize("decoder, match", [({"x": {"content": "<y>"}}, "key 'x' is not a token id"),
-                                            ({"99": {"content": "<y>"}}, "key '99' is not a token id"),
+                                            ({"99": {"content": "<y>"}}, r"must take the ids 4, 5, \.\.\. in turn; "
+                                                                          r"they take \[99\]"),
                                             ({"1": "b"}, "is not an object")])
 def test_bad_added_tokens_decoder_is_refused(tmp_path, decoder, match):
     write_tokenizer_json(tmp_path, GOOD_TOKENIZER)
