@@ -10,11 +10,12 @@ backed PreTrainedTokenizerFast for a byte-level tokenizer.json); tests/test_toke
     (array([[1, 15043, 3186], [2, 1, 6324]]), array([[1, 1, 1], [0, 1, 1]]))
 
 A pair of texts is laid out as LlamaTokenizer lays it out, BOS/EOS around each part as add_bos_token
-and add_eos_token say:  [BOS] a [EOS] [BOS] b [EOS], token types 0 for the first part, 1 for the second.
+and add_eos_token say: `<s> a </s> <s> b </s>`, token types 0 for the first part, 1 for the second.
 """
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,27 @@ NAMED_SPECIAL = ("bos", "eos", "unk", "pad")  # the order of HF's all_special_id
 PAD_MESSAGE = ("Asking to pad but the tokenizer does not have a padding token. Please select a token to use as "
                "`pad_token` `(tokenizer.pad_token = tokenizer.eos_token e.g.)` or add a new pad token via "
                "`tokenizer.add_special_tokens({'pad_token': '[PAD]'})`.")
+
+
+@dataclass
+class AddedToken:
+    """A token matched in the text before the model runs (HF's AddedToken)."""
+    content: str
+    id: int
+    special: bool = True
+    lstrip: bool = False   # also swallow whitespace just before it
+    rstrip: bool = False   # also swallow whitespace just after it
+
+
+class BatchEncoding(dict):
+    """What `tok(texts)` and `tok.batch_encode(texts)` return, as HF's BatchEncoding: a dict
+    ("input_ids", "attention_mask", ...) whose keys also read as attributes (batch.input_ids)."""
+
+    def __getattr__(self, key):
+        try:
+            return self[key]
+        except KeyError:
+            raise AttributeError(f"BatchEncoding has no {key!r}; it holds {list(self)}") from None
 
 
 # --- special tokens -----------------------------------------------------------------------------------
@@ -69,7 +91,7 @@ def _bos_eos(tok) -> tuple[list[int], list[int]]:
 
 
 def build_inputs_with_special_tokens(tok, token_ids_0: list[int], token_ids_1: list[int] | None = None) -> list[int]:
-    """LlamaTokenizer's layout: [BOS] a [EOS], and for a pair [BOS] a [EOS] [BOS] b [EOS] (BOS/EOS as
+    """LlamaTokenizer's layout: `<s> a </s>`, and for a pair `<s> a </s> <s> b </s>` (BOS/EOS as
     add_bos_token / add_eos_token say).
 
     >>> tok.build_inputs_with_special_tokens([5, 6], [7])     # doctest: +SKIP
@@ -145,7 +167,6 @@ def add_tokens(tok, new_tokens, special_tokens: bool = False) -> int:
     A token already in the model's vocabulary keeps its id (and still counts, as in the tokenizers
     library); any other takes the next id, len(tok). A token that is already an added token is skipped.
     """
-    from .tokenizer import AddedToken
     if not new_tokens:
         return 0
     if isinstance(new_tokens, (str, AddedToken)):
@@ -291,7 +312,6 @@ def call(tok, text, text_pair=None, add_special_tokens: bool = True, padding=Fal
     special tokens included; max_length alone turns it on. padding_side defaults to tok.padding_side.
     return_tensors=None gives lists (flat for one text), "np" int64 arrays [batch, seq].
     """
-    from .tokenizer import BatchEncoding
     if kwargs:
         raise TypeError(f"tokenizer call: unsupported arguments {sorted(kwargs)}")
     if return_tensors not in (None, "np"):

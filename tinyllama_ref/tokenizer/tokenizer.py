@@ -18,31 +18,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import hf_api
+from .hf_api import AddedToken, BatchEncoding  # noqa: F401 - defined with the API they belong to; re-exported
 
 
 class TokenizerError(ValueError):
     """A token id, text or tokenizer file this package cannot use; the message says which and where."""
-
-
-@dataclass
-class AddedToken:
-    """A token matched in the text before the model runs (HF's AddedToken)."""
-    content: str
-    id: int
-    special: bool = True
-    lstrip: bool = False   # also swallow whitespace just before it
-    rstrip: bool = False   # also swallow whitespace just after it
-
-
-class BatchEncoding(dict):
-    """What `tok(texts)` and `tok.batch_encode(texts)` return, as HF's BatchEncoding: a dict
-    ("input_ids", "attention_mask", ...) whose keys also read as attributes (batch.input_ids)."""
-
-    def __getattr__(self, key):
-        try:
-            return self[key]
-        except KeyError:
-            raise AttributeError(f"BatchEncoding has no {key!r}; it holds {list(self)}") from None
 
 
 @dataclass
