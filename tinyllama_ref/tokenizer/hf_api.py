@@ -131,6 +131,11 @@ def create_token_type_ids_from_sequences(tok, token_ids_0: list[int], token_ids_
 
 
 # --- tokens <-> ids -----------------------------------------------------------------------------------
+def get_vocab(tok) -> dict[str, int]:
+    """Every token and its id: the model's vocabulary and the added tokens."""
+    return {**tok.model.piece_to_id, **{t.content: t.id for t in tok.added_tokens}}
+
+
 def convert_tokens_to_ids(tok, tokens):
     """A token's id (a str gives an int, a list a list); a token not in the vocabulary gives unk_token_id."""
     if tokens is None:
@@ -304,7 +309,7 @@ def call(tok, text, text_pair=None, add_special_tokens: bool = True, padding=Fal
          max_length: int | None = None, pad_to_multiple_of: int | None = None, padding_side: str | None = None,
          return_tensors: str | None = None, return_token_type_ids: bool | None = None,
          return_attention_mask: bool | None = None, return_special_tokens_mask: bool = False,
-         return_length: bool = False, split_special_tokens: bool = False, **kwargs):
+         return_length: bool = False, verbose: bool = True, **kwargs):
     """Encode one text (or a list, or pairs) the way `tokenizer(...)` does in transformers; a BatchEncoding.
 
     padding: False/"do_not_pad", True/"longest" (to the longest row), "max_length" (to max_length);
@@ -337,9 +342,8 @@ def call(tok, text, text_pair=None, add_special_tokens: bool = True, padding=Fal
     n_special = len(sum(_bos_eos(tok), [])) if add_special_tokens else 0
     rows, types, specials = [], [], []
     for a, b in pairs:
-        ids_a = tok.encode(a, add_bos=False, add_eos=False, split_special_tokens=split_special_tokens)
-        ids_b = None if b is None else tok.encode(b, add_bos=False, add_eos=False,
-                                                  split_special_tokens=split_special_tokens)
+        ids_a = tok.encode(a, add_special_tokens=False)
+        ids_b = None if b is None else tok.encode(b, add_special_tokens=False)
         if trunc_kind and max_length is not None:
             budget = max_length - n_special * (1 if b is None else 2)
             ids_a, ids_b = truncate_longest_first(ids_a, ids_b, budget, tok.truncation_side)
@@ -373,7 +377,7 @@ def call(tok, text, text_pair=None, add_special_tokens: bool = True, padding=Fal
     for key, value in out.items():
         if return_tensors == "np":
             out[key] = _as_array(value) if key != "length" else np.asarray(value)
-        elif not batched:
+        elif not batched and value and isinstance(value[0], list):  # (HF keeps "length" a list)
             out[key] = value[0]
     return BatchEncoding(out)
 

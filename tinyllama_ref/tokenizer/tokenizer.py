@@ -108,8 +108,9 @@ class Tokenizer:
 
     # --- encoding ---------------------------------------------------------------------------
     def encode(self, text: str, add_bos: bool | None = None, add_eos: bool | None = None,
-               split_special_tokens: bool = False) -> list[int]:
-        """Token ids for text. add_bos/add_eos=None use the checkpoint's defaults (LLaMA: BOS only).
+               split_special_tokens: bool = False, add_special_tokens: bool = True) -> list[int]:
+        """Token ids for text. add_bos/add_eos=None use the checkpoint's defaults (LLaMA: BOS only);
+        add_special_tokens=False (HF's name) adds neither.
 
         Special tokens written in the text map to their ids unless split_special_tokens=True, which
         encodes them as plain text (what Meta's reference tokenizer does).
@@ -121,8 +122,8 @@ class Tokenizer:
         except UnicodeEncodeError as e:  # a lone surrogate: not a character, so it has no UTF-8 bytes
             raise TokenizerError(f"encode: the text holds {text[e.start]!r} (a lone surrogate, not a character) "
                                  f"at position {e.start}") from None
-        add_bos = self.add_bos if add_bos is None else add_bos
-        add_eos = self.add_eos if add_eos is None else add_eos
+        add_bos = (self.add_bos if add_bos is None else add_bos) and add_special_tokens
+        add_eos = (self.add_eos if add_eos is None else add_eos) and add_special_tokens
         ids = []
         if add_bos:
             if self.bos_id is None:
@@ -231,6 +232,7 @@ class Tokenizer:
     build_inputs_with_special_tokens = hf_api.build_inputs_with_special_tokens
     get_special_tokens_mask = hf_api.get_special_tokens_mask
     create_token_type_ids_from_sequences = hf_api.create_token_type_ids_from_sequences
+    get_vocab = hf_api.get_vocab
     convert_tokens_to_ids = hf_api.convert_tokens_to_ids
     convert_ids_to_tokens = hf_api.convert_ids_to_tokens
     batch_decode = hf_api.batch_decode
