@@ -50,6 +50,12 @@ class BatchEncoding(dict):
 
 
 # --- special tokens -----------------------------------------------------------------------------------
+def alias(attr: str, convert=None):
+    """A property that reads and writes `attr` under HF's name (add_bos_token is add_bos)."""
+    return property(lambda tok: getattr(tok, attr),
+                    lambda tok, value: setattr(tok, attr, value if convert is None else convert(value)))
+
+
 def special_token_property(name: str):
     """A `bos_token`-style property: the token's text (None when unset); setting it to a token of the
     vocabulary sets `bos_id` (a new token must be added first: `add_special_tokens({"pad_token": "<pad>"})`)."""

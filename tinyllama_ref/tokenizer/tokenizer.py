@@ -241,12 +241,9 @@ class Tokenizer:
     apply_chat_template = hf_api.apply_chat_template
     save_vocabulary = hf_api.save_vocabulary
     save_pretrained = hf_api.save_pretrained
-    add_bos_token = property(lambda self: self.add_bos, lambda self, v: setattr(self, "add_bos", bool(v)))
-    add_eos_token = property(lambda self: self.add_eos, lambda self, v: setattr(self, "add_eos", bool(v)))
-    bos_token_id = property(lambda self: self.bos_id, lambda self, v: setattr(self, "bos_id", v))
-    eos_token_id = property(lambda self: self.eos_id, lambda self, v: setattr(self, "eos_id", v))
-    unk_token_id = property(lambda self: self.unk_id, lambda self, v: setattr(self, "unk_id", v))
-    pad_token_id = property(lambda self: self.pad_id, lambda self, v: setattr(self, "pad_id", v))
+    add_bos_token, add_eos_token = hf_api.alias("add_bos", bool), hf_api.alias("add_eos", bool)
+    bos_token_id, eos_token_id = hf_api.alias("bos_id"), hf_api.alias("eos_id")
+    unk_token_id, pad_token_id = hf_api.alias("unk_id"), hf_api.alias("pad_id")
     bos_token = hf_api.special_token_property("bos")
     eos_token = hf_api.special_token_property("eos")
     unk_token = hf_api.special_token_property("unk")
