@@ -34,6 +34,9 @@ class Tokenizer:
     [1, 15043, 3186]
     >>> tok.decode([1, 15043, 3186], skip_special_tokens=True)   # doctest: +SKIP
     'Hello world'
+
+    It also answers to Hugging Face's tokenizer API (`tok(texts, padding=True)`, `add_special_tokens`,
+    `apply_chat_template`, `save_pretrained`, ...): see `hf_api`.
     """
     model: object  # SentencePieceBPE or ByteLevelBPE: both have encode_chunk, decode, pieces, piece_to_id
     added_tokens: list = field(default_factory=list)
