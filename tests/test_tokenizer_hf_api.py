@@ -252,10 +252,15 @@ def test_call_with_bos_and_eos_and_truncation(cached):
     ours, hf = cached("mistral")
     for tok in (ours, hf):
         tok.add_bos_token = tok.add_eos_token = True
-    for args in [("x y z",), ("x y z", "q"), ("a b c d e f g", "p q r s"), ("a b c d e f g", "p")]:
-        for max_length in (0, 1, 2, 3, 4, 5, 7, 20):  # below 2 (or 4 for a pair) nothing is cut, as in tokenizers
-            assert as_lists(ours(*args, truncation=True, max_length=max_length)) == \
-                dict(hf(*args, truncation=True, max_length=max_length)), (args, max_length)
+    try:
+        for side in ("right", "left"):
+            ours.truncation_side = hf.truncation_side = side
+            for args in [("x y z",), ("x y z", "q"), ("a b c d e f g", "p q r s"), ("a b c d e f g", "p")]:
+                for max_length in (0, 1, 2, 3, 4, 5, 7, 20):  # below 2 (4 for a pair) nothing is cut, as in tokenizers
+                    assert as_lists(ours(*args, truncation=True, max_length=max_length)) == \
+                        dict(hf(*args, truncation=True, max_length=max_length)), (side, args, max_length)
+    finally:
+        ours.truncation_side = hf.truncation_side = "right"
 
 
 def test_pad_token_set_to_eos_as_users_do(cached):
