@@ -5,6 +5,7 @@ Each function here is bound as a method of `Tokenizer` under HF's name and with 
 gives what transformers gives for the same files (LlamaTokenizer for a tokenizer.model, the tokenizers-
 backed PreTrainedTokenizerFast for a byte-level tokenizer.json); tests/test_tokenizer_hf_api.py checks it.
 
+    >>> tok.pad_token = tok.eos_token        # LLaMA has no pad token; padding needs one  # doctest: +SKIP
     >>> batch = tok(["Hello world", "Hi"], padding=True, return_tensors="np")   # doctest: +SKIP
     >>> batch["input_ids"], batch["attention_mask"]                             # doctest: +SKIP
     (array([[1, 15043, 3186], [2, 1, 6324]]), array([[1, 1, 1], [0, 1, 1]]))
