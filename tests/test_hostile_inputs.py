@@ -361,6 +361,8 @@ def test_the_good_tokenizer_json_loads(tmp_path):
     ({**GOOD_TOKENIZER, "post_processor": {"type": "TemplateProcessing", "single": [
         {"SpecialToken": {"id": "<s>"}}, {"Sequence": {"id": "A"}}]}}, "uses '<s>', which its 'special_tokens'"),
     ({"model": {"type": "BPE", "vocab": {"a": 0, "b": 10**12}}}, "token ids go up to 1000000000000"),
+    ({**GOOD_TOKENIZER, "added_tokens": [{"id": 3, "content": "<s>"}, {"id": 5, "content": "<x>"}]},
+     r"added_tokens past the vocabulary must take the ids 4, 5, \.\.\. in turn; they take \[5\]"),
     ({**GOOD_TOKENIZER, "decoder": {"type": "Strip"}}, "malformed tokenizer.json"),
 ])
 def test_bad_tokenizer_json_names_the_file_and_field(tmp_path, spec, match):
@@ -371,7 +373,8 @@ def test_bad_tokenizer_json_names_the_file_and_field(tmp_path, spec, match):
 
 
 @pytest.mark.parametrize("decoder, match", [({"x": {"content": "<y>"}}, "key 'x' is not a token id"),
-                                            ({"99": {"content": "<y>"}}, "key '99' is not a token id"),
+                                            ({"99": {"content": "<y>"}}, r"must take the ids 4, 5, \.\.\. in turn; "
+                                                                          r"they take \[99\]"),
                                             ({"1": "b"}, "is not an object")])
 def test_bad_added_tokens_decoder_is_refused(tmp_path, decoder, match):
     write_tokenizer_json(tmp_path, GOOD_TOKENIZER)

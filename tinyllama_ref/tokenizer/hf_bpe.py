@@ -87,6 +87,7 @@ class MergesBPE:
     ignore_merges: bool = False
     decoder: list = field(default_factory=list)  # [("replace", a, b) | ("byte_fallback",) | ("fuse",) | ("strip", c, n) | ("byte_level",) | ("metaspace", r, prepend)]
     source: str = "<memory>"
+    spec: dict | None = field(default=None, repr=False)  # the tokenizer.json it was read from, for saving it back
     piece_to_id: dict = field(default_factory=dict, repr=False)
     ranks: dict = field(default_factory=dict, repr=False)
     word_cache: dict = field(default_factory=dict, repr=False)
@@ -159,11 +160,15 @@ class MergesBPE:
         return [known[s] for s in merged]
 
     # --- decoding ---------------------------------------------------------------------------
-    def decode(self, ids, render_control: bool = True) -> str:
-        """Text for ids through the decoder steps (the tokenizers library's decode)."""
+    def decode(self, ids, render_control: bool = True, added: dict | None = None) -> str:
+        """Text for ids through the decoder steps (the tokenizers library's decode); added maps ids
+        past the vocabulary (tokens added later) to their text."""
         n = len(self.pieces)
         tokens = []
         for i in ids:
+            if added and int(i) in added:
+                tokens.append(added[int(i)])
+                continue
             if not 0 <= int(i) < n:
                 raise ValueError(f"token id {i} is outside the vocabulary (ids 0..{n - 1}) of {self.source}")
             tokens.append(self.pieces[int(i)])

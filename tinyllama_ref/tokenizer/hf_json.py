@@ -91,14 +91,20 @@ def tokenizer_from_json_dict(spec: dict, source: str = "<tokenizer.json>") -> To
     if top >= len(vocab) + len(added):  # some id below it has no token: say so before allocating the table
         raise TokenizerError(f"{source}: token ids go up to {top}, but 'model.vocab' and 'added_tokens' hold "
                              f"only {len(vocab) + len(added)} tokens")
-    size = max([*vocab.values(), *(t["id"] for t in added)], default=-1) + 1
+    # the model's vocabulary; added tokens past it extend the Tokenizer (as HF's len(tokenizer) counts them)
+    size = max(vocab.values()) + 1
     pieces = [""] * size
     for token, i in vocab.items():
         pieces[i] = token
     for t in added:
-        pieces[t["id"]] = pieces[t["id"]] or t["content"]
+        if t["id"] < size:
+            pieces[t["id"]] = pieces[t["id"]] or t["content"]
     if "" in pieces:
         raise TokenizerError(f"{source}: token id {pieces.index('')} has no token in the vocabulary")
+    beyond = sorted({t["id"] for t in added if t["id"] >= size})
+    if beyond != list(range(size, size + len(beyond))):
+        raise TokenizerError(f"{source}: added_tokens past the vocabulary must take the ids {size}, {size + 1}, ... "
+                             f"in turn; they take {beyond[:8]}")
     merges = [tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m) for m in model.get("merges") or []]
     kw = dict(byte_fallback=bool(model.get("byte_fallback")), fuse_unk=bool(model.get("fuse_unk")),
               ignore_merges=bool(model.get("ignore_merges")), normalizer=[], decoder=[], split_patterns=[])
@@ -147,7 +153,7 @@ def tokenizer_from_json_dict(spec: dict, source: str = "<tokenizer.json>") -> To
             kw["decoder"].append(("metaspace", step.get("replacement", "\u2581"), scheme))
         else:
             _unsupported("decoder", step, source)
-    bpe = MergesBPE(pieces=pieces, merges=merges, source=source, **kw)
+    bpe = MergesBPE(pieces=pieces, merges=merges, source=source, spec=spec, **kw)
 
     added_tokens = []
     for t in added:

@@ -68,7 +68,8 @@ def tokenizer_from_sentencepiece(model) -> Tokenizer:
     added = [AddedToken(p, i) for i, (p, t) in enumerate(zip(model.pieces, model.types)) if t in (CONTROL, UNKNOWN)]
     return Tokenizer(model=model, added_tokens=added, bos_id=model.bos_id, eos_id=model.eos_id,
                      unk_id=model.unk_id, pad_id=model.pad_id, add_bos=model.bos_id is not None,
-                     add_eos=False, legacy=True, source=model.source)
+                     add_eos=False, legacy=True, source=model.source, padding_side="left",
+                     tokenizer_class="LlamaTokenizer")
 
 
 def _token_content(value):
@@ -95,10 +96,9 @@ def apply_tokenizer_config(tok: Tokenizer, directory: Path) -> None:
     decoder = config.get("added_tokens_decoder") or {}
     if not isinstance(decoder, dict):
         raise TokenizerError(f"{directory}: field 'added_tokens_decoder' must be an object of id -> token")
-    for key, value in decoder.items():
-        if not (isinstance(key, str) and key.isdigit() and int(key) < tok.vocab_size) or not isinstance(value, dict):
-            raise TokenizerError(f"{directory}: added_tokens_decoder key {key!r} is not a token id of the "
-                                 f"vocabulary (ids 0..{tok.vocab_size - 1}) of {tok.source}, or its value "
+    for key, value in decoder.items():  # ids past the vocabulary extend it, as transformers adds them
+        if not (isinstance(key, str) and key.isdigit()) or not isinstance(value, dict):
+            raise TokenizerError(f"{directory}: added_tokens_decoder key {key!r} is not a token id, or its value "
                                  f"is not an object")
         content = _token_content(value)
         if content is not None and content not in added:
@@ -116,7 +116,23 @@ def apply_tokenizer_config(tok: Tokenizer, directory: Path) -> None:
             raise ValueError(f"{directory}: {attr}_token {content!r} is not in the vocabulary of {tok.source}")
         setattr(tok, f"{attr}_id", i)
         added.setdefault(content, AddedToken(content, i))
-    tok.set_added_tokens(added.values())
+    try:
+        tok.set_added_tokens(added.values())
+    except TokenizerError as e:
+        raise TokenizerError(f"{directory}: added_tokens_decoder: {e}") from None
+    extra = config.get("extra_special_tokens") or config.get("additional_special_tokens") or []
+    if isinstance(extra, list):  # (a dict here names extra tokens by role, as some multimodal checkpoints do)
+        tok.extra_special_tokens = [c for c in map(_token_content, extra) if isinstance(c, str)]
+    tokenizer_class = config.get("tokenizer_class")
+    if isinstance(tokenizer_class, str):
+        tok.tokenizer_class = tokenizer_class
+        if tokenizer_class.startswith("Llama"):
+            tok.padding_side = "left"  # LlamaTokenizer's class default
+    for side in ("padding_side", "truncation_side"):
+        if config.get(side) in ("left", "right"):
+            setattr(tok, side, config[side])
+    if isinstance(config.get("model_max_length"), (int, float)) and config["model_max_length"] > 0:
+        tok.model_max_length = int(config["model_max_length"])
     if "add_bos_token" in config:
         tok.add_bos = bool(config["add_bos_token"])
     if "add_eos_token" in config:

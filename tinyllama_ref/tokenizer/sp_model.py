@@ -96,6 +96,7 @@ class SentencePieceBPE:
     user_defined_splitter: re.Pattern | None = field(default=None, repr=False)
     word_cache: dict | None = field(default=None, repr=False)
     has_unused: bool = False
+    serialized: bytes | None = field(default=None, repr=False)  # the tokenizer.model bytes, saved back unchanged
 
     def __post_init__(self):
         where = self.source
@@ -241,11 +242,13 @@ class SentencePieceBPE:
         return self._resegment(left, rev_merge, depth + 1) + self._resegment(right, rev_merge, depth + 1)
 
     # --- decoding ---------------------------------------------------------------------------
-    def decode(self, ids, render_control: bool = False) -> str:
+    def decode(self, ids, render_control: bool = False, added: dict | None = None) -> str:
         """Text for ids, exactly as sentencepiece's `decode(ids)`.
 
         Control pieces (<s>, </s>) are invisible, as in sentencepiece; with render_control they
         are written as their piece text, without changing how the text around them decodes.
+        added maps ids past the vocabulary (tokens added later, as HF adds them) to their text,
+        which decodes like a normal piece.
         """
         out: list[str] = []
         byte_queue = bytearray()
@@ -255,9 +258,12 @@ class SentencePieceBPE:
         n = len(self.pieces)
         for i in ids:
             i = int(i)
-            if not 0 <= i < n:
+            if added and i in added:
+                piece, t = added[i], NORMAL
+            elif not 0 <= i < n:
                 raise ValueError(f"token id {i} is outside the vocabulary (ids 0..{n - 1}) of {self.source}")
-            t = self.types[i]
+            else:
+                piece, t = self.pieces[i], self.types[i]
             if t == BYTE:
                 byte_queue.append(self.id_to_byte[i])
                 continue
@@ -270,9 +276,9 @@ class SentencePieceBPE:
                 strip_lead = False
             if t == CONTROL:
                 if render_control:
-                    out.append(self.pieces[i])
+                    out.append(piece)
                 continue
-            text = self.pieces[i]
+            text = piece
             stripped_bos_space = False
             if strip_lead and (spec.add_dummy_prefix or spec.remove_extra_whitespaces) \
                     and text.startswith(SPACE_SYMBOL):
@@ -344,6 +350,7 @@ def sentencepiece_model_from_bytes(data: bytes, source: str = "<bytes>") -> Sent
         unk_surface=trainer.get("unk_surface", " \u2047 "),
         denormalizer=denormalizer,
         source=source,
+        serialized=bytes(data),
     )
     # sentencepiece finds BOS/EOS/PAD by piece text, and only counts them when they are CONTROL pieces.
     for attr, default in (("bos", "<s>"), ("eos", "</s>"), ("pad", "<pad>")):

@@ -17,29 +17,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from . import hf_api
+from .hf_api import AddedToken, BatchEncoding  # noqa: F401 - defined with the API they belong to; re-exported
+
 
 class TokenizerError(ValueError):
     """A token id, text or tokenizer file this package cannot use; the message says which and where."""
-
-
-@dataclass
-class AddedToken:
-    """A token matched in the text before the model runs (HF's AddedToken)."""
-    content: str
-    id: int
-    special: bool = True
-    lstrip: bool = False   # also swallow whitespace just before it
-    rstrip: bool = False   # also swallow whitespace just after it
-
-
-@dataclass
-class BatchEncoding:
-    """Padded ids for a batch: both arrays are int64 [batch, seq]; attention_mask is 0 on padding."""
-    input_ids: np.ndarray
-    attention_mask: np.ndarray
-
-    def __getitem__(self, key):  # so batch["input_ids"] works as with HF
-        return getattr(self, key)
 
 
 @dataclass
@@ -51,6 +34,9 @@ class Tokenizer:
     [1, 15043, 3186]
     >>> tok.decode([1, 15043, 3186], skip_special_tokens=True)   # doctest: +SKIP
     'Hello world'
+
+    It also answers to Hugging Face's tokenizer API (`tok(texts, padding=True)`, `add_special_tokens`,
+    `apply_chat_template`, `save_pretrained`, ...): see `hf_api`.
     """
     model: object  # SentencePieceBPE or ByteLevelBPE: both have encode_chunk, decode, pieces, piece_to_id
     added_tokens: list = field(default_factory=list)
@@ -63,8 +49,16 @@ class Tokenizer:
     legacy: bool = True
     chat_template: str | None = None
     source: str = "<memory>"
+    # as HF's tokenizer attributes: LlamaTokenizer pads on the left, PreTrainedTokenizerFast on the right
+    padding_side: str = "right"
+    truncation_side: str = "right"
+    model_max_length: int = hf_api.VERY_LARGE_INTEGER
+    extra_special_tokens: list = field(default_factory=list)  # more tokens counted in all_special_ids
+    tokenizer_class: str | None = None  # the class save_pretrained names in tokenizer_config.json
     _splitter: re.Pattern | None = field(default=None, repr=False)
     _added_by_group: list = field(default_factory=list, repr=False)
+    _added_by_content: dict = field(default_factory=dict, repr=False)
+    _added_past_vocab: dict = field(default_factory=dict, repr=False)  # id -> text of tokens past the vocabulary
 
     def __post_init__(self):
         self.set_added_tokens(self.added_tokens)
@@ -72,14 +66,22 @@ class Tokenizer:
     # --- vocabulary -------------------------------------------------------------------------
     @property
     def vocab_size(self) -> int:
+        """The model's vocabulary, without tokens added past it (HF's vocab_size); len(tok) counts those too."""
         return len(self.model.pieces)
 
+    def __len__(self) -> int:
+        return self.vocab_size + len(self._added_past_vocab)
+
     def id_to_piece(self, i: int) -> str:
+        if int(i) in self._added_past_vocab:
+            return self._added_past_vocab[int(i)]
         if not 0 <= int(i) < self.vocab_size:
-            raise ValueError(f"token id {i} is outside the vocabulary (ids 0..{self.vocab_size - 1}) of {self.source}")
+            raise ValueError(f"token id {i} is outside the vocabulary (ids 0..{len(self) - 1}) of {self.source}")
         return self.model.pieces[int(i)]
 
     def piece_to_id(self, piece: str) -> int | None:
+        if piece in self._added_by_content:
+            return self._added_by_content[piece].id
         return self.model.piece_to_id.get(piece)
 
     @property
@@ -89,6 +91,12 @@ class Tokenizer:
     def set_added_tokens(self, tokens) -> None:
         """Replace the tokens that are matched in text (longest first at each position)."""
         self.added_tokens = list(tokens)
+        self._added_by_content = {t.content: t for t in self.added_tokens}
+        self._added_past_vocab = {t.id: t.content for t in self.added_tokens if t.id >= self.vocab_size}
+        if sorted(self._added_past_vocab) != list(range(self.vocab_size, self.vocab_size + len(self._added_past_vocab))):
+            raise TokenizerError(f"{self.source}: tokens added past the vocabulary must take the ids "
+                                 f"{self.vocab_size}, {self.vocab_size + 1}, ... in turn; they take "
+                                 f"{sorted(self._added_past_vocab)[:8]}")
         ordered = sorted(self.added_tokens, key=lambda t: (-len(t.content), t.content))
         groups = []
         for t in ordered:
@@ -103,8 +111,9 @@ class Tokenizer:
 
     # --- encoding ---------------------------------------------------------------------------
     def encode(self, text: str, add_bos: bool | None = None, add_eos: bool | None = None,
-               split_special_tokens: bool = False) -> list[int]:
-        """Token ids for text. add_bos/add_eos=None use the checkpoint's defaults (LLaMA: BOS only).
+               split_special_tokens: bool = False, add_special_tokens: bool = True) -> list[int]:
+        """Token ids for text. add_bos/add_eos=None use the checkpoint's defaults (LLaMA: BOS only);
+        add_special_tokens=False (HF's name) adds neither.
 
         Special tokens written in the text map to their ids unless split_special_tokens=True, which
         encodes them as plain text (what Meta's reference tokenizer does).
@@ -116,8 +125,8 @@ class Tokenizer:
         except UnicodeEncodeError as e:  # a lone surrogate: not a character, so it has no UTF-8 bytes
             raise TokenizerError(f"encode: the text holds {text[e.start]!r} (a lone surrogate, not a character) "
                                  f"at position {e.start}") from None
-        add_bos = self.add_bos if add_bos is None else add_bos
-        add_eos = self.add_eos if add_eos is None else add_eos
+        add_bos = (self.add_bos if add_bos is None else add_bos) and add_special_tokens
+        add_eos = (self.add_eos if add_eos is None else add_eos) and add_special_tokens
         ids = []
         if add_bos:
             if self.bos_id is None:
@@ -174,14 +183,9 @@ class Tokenizer:
             width = max_length
         else:
             raise ValueError(f"padding must be 'longest' or 'max_length', got {padding!r}")
-        pad = self.pad_value
-        input_ids = np.full((len(rows), width), pad, dtype=np.int64)
-        attention_mask = np.zeros((len(rows), width), dtype=np.int64)
-        for b, row in enumerate(rows):
-            cols = slice(width - len(row), width) if padding_side == "left" else slice(0, len(row))
-            input_ids[b, cols] = row
-            attention_mask[b, cols] = 1
-        return BatchEncoding(input_ids, attention_mask)
+        input_ids, attention_mask = hf_api.pad_rows(rows, width, self.pad_value, padding_side)
+        return BatchEncoding(input_ids=np.array(input_ids, dtype=np.int64).reshape(len(rows), width),
+                             attention_mask=np.array(attention_mask, dtype=np.int64).reshape(len(rows), width))
 
     @property
     def pad_value(self) -> int:
@@ -192,17 +196,21 @@ class Tokenizer:
         return 0
 
     # --- decoding ---------------------------------------------------------------------------
-    def decode(self, ids, skip_special_tokens: bool = False) -> str:
-        """Text for ids. Special tokens are written as their text unless skip_special_tokens.
+    def decode(self, ids, skip_special_tokens: bool = False, clean_up_tokenization_spaces: bool | None = None,
+               **kwargs) -> str:
+        """Text for ids (a list, an array, or one int). Special tokens are written as their text unless
+        skip_special_tokens.
 
         The text between special tokens decodes exactly as sentencepiece (or the tokenizers library)
         decodes it: the first word's dummy-prefix space is dropped, byte pieces are reassembled.
+        clean_up_tokenization_spaces is accepted and has no effect: transformers 5 skips that clean-up
+        for BPE tokenizers, and every tokenizer here is BPE.
         """
-        ids = self._checked_ids(ids)
+        ids = self._checked_ids([ids] if isinstance(ids, (int, np.integer)) else ids)
         if skip_special_tokens:
             special = self.special_ids
             ids = [i for i in ids if i not in special]
-        return self.model.decode(ids, render_control=not skip_special_tokens)
+        return self.model.decode(ids, render_control=not skip_special_tokens, added=self._added_past_vocab)
 
     def _checked_ids(self, ids) -> list[int]:
         """decode's ids as Python ints: integers (a list, or a rectangular nested list), in the vocabulary."""
@@ -217,7 +225,32 @@ class Tokenizer:
             if bad is not None or arr.dtype.kind != "O":
                 raise TokenizerError(f"decode takes integer token ids, got {bad!r} ({arr.dtype} ids)")
         for pos, i in enumerate(flat):
-            if not 0 <= i < self.vocab_size:
-                raise TokenizerError(f"token id {i} is outside the vocabulary (ids 0..{self.vocab_size - 1}) "
+            if not 0 <= i < len(self):
+                raise TokenizerError(f"token id {i} is outside the vocabulary (ids 0..{len(self) - 1}) "
                                      f"of {self.source}, at position {pos}")
         return flat
+
+    # --- Hugging Face's tokenizer API (hf_api.py) ---------------------------------------------
+    __call__ = hf_api.call
+    build_inputs_with_special_tokens = hf_api.build_inputs_with_special_tokens
+    get_special_tokens_mask = hf_api.get_special_tokens_mask
+    create_token_type_ids_from_sequences = hf_api.create_token_type_ids_from_sequences
+    get_vocab = hf_api.get_vocab
+    convert_tokens_to_ids = hf_api.convert_tokens_to_ids
+    convert_ids_to_tokens = hf_api.convert_ids_to_tokens
+    batch_decode = hf_api.batch_decode
+    add_tokens = hf_api.add_tokens
+    add_special_tokens = hf_api.add_special_tokens
+    apply_chat_template = hf_api.apply_chat_template
+    save_vocabulary = hf_api.save_vocabulary
+    save_pretrained = hf_api.save_pretrained
+    add_bos_token, add_eos_token = hf_api.alias("add_bos", bool), hf_api.alias("add_eos", bool)
+    bos_token_id, eos_token_id = hf_api.alias("bos_id"), hf_api.alias("eos_id")
+    unk_token_id, pad_token_id = hf_api.alias("unk_id"), hf_api.alias("pad_id")
+    bos_token = hf_api.special_token_property("bos")
+    eos_token = hf_api.special_token_property("eos")
+    unk_token = hf_api.special_token_property("unk")
+    pad_token = hf_api.special_token_property("pad")
+    all_special_ids = property(hf_api.all_special_ids)
+    all_special_tokens = property(lambda self: [self.id_to_piece(i) for i in self.all_special_ids])
+    special_tokens_map = property(hf_api.special_tokens_map)
