@@ -1,0 +1,114 @@
+"""The Llama-2 page's padding recipe, end to end, on the bundled model and its real tokenizer:
+
+    tok.add_special_tokens({"pad_token": "<pad>"})   # returns 1
+    model.resize_token_embeddings(len(tok))
+    model.config.pad_token_id = tok.pad_token_id
+
+then a padded batch is tokenized, scored and generated exactly as transformers does after the same
+steps, and both halves, saved with `save_pretrained` into one directory, load in transformers with
+the same ids and logits.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import tinyllama_ref as tl
+from conftest import record_parity
+from tinyllama_ref.cli import default_model_dir
+from tinyllama_ref.formats.checkpoint import flatten
+
+TOL = 1e-4  # max |Δlogits| on the real (unpadded) positions, float32: the bound of tests/test_bundled_model.py
+TEXTS = ["In the beginning God created the heaven and the earth.", "And God said,", "Let there be light"]
+
+
+def transformers_pair():
+    torch = pytest.importorskip("torch", reason="comparing with transformers needs torch (CPU build: pip install "
+                                                "torch==2.13.0)")
+    transformers = pytest.importorskip("transformers", reason="comparing with transformers needs transformers 5.x")
+    if int(transformers.__version__.split(".")[0]) < 5:
+        pytest.skip(f"compares with transformers 5.x; found {transformers.__version__}")
+    torch.set_num_threads(1)
+    transformers.logging.set_verbosity_error()
+    return torch, transformers
+
+
+def recipe(tmp_path):
+    """(our model, our tokenizer, transformers' model, transformers' tokenizer) after the recipe; our new
+    rows are transformers' (its draw is random), after checking that the old rows are untouched."""
+    torch, transformers = transformers_pair()
+    path = default_model_dir()
+    hf_tok = transformers.AutoTokenizer.from_pretrained(path)
+    hf = transformers.AutoModelForCausalLM.from_pretrained(path, attn_implementation="eager").eval()
+    tok, model = tl.load_tokenizer(path), tl.load(path)
+    assert tok.add_special_tokens({"pad_token": "<pad>"}) == hf_tok.add_special_tokens({"pad_token": "<pad>"}) == 1
+    assert len(tok) == len(hf_tok) == model.config.vocab_size + 1
+    assert tok.pad_token_id == hf_tok.pad_token_id == model.config.vocab_size
+    assert tok.add_special_tokens({"pad_token": "<pad>"}) == 0  # already there
+    old = np.array(model.params["model"]["embed_tokens"]["weight"])
+    torch.manual_seed(0)
+    hf.resize_token_embeddings(len(hf_tok))
+    hf.config.pad_token_id = hf_tok.pad_token_id
+    model.resize_token_embeddings(len(tok), seed=0)
+    model.config.pad_token_id = tok.pad_token_id
+    theirs = hf.state_dict()
+    for name, arr in flatten(model.params).items():
+        assert arr.shape == tuple(theirs[name].shape), name
+        if name in ("model.embed_tokens.weight", "lm_head.weight"):
+            np.testing.assert_array_equal(arr[:-1], theirs[name].numpy()[:-1])  # old rows, bit for bit
+            arr[-1:] = theirs[name].numpy()[-1:]
+    np.testing.assert_array_equal(old, np.asarray(model.params["model"]["embed_tokens"]["weight"])[:-1])
+    return model, tok, hf, hf_tok
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_a_padded_batch_tokenizes_and_scores_as_transformers(side, tmp_path):
+    torch, _ = transformers_pair()
+    model, tok, hf, hf_tok = recipe(tmp_path)
+    ours = tok(TEXTS, padding=True, padding_side=side, return_tensors="np")
+    theirs = hf_tok(TEXTS, padding=True, padding_side=side, return_tensors="np")
+    np.testing.assert_array_equal(ours["input_ids"], theirs["input_ids"])
+    np.testing.assert_array_equal(ours["attention_mask"], theirs["attention_mask"])
+    assert (ours["input_ids"] == tok.pad_token_id).any()
+    with torch.no_grad():
+        want = hf(torch.from_numpy(theirs["input_ids"]),
+                  attention_mask=torch.from_numpy(theirs["attention_mask"])).logits.numpy()
+    got = np.asarray(model(ours["input_ids"], attention_mask=ours["attention_mask"]).logits)
+    real = ours["attention_mask"].astype(bool)
+    d = float(np.abs(got - want)[real].max())
+    record_parity(f"bundled + <pad>, {side} padding", "max|Δlogits|", d, table="padding recipe")
+    assert d <= TOL
+
+
+def test_a_padded_batch_generates_as_transformers(tmp_path):
+    torch, _ = transformers_pair()
+    model, tok, hf, hf_tok = recipe(tmp_path)
+    got = tl.generate_batch(model, tok, TEXTS, max_new_tokens=10, temperature=0)
+    batch = hf_tok(TEXTS, padding=True, padding_side="left", return_tensors="pt")
+    with torch.no_grad():
+        out = hf.generate(**batch, max_new_tokens=10, do_sample=False, pad_token_id=hf_tok.pad_token_id)
+    want = hf_tok.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+    assert [g.strip() for g in got] == [w.strip() for w in want]
+
+
+def test_the_saved_directory_loads_in_transformers_with_the_pad_token(tmp_path):
+    torch, transformers = transformers_pair()
+    model, tok, _, _ = recipe(tmp_path)
+    out = tmp_path / "saved"
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    hf_tok = transformers.AutoTokenizer.from_pretrained(out)
+    hf = transformers.AutoModelForCausalLM.from_pretrained(out, attn_implementation="eager").eval()
+    assert hf.config.pad_token_id == hf_tok.pad_token_id == tok.pad_token_id
+    ours = tok(TEXTS, padding=True, return_tensors="np")
+    theirs = hf_tok(TEXTS, padding=True, padding_side=tok.padding_side, return_tensors="np")
+    np.testing.assert_array_equal(ours["input_ids"], theirs["input_ids"])
+    with torch.no_grad():
+        want = hf(torch.from_numpy(theirs["input_ids"]),
+                  attention_mask=torch.from_numpy(theirs["attention_mask"])).logits.numpy()
+    got = np.asarray(model(ours["input_ids"], attention_mask=ours["attention_mask"]).logits)
+    d = float(np.abs(got - want)[ours["attention_mask"].astype(bool)].max())
+    record_parity("bundled + <pad>, saved and reloaded", "max|Δlogits|", d, table="padding recipe")
+    assert d <= TOL
+    again = tl.load(out)
+    assert again.config.pad_token_id == tok.pad_token_id and tl.load_tokenizer(out).pad_token_id == tok.pad_token_id
