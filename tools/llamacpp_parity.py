@@ -172,7 +172,8 @@ def worker(job_path: str) -> None:
             llm.eval(ids)
             arrays[f"logits_{i}_{j}"] = np.array(llm.scores[:len(ids)], dtype=np.float32)
         for j, text in enumerate(run["texts"]):  # how llama.cpp itself tokenizes the prompts
-            arrays[f"prompt_ids_{i}_{j}"] = np.array(llm.tokenize(text.encode("utf-8"), add_bos=False), np.int64)
+            ids = llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)  # as ours: specials parsed
+            arrays[f"prompt_ids_{i}_{j}"] = np.array(ids, np.int64)
         del llm
     for i, run in enumerate(job.get("tokenize", [])):
         llm = llama_cpp.Llama(model_path=run["vocab"], vocab_only=True, verbose=False)
@@ -190,9 +191,11 @@ def run_llamacpp(python: Path, job: dict, threads: int) -> dict[str, np.ndarray]
         job_path = Path(tmp) / "job.json"
         job_path.write_text(json.dumps(job), encoding="utf-8")
         env = dict(os.environ, PYTHONPATH="")  # the venv's own llama_cpp, never a checkout's
-        result = subprocess.run([str(python), __file__, "--worker", str(job_path)], env=env)
+        # llama.cpp logs to stderr even with verbose=False (a vocab_only model warns of n_ctx_train 0 per context)
+        result = subprocess.run([str(python), __file__, "--worker", str(job_path)], env=env, stderr=subprocess.PIPE,
+                                text=True, errors="replace")
         if result.returncode != 0:
-            raise SystemExit(f"the llama.cpp worker failed (exit {result.returncode}); its output is above")
+            raise SystemExit(f"the llama.cpp worker failed (exit {result.returncode}):\n{result.stderr[-5000:]}")
         with np.load(job["out"]) as f:
             return {k: f[k] for k in f.files}
 
@@ -294,9 +297,9 @@ def logits_table(results: list[dict]) -> str:
 
 
 def tokenizer_table(results: list[dict]) -> str:
-    rows = [[r["vocabulary"], "parsed" if r["special"] else "as text", r["strings"], r["mismatches"]]
+    rows = [[r["vocabulary"], "parsed" if r["special"] else "as text", r["strings"], r["tokens"], r["mismatches"]]
             for r in results]
-    return markdown_table(["vocabulary", "special tokens", "strings", "mismatches"], rows)
+    return markdown_table(["vocabulary", "special tokens", "strings", "llama.cpp ids", "mismatches"], rows)
 
 
 def main(argv=None) -> int:
@@ -378,6 +381,7 @@ def main(argv=None) -> int:
         mine = split_rows(theirs[f"ids_{i}"], theirs[f"lengths_{i}"])
         bad = first_mismatches(strings, ours, mine, k=None)
         tok_results.append({"vocabulary": name, "special": special, "strings": len(strings),
+                            "tokens": int(theirs[f"lengths_{i}"].sum()),
                             "mismatches": len(bad), "first": bad[:5]})
     ours_s = time.perf_counter() - t0
 
