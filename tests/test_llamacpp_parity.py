@@ -68,6 +68,19 @@ def test_split_rows_and_first_mismatches():
     assert bad == [{"text": "b", "ours": [2], "llama.cpp": [9]}]
 
 
+def test_verdict_names_what_crosses_the_limits():
+    row = {"positions": 64, "top1": 1.0, "max_abs": 7e-5, "mean_kl": 1e-11, "max_kl": 5e-11, "prompt": 0,
+           "same_prompt_ids": True}
+    good = [dict(row, weights="F32 GGUF", kv_cache="F32"), dict(row, weights="F32 GGUF", kv_cache="F16 (default)",
+            max_abs=0.02, mean_kl=8e-7), dict(row, weights="Q4_1 GGUF", kv_cache="F16 (default)", top1=0.938,
+            max_abs=1.3, mean_kl=4.5e-3)]
+    tokens = [{"vocabulary": "llama-spm", "special": True, "strings": 10, "mismatches": 0}]
+    assert lp.verdict(good, tokens) == []
+    bad = [dict(good[0], max_abs=2e-3), dict(good[2], mean_kl=0.5), dict(good[1], same_prompt_ids=False)]
+    problems = lp.verdict(bad, [dict(tokens[0], mismatches=1)])
+    assert len(problems) == 4 and "F32 GGUF, F32 cache" in problems[0] and "1 of 10 strings" in problems[3]
+
+
 # --- the string generator ----------------------------------------------------------------------------------
 
 def test_generated_strings_are_deterministic_and_mixed():
