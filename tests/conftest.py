@@ -33,6 +33,32 @@ def record_parity(case: str, column: str, value: float, table: str = "golden par
     row[column] = max(value, row.get(column, value))
 
 
+REPO = Path(__file__).resolve().parent.parent
+
+
+def load_module(name: str, path: Path) -> ModuleType:
+    """Import a script that is not in a package (tools/*.py, docs/gen_pages.py) under `name`."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def needs_transformers(why: str = "comparing with transformers"):
+    """(torch, transformers 5.x), quiet and on one thread; or skip, saying why and what to install."""
+    torch = pytest.importorskip("torch", reason=f"{why} needs torch (CPU build: pip install torch==2.13.0, "
+                                                f"or pip install '.[parity]')")
+    transformers = pytest.importorskip("transformers", reason=f"{why} needs transformers 5.x")
+    if int(transformers.__version__.split(".")[0]) < 5:
+        pytest.skip(f"{why} compares with transformers 5.x; found {transformers.__version__}")
+    torch.set_num_threads(1)
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+    return torch, transformers
+
+
 @pytest.fixture(scope="session")
 def golden_dir() -> Path:
     return GOLDEN_DIR

@@ -20,18 +20,12 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
+from conftest import REPO, load_module
 
 
-def _load(name: str, path: Path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
-
-gen_pages = _load("gen_pages_under_test", REPO / "docs" / "gen_pages.py")  # its main() runs only in mkdocs
-check = _load("check_docs_layout", REPO / "tools" / "check_docs_layout.py")
+gen_pages = load_module("gen_pages_under_test", REPO / "docs" / "gen_pages.py")  # its main() runs only in mkdocs
+check = load_module("check_docs_layout", REPO / "tools" / "check_docs_layout.py")
 import docs_annotate as annotate  # noqa: E402  (on sys.path through gen_pages)
 
 CODE_LINE = re.compile(r'<span class="lp-l" data-ln="(\d+)"(?: style="--in:\d+")?>(.*?)\n</span>', re.S)
@@ -254,7 +248,7 @@ def test_layout_in_chromium(chromium, site, capsys):
 
 @pytest.mark.slow
 def test_site_loads_nothing_from_other_servers_and_search_works_over_http(chromium, site, capsys):
-    search = _load("check_docs_search", REPO / "tools" / "check_docs_search.py")
+    search = load_module("check_docs_search", REPO / "tools" / "check_docs_search.py")
     assert search.remote_references(site) == []
     assert search.main([str(site), "--chromium", chromium]) == 0, capsys.readouterr().out
 

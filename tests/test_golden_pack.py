@@ -25,7 +25,7 @@ from tinyllama_ref import cli
 from tinyllama_ref.backend import to_numpy
 from tinyllama_ref.golden_pack import CASES, INPUTS, TENSOR_NAMES, TOLERANCES, case_inputs, write_pack
 from tinyllama_ref.parity import LAYER_ORDER, load_tensors, save_tensors, trace_forward
-from conftest import record_parity
+from conftest import needs_transformers, record_parity
 
 TOL_LOGITS = 1e-4  # max |Δ| against transformers in float32, as tests/test_golden.py
 TOL_HIDDEN = 1e-4
@@ -178,14 +178,7 @@ def test_compare_errors(pack, tmp_path, capsys):
 
 @pytest.fixture(scope="module")
 def transformers():
-    torch = pytest.importorskip("torch", reason="checking the pack against transformers needs torch (CPU build)")
-    transformers = pytest.importorskip("transformers", reason="checking the pack needs transformers 5.x")
-    if int(transformers.__version__.split(".")[0]) < 5:
-        pytest.skip(f"the pack is checked against transformers 5.x; found {transformers.__version__}")
-    torch.set_num_threads(1)
-    transformers.logging.set_verbosity_error()
-    transformers.logging.disable_progress_bar()
-    return transformers
+    return needs_transformers("checking the pack against transformers")[1]
 
 
 def hidden_names(n_layers: int) -> list[str]:

@@ -2,29 +2,18 @@
 itself when the tool's cached build is there (`python tools/llamacpp_parity.py` makes it; else it skips)."""
 from __future__ import annotations
 
-import importlib.util
 import unicodedata
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 import tinyllama_ref as tl
+from conftest import REPO, load_module
 from realdata import llama_cpp_vocab_path, smollm2_gguf_path
 from tinyllama_ref.fetch import cache_root
 from tinyllama_ref.tokenizer import load_tokenizer
 
-REPO = Path(__file__).resolve().parent.parent
-
-
-def _load(name: str, path: Path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-lp = _load("llamacpp_parity", REPO / "tools" / "llamacpp_parity.py")
+lp = load_module("llamacpp_parity", REPO / "tools" / "llamacpp_parity.py")
 
 
 # --- metrics -------------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import tinyllama_ref as tl
+from conftest import needs_transformers
 from tinyllama_ref.cli import main
 from tinyllama_ref.mask_view import visible_keys, visualize_mask
 
@@ -38,11 +39,7 @@ def model():
 
 @pytest.fixture(scope="module")
 def torch():
-    torch = pytest.importorskip("torch", reason="the comparison with transformers' masks needs torch "
-                                                "(pip install '.[parity]')")
-    pytest.importorskip("transformers", reason="the comparison with transformers' masks needs transformers")
-    torch.set_num_threads(1)
-    return torch
+    return needs_transformers("the comparison with transformers' masks")[0]
 
 
 def hf_visible(torch, attention_mask: np.ndarray, past: int) -> np.ndarray:

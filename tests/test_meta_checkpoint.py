@@ -27,7 +27,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 import tinyllama_ref as tl
-from conftest import record_parity
+from conftest import needs_transformers, record_parity
 from tinyllama_ref import cli
 from tinyllama_ref.formats.meta import config_from_params, intermediate_size, read_meta_checkpoint, shard_files
 from tinyllama_ref.formats.safetensors import CheckpointError, read_safetensors_header
@@ -256,11 +256,7 @@ SPLIT_AXIS = {"wq": 0, "wk": 0, "wv": 0, "w1": 0, "w3": 0, "output": 0, "wo": 1,
 
 @pytest.fixture(scope="module")
 def torch():
-    torch = pytest.importorskip("torch", reason="writing Meta checkpoints needs torch (pip install torch==2.13.0 "
-                                                "--index-url https://download.pytorch.org/whl/cpu)")
-    pytest.importorskip("transformers", reason="the parity checks compare with transformers 5.x")
-    torch.set_num_threads(1)
-    return torch
+    return needs_transformers("writing Meta checkpoints and comparing with transformers")[0]
 
 
 def hf_model(torch, case: Case, seed: int):

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import tinyllama_ref as tl
-from conftest import record_parity
+from conftest import needs_transformers, record_parity
 from tinyllama_ref.cli import default_model_dir
 from tinyllama_ref.formats.checkpoint import flatten
 
@@ -22,21 +22,10 @@ TOL = 1e-4  # max |Δlogits| on the real (unpadded) positions, float32: the boun
 TEXTS = ["In the beginning God created the heaven and the earth.", "And God said,", "Let there be light"]
 
 
-def transformers_pair():
-    torch = pytest.importorskip("torch", reason="comparing with transformers needs torch (CPU build: pip install "
-                                                "torch==2.13.0)")
-    transformers = pytest.importorskip("transformers", reason="comparing with transformers needs transformers 5.x")
-    if int(transformers.__version__.split(".")[0]) < 5:
-        pytest.skip(f"compares with transformers 5.x; found {transformers.__version__}")
-    torch.set_num_threads(1)
-    transformers.logging.set_verbosity_error()
-    return torch, transformers
-
-
 def recipe(tmp_path):
     """(our model, our tokenizer, transformers' model, transformers' tokenizer) after the recipe; our new
     rows are transformers' (its draw is random), after checking that the old rows are untouched."""
-    torch, transformers = transformers_pair()
+    torch, transformers = needs_transformers("the padding recipe against transformers")
     path = default_model_dir()
     hf_tok = transformers.AutoTokenizer.from_pretrained(path)
     hf = transformers.AutoModelForCausalLM.from_pretrained(path, attn_implementation="eager").eval()
@@ -63,7 +52,7 @@ def recipe(tmp_path):
 
 @pytest.mark.parametrize("side", ["left", "right"])
 def test_a_padded_batch_tokenizes_and_scores_as_transformers(side, tmp_path):
-    torch, _ = transformers_pair()
+    torch, _ = needs_transformers("the padding recipe against transformers")
     model, tok, hf, hf_tok = recipe(tmp_path)
     ours = tok(TEXTS, padding=True, padding_side=side, return_tensors="np")
     theirs = hf_tok(TEXTS, padding=True, padding_side=side, return_tensors="np")
@@ -81,7 +70,7 @@ def test_a_padded_batch_tokenizes_and_scores_as_transformers(side, tmp_path):
 
 
 def test_a_padded_batch_generates_as_transformers(tmp_path):
-    torch, _ = transformers_pair()
+    torch, _ = needs_transformers("the padding recipe against transformers")
     model, tok, hf, hf_tok = recipe(tmp_path)
     got = tl.generate_batch(model, tok, TEXTS, max_new_tokens=10, temperature=0)
     batch = hf_tok(TEXTS, padding=True, padding_side="left", return_tensors="pt")
@@ -92,7 +81,7 @@ def test_a_padded_batch_generates_as_transformers(tmp_path):
 
 
 def test_the_saved_directory_loads_in_transformers_with_the_pad_token(tmp_path):
-    torch, transformers = transformers_pair()
+    torch, transformers = needs_transformers("the padding recipe against transformers")
     model, tok, _, _ = recipe(tmp_path)
     out = tmp_path / "saved"
     model.save_pretrained(out)

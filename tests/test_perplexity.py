@@ -8,14 +8,13 @@ model (stride = max_length and max_length / 2) and on SmolLM2-135M (skipped when
 import math
 import re
 
-import numpy as np
 import pytest
 
 import tinyllama_ref as tl
 from tinyllama_ref.cli import main
 from tinyllama_ref.fetch import is_complete, model_dir
 from tinyllama_ref.perplexity import perplexity, perplexity_of_ids, windows
-from conftest import record_parity
+from conftest import needs_transformers, record_parity
 
 from test_bundled_model import BUNDLED
 
@@ -34,11 +33,7 @@ TEXT = ("In the beginning God created the heaven and the earth. And the earth wa
 
 @pytest.fixture(scope="module")
 def torch():
-    torch = pytest.importorskip("torch", reason="the comparison with transformers' recipe needs torch "
-                                                "(pip install '.[parity]')")
-    pytest.importorskip("transformers", reason="the comparison with transformers' recipe needs transformers")
-    torch.set_num_threads(1)
-    return torch
+    return needs_transformers("the comparison with transformers' recipe")[0]
 
 
 @pytest.fixture(scope="module")

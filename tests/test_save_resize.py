@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import numpy as np
 import pytest
 
 import tinyllama_ref as tl
-from conftest import record_parity
+from conftest import needs_transformers, record_parity
 from tinyllama_ref.formats import hf_writer
 from tinyllama_ref.formats import safetensors as st
 from tinyllama_ref.formats.checkpoint import flatten, random_tensors
@@ -31,19 +30,6 @@ TOL_PADDED = 1e-5  # max |Δlogits| after adding a pad token and resizing in bot
 PAD = 64  # the added pad token: one past the tiny vocabulary
 TINY = dict(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
             max_position_embeddings=64)
-
-
-def needs_transformers():
-    """(torch, transformers), or skip: these tests compare with transformers 5.x at test time."""
-    torch = pytest.importorskip("torch", reason="comparing with transformers needs torch (CPU build: pip install "
-                                                "torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu)")
-    transformers = pytest.importorskip("transformers", reason="comparing with transformers needs transformers 5.x")
-    if int(transformers.__version__.split(".")[0]) < 5:
-        pytest.skip(f"compares with transformers 5.x; found {transformers.__version__}")
-    torch.set_num_threads(1)
-    transformers.logging.set_verbosity_error()
-    transformers.logging.disable_progress_bar()
-    return torch, transformers
 
 
 def hf_model(head: str = "LlamaForCausalLM", dtype=None, **config):
