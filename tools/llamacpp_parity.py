@@ -338,6 +338,8 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=2, help="llama.cpp's threads")
     parser.add_argument("--skip-build", action="store_true",
                         help="never build llama.cpp: stop with a message when the cached venv lacks it")
+    parser.add_argument("--build-only", action="store_true",
+                        help="build llama.cpp into the cached venv if it is not there, then stop (CI times this step)")
     parser.add_argument("--json", type=Path, default=None, help="where to write the results "
                         "(default <cache>/llamacpp-parity.json)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
@@ -362,6 +364,9 @@ def main(argv=None) -> int:
         build_s = build_llamacpp(cache, cached_distribution(SPEC, sdist=True, cache_dir=cache))
         if installed_version(python) != VERSION:
             raise SystemExit(f"{python} still does not import llama_cpp {VERSION} after the build")
+    if args.build_only:
+        print(f"{python} imports llama_cpp {VERSION}" + (f" (built in {build_s / 60:.1f} min)" if build_s else ""))
+        return 0
 
     hf_dir = fetch_model("smollm2", cache)
     q4_gguf = hf_dir / Path(KNOWN_MODELS["smollm2"].member).name
