@@ -193,6 +193,13 @@ def test_a_failed_save_leaves_the_target_as_it_was(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["old"]
 
 
+def test_save_refuses_a_quantized_model_clearly(tmp_path):
+    model = tl.build_model(tl.LlamaConfig(**TINY), random_tensors(tl.LlamaConfig(**TINY), seed=0), quantize="int8")
+    with pytest.raises(ValueError, match="holds int8 weights .* load it without quantize="):
+        model.save_pretrained(tmp_path / "q")
+    assert not (tmp_path / "q").exists()
+
+
 def test_save_refuses_what_it_cannot_write(tmp_path):
     config = tl.LlamaConfig(**TINY)
     model = tl.build_model(config, random_tensors(config))

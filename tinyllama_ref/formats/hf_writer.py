@@ -180,6 +180,9 @@ def save_pretrained(model, save_directory: str | Path, max_shard_size: int | str
     if not safe_serialization:
         raise ValueError("safe_serialization=False (a PyTorch .bin checkpoint) is not supported: only "
                          "safetensors is written")
+    if getattr(model, "quantize", None):
+        raise ValueError(f"this model holds {model.quantize} weights (loaded with quantize={model.quantize!r}); "
+                         f"save_pretrained writes float checkpoints only: load it without quantize= to save it")
     config = model.config
     tensors, bf16 = {}, set()
     for name, arr in hf_state_dict(model.params, config).items():
