@@ -254,7 +254,15 @@ def cmd_mask(args) -> int:
     from .mask_view import visualize_mask
 
     path = resolve_model(args.model)
-    config = tl.load(path).config if path.suffix == ".gguf" else LlamaConfig.from_json(path / "config.json")
+    if path.suffix == ".gguf":  # the config from the metadata alone: no tensor is read
+        from .formats.gguf import config_from_metadata
+        from .formats.gguf_file import read_gguf_file
+
+        file = read_gguf_file(path)
+        config = LlamaConfig.from_dict(config_from_metadata(file.metadata, [t.name for t in file.tensors], str(path)),
+                                       source=str(path))
+    else:
+        config = LlamaConfig.from_json(path / "config.json")
     print(visualize_mask(config, tl.load_tokenizer(path), args.prompt, past=args.past,
                          pad_left=args.pad_left, color=sys.stdout.isatty(), name=path.name))
     return 0
