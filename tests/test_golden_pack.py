@@ -16,6 +16,9 @@ dtypes (and float16 by our own float16 compute, every intermediate). The figures
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -268,6 +271,44 @@ def test_open_llama_matches_hooked_transformers_llama(pack, transformers):
     model.model.embed_tokens.register_forward_hook(
         lambda module, args, output: torch.nn.functional.layer_norm(output, output.shape[-1:], norm_w, norm_b, 1e-5))
     check_against("open_llama", pack / "open_llama", run_hf(lambda: model, pack / "open_llama"), "hf")
+
+
+# transformers 4.57 (the last with Open-Llama) in its own Python: the variable tools/make_golden.py reads
+VENV457 = Path(os.environ.get("GOLDEN_OPENLLAMA_PYTHON", "/opt/venv457/bin/python"))
+OPEN_LLAMA_457 = """
+import sys, numpy as np, torch
+from safetensors.numpy import load_file
+from transformers.models.deprecated.open_llama import OpenLlamaForCausalLM
+case, out = sys.argv[1], sys.argv[2]
+model = OpenLlamaForCausalLM.from_pretrained(case).eval()
+logits, seen = {}, []
+with torch.no_grad():
+    for name in ("prefill", "decode_0", "decode_1", "decode_2", "batch"):
+        t = {k: torch.from_numpy(v) for k, v in load_file(f"{case}/{name}.safetensors").items()}
+        if name == "batch":  # left-padded, with its mask and positions
+            logits[name] = model(t["input_ids"], attention_mask=t["attention_mask"],
+                                 position_ids=t["position_ids"]).logits.numpy()
+        else:  # no cache here: the whole sequence so far, keeping the new positions' logits
+            seen.append(t["input_ids"])
+            ids = torch.cat(seen, dim=1)
+            logits[name] = model(ids).logits[:, -t["input_ids"].shape[1]:].numpy()
+np.savez(out, **logits)
+"""
+
+
+@pytest.mark.skipif(not VENV457.exists(), reason=f"needs a Python with transformers 4.57 (the last with Open-Llama) "
+                                                 f"at {VENV457} or $GOLDEN_OPENLLAMA_PYTHON")
+def test_open_llama_matches_transformers_4_57(pack, tmp_path):
+    """The pack's Open-Llama case against transformers 4.57's own OpenLlamaForCausalLM: the prefill, the
+    three decode steps (its logits for the whole sequence so far) and the left-padded batch."""
+    out = tmp_path / "open_llama_457.npz"
+    run = subprocess.run([str(VENV457), "-c", OPEN_LLAMA_457, str(pack / "open_llama"), str(out)],
+                         capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONPATH": ""})
+    assert run.returncode == 0, f"transformers 4.57 did not run: {run.stderr[-2000:]}"
+    theirs = np.load(out)
+    produced = {name: {"logits": theirs[name]} for name in INPUTS}
+    worst = check_against("open_llama", pack / "open_llama", produced, "hf 4.57")
+    assert worst["logits"] <= TOL_LOGITS
 
 
 def test_open_llama_matches_our_plain_forward(pack):
