@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from realdata import llama_cpp_vocab_path, mistral_tokenizer_path
@@ -165,6 +165,8 @@ def test_decode_writes_special_tokens_unless_skipped(mistral_tok):
 @SETTINGS
 @given(text=st.text(st.characters(blacklist_categories=("Cs",)), max_size=60))
 def test_round_trip(mistral_tok, text):
+    # a text that spells a special token ("<s>") is parsed as that token, as transformers does: not plain text
+    assume(not any(s in text for s in ("<s>", "</s>", "<unk>")))
     sp = spm.SentencePieceProcessor(model_file=str(mistral_tokenizer_path()))
     if sp.decode(sp.encode(text)) == text:
         assert mistral_tok.decode(mistral_tok.encode(text), skip_special_tokens=True) == text
