@@ -9,7 +9,7 @@ only memory changes, and the rounding error each weight carries.
 **int8** (torchao `Int8WeightOnlyConfig`, `Int8Tensor.from_hp`: `choose_qparams_affine` SYMMETRIC,
 `quantize_affine`, `dequantize_affine`): one scale per output row, range [-128, 127]:
 
-$$s_r = \max\!\big(\max_j |W_{rj}|,\ \epsilon\big) / 127.5, \qquad
+$$s_r = \max\!\big(\max_j |W_{rj}| / 127.5,\ \epsilon\big), \qquad
   q_{rj} = \mathrm{clamp}\big(\mathrm{round}(W_{rj} \cdot (1/s_r)),\ -128,\ 127\big), \qquad
   \hat W_{rj} = q_{rj}\, s_r$$
 
