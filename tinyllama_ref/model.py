@@ -334,18 +334,18 @@ class Model:
 
         return save_pretrained(self, save_directory, max_shard_size, safe_serialization)
 
+    def _unique_tensors(self) -> list:
+        """Every parameter array once: a tied head is the embedding's own array, counted once."""
+        return list({id(arr): arr for arr in flatten(self.params).values()}.values())
+
     def num_parameters(self) -> int:
-        seen, total = set(), 0
-        for arr in flatten(self.params).values():
-            if id(arr) not in seen:  # a tied head is counted once
-                seen.add(id(arr))
-                total += math.prod(arr.shape)  # a QuantizedWeight counts the weights it stands for
-        return total
+        """How many parameters the model holds; a QuantizedWeight counts the weights it stands for."""
+        return sum(math.prod(arr.shape) for arr in self._unique_tensors())
 
     def get_memory_footprint(self) -> int:
         """Bytes the parameters take as stored: quantized weights as their codes, scales and zero points.
         (HF's method of this name also counts buffers, such as RoPE's inverse frequencies.)"""
-        return Q.weight_bytes(self.params)
+        return sum(int(arr.nbytes) for arr in self._unique_tensors())
 
 
 def build_model(config: LlamaConfig, tensors: Mapping[str, np.ndarray], backend: str | None = None,

@@ -48,7 +48,6 @@ from typing import Any
 import numpy as np
 
 from .backend import xp_of
-from .formats.checkpoint import flatten
 
 SCHEMES = ("int8", "int4")
 LINEARS = {"self_attn": ("q_proj", "k_proj", "v_proj", "o_proj"), "mlp": ("gate_proj", "up_proj", "down_proj")}
@@ -181,16 +180,6 @@ def dequantizing(project):
         return project(x, {**p, "weight": dequantize(w)} if isinstance(w, QuantizedWeight) else p, split)
 
     return run
-
-
-def weight_bytes(params: dict) -> int:
-    """Bytes held by the parameter tree: quantized weights as stored, a tied head counted once."""
-    seen, total = set(), 0
-    for arr in flatten(params).values():
-        if id(arr) not in seen:
-            seen.add(id(arr))
-            total += int(arr.nbytes)
-    return total
 
 
 def check_matrix(w, name: str) -> None:
