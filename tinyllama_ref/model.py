@@ -380,15 +380,13 @@ def load(path: str | Path, backend: str | None = None, dtype: str = "float32", p
     bar = _progress_bar if progress else None
     from .formats.meta import is_meta_checkpoint
 
-    if path.suffix == ".gguf" or is_meta_checkpoint(path):  # converted to HF names and layouts as they load
-        if path.suffix == ".gguf":
-            from .formats.gguf import read_gguf
-
-            config_dict, tensors, _ = read_gguf(path)
-        else:
-            from .formats.meta import read_meta_checkpoint
-
-            config_dict, tensors, _ = read_meta_checkpoint(path)
+    read = None  # GGUF and Meta's checkpoints: converted to HF names and layouts as they load
+    if path.suffix == ".gguf":
+        from .formats.gguf import read_gguf as read
+    elif is_meta_checkpoint(path):
+        from .formats.meta import read_meta_checkpoint as read
+    if read is not None:
+        config_dict, tensors, _ = read(path)
         config = LlamaConfig.from_dict(config_dict, source=str(path))
         model = build_model(config, tensors, backend, dtype, str(path), bar, quantize, group_size)
         model.generation_config = {k: config_dict[k] for k in ("bos_token_id", "eos_token_id")
