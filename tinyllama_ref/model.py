@@ -356,10 +356,7 @@ def build_model(config: LlamaConfig, tensors: Mapping[str, np.ndarray], backend:
     quantize: None, "int8" or "int4" (`quantize.py`: torchao's int8_weight_only / int4_weight_only, with
     `group_size` inputs per int4 scale).
     """
-    if quantize not in (None, *Q.SCHEMES):
-        raise ValueError(f"quantize must be None, 'int8' or 'int4', got {quantize!r}")
-    if quantize == "int4":
-        Q.check_group_size_value(group_size)  # before any tensor is read
+    Q.check_arguments(quantize, group_size)  # before any tensor is converted
     name = B.resolve_backend(backend)
     xp = B.get_module(name)
     params = build_params(tensors, config, dtype, xp, source, progress)
@@ -376,6 +373,7 @@ def load(path: str | Path, backend: str | None = None, dtype: str = "float32", p
     backend: "numpy" or "cupy" (default: $TINYLLAMA_BACKEND, else numpy). dtype: the compute dtype.
     quantize: None, "int8" or "int4" weight-only quantization of the layers' linear weights (`quantize.py`).
     """
+    Q.check_arguments(quantize, group_size)  # before any tensor is read (a GGUF file's are decoded as they are)
     path = Path(path).expanduser()
     bar = _progress_bar if progress else None
     from .formats.meta import is_meta_checkpoint

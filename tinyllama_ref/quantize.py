@@ -189,6 +189,14 @@ def check_matrix(w, name: str) -> None:
                                 f"{tuple(w.shape)} {w.dtype}")
 
 
+def check_arguments(quantize, group_size) -> None:
+    """`load`'s and `build_model`'s `quantize` (None, "int8" or "int4") and, for int4, `group_size`."""
+    if quantize not in (None, *SCHEMES):
+        raise ValueError(f"quantize must be None, 'int8' or 'int4', got {quantize!r}")
+    if quantize == "int4":
+        check_group_size_value(group_size)
+
+
 def check_group_size_value(group_size) -> None:
     """The argument itself: a positive integer."""
     if isinstance(group_size, bool) or not isinstance(group_size, (int, np.integer)) or group_size < 1:
