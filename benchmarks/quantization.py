@@ -5,7 +5,7 @@ For each model, the same checkpoint loaded three ways (`tl.load(..., quantize=No
 - decode tokens/s: greedy, batch 1, one token per step from the KV cache, and its ratio to float32 in this run;
 - max |Δlogits| against float32 over every position of a fixed prompt;
 - perplexity of a fixed public-domain text (Psalm 23, King James Version): exp of the mean next-token
-  negative log-likelihood over the whole text in one window (the causal-LM loss with labels = input ids).
+  negative log-likelihood over the whole text in one window (`perplexity_of_ids` with max_length = its length).
 
     python benchmarks/quantization.py                    # the bundled model, and SmolLM2-135M if fetched
     python benchmarks/quantization.py --models bundled --new-tokens 8
@@ -31,6 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import tinyllama_ref as tl  # noqa: E402
+from tinyllama_ref.perplexity import perplexity_of_ids  # noqa: E402
 
 PSALM_23 = ("The LORD is my shepherd; I shall not want. He maketh me to lie down in green pastures: he leadeth me "
             "beside the still waters. He restoreth my soul: he leadeth me in the paths of righteousness for his "
@@ -39,11 +40,6 @@ PSALM_23 = ("The LORD is my shepherd; I shall not want. He maketh me to lie down
             "presence of mine enemies: thou anointest my head with oil; my cup runneth over. Surely goodness and "
             "mercy shall follow me all the days of my life: and I will dwell in the house of the LORD for ever.")
 PROMPT = "In the beginning God created"
-
-
-def perplexity(model, ids) -> float:
-    """exp(mean NLL of each token given the ones before it), the whole text in one window."""
-    return float(np.exp(float(model(ids, labels=ids).loss)))
 
 
 def decode(model, prompt, new_tokens: int) -> tuple[float, list[int]]:
@@ -65,7 +61,8 @@ def measure_model(path: Path, schemes: list, new_tokens: int, rounds: int) -> di
     for key, model in models.items():
         model(prompt[:, :2])  # warm-up: page the weights in
         results[key] = dict(bytes=model.get_memory_footprint(), logits=np.asarray(model(prompt).logits),
-                            ppl=perplexity(model, text), text_tokens=text.shape[1], decode_tok_s=0.0)
+                            ppl=perplexity_of_ids(model, text, max_length=text.shape[1]),  # one window
+                            text_tokens=text.shape[1], decode_tok_s=0.0)
     for _ in range(rounds):
         for key, model in models.items():
             tok_s, results[key]["tokens"] = decode(model, prompt, new_tokens)

@@ -1,9 +1,10 @@
 """The decoder layer again, built from `llama.py`'s functions one named step at a time.
 
-Four things need to reach inside a layer: the parity kit's `dump`, which records every intermediate
+Five things need to reach inside a layer: the parity kit's `dump`, which records every intermediate
 under a stable name (`parity.py` lists them), `pretraining_tp`, which computes each projection in
-slices (`tensor_parallel.py`), an activation other than SiLU (`activations.py`), and on CuPy the
-fused kernels of `fused.py`. None of them is written into the core. `model.forward` runs this layer
+slices (`tensor_parallel.py`), an activation other than SiLU (`activations.py`), int8/int4 weights,
+each dequantized just before its product (`quantize.dequantizing`), and on CuPy the fused kernels of
+`fused.py`. None of them is written into the core. `model.forward` runs this layer
 instead of `llama.decoder_layer` when one of them is asked for. With the plain projection it is the
 same computation, op for op: tests/test_instrumented.py checks the logits are bit-identical.
 """

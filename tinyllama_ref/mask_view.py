@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from . import llama
+from .generation import left_pad
 
 MAY_ATTEND, MASKED = "■", "⬚"  # the squares of transformers' visualizer
 GREEN, RESET = "\033[92m", "\033[0m"
@@ -97,13 +98,12 @@ def visualize_mask(model_or_config, tokenizer, text, past: int = 0, pad_left: in
     for k, ids in enumerate(rows):
         if not ids:
             raise ValueError(f"text {k + 1} ({texts[k]!r}) encodes to no tokens: nothing to draw")
-    width = max(len(ids) for ids in rows) + pad_left
+    _, attention_mask = left_pad(rows, pad_id=0)  # [b, t], 1 = real token: generate_batch's padding
+    attention_mask = np.pad(attention_mask, ((0, 0), (pad_left, 0)))  # pad_left more on the left of every row
+    width = attention_mask.shape[1]
     if past >= width:
         raise ValueError(f"past = {past} leaves no new token: the batch has {width} positions, so past must be "
                          f"below {width}")
-    attention_mask = np.zeros((len(rows), width), dtype=np.int64)
-    for k, ids in enumerate(rows):
-        attention_mask[k, width - len(ids):] = 1
     visible = visible_keys(attention_mask, past)  # [b, s, t]
 
     name = name or Path(getattr(model_or_config, "source", "") or "").name

@@ -334,18 +334,18 @@ class Model:
 
         return save_pretrained(self, save_directory, max_shard_size, safe_serialization)
 
+    def _unique_tensors(self) -> list:
+        """Every parameter array once: a tied head is the embedding's own array, counted once."""
+        return list({id(arr): arr for arr in flatten(self.params).values()}.values())
+
     def num_parameters(self) -> int:
-        seen, total = set(), 0
-        for arr in flatten(self.params).values():
-            if id(arr) not in seen:  # a tied head is counted once
-                seen.add(id(arr))
-                total += math.prod(arr.shape)  # a QuantizedWeight counts the weights it stands for
-        return total
+        """How many parameters the model holds; a QuantizedWeight counts the weights it stands for."""
+        return sum(math.prod(arr.shape) for arr in self._unique_tensors())
 
     def get_memory_footprint(self) -> int:
         """Bytes the parameters take as stored: quantized weights as their codes, scales and zero points.
         (HF's method of this name also counts buffers, such as RoPE's inverse frequencies.)"""
-        return Q.weight_bytes(self.params)
+        return sum(int(arr.nbytes) for arr in self._unique_tensors())
 
 
 def build_model(config: LlamaConfig, tensors: Mapping[str, np.ndarray], backend: str | None = None,
@@ -356,10 +356,7 @@ def build_model(config: LlamaConfig, tensors: Mapping[str, np.ndarray], backend:
     quantize: None, "int8" or "int4" (`quantize.py`: torchao's int8_weight_only / int4_weight_only, with
     `group_size` inputs per int4 scale).
     """
-    if quantize not in (None, *Q.SCHEMES):
-        raise ValueError(f"quantize must be None, 'int8' or 'int4', got {quantize!r}")
-    if quantize == "int4":
-        Q.check_group_size_value(group_size)  # before any tensor is read
+    Q.check_arguments(quantize, group_size)  # before any tensor is converted
     name = B.resolve_backend(backend)
     xp = B.get_module(name)
     params = build_params(tensors, config, dtype, xp, source, progress)
@@ -376,19 +373,18 @@ def load(path: str | Path, backend: str | None = None, dtype: str = "float32", p
     backend: "numpy" or "cupy" (default: $TINYLLAMA_BACKEND, else numpy). dtype: the compute dtype.
     quantize: None, "int8" or "int4" weight-only quantization of the layers' linear weights (`quantize.py`).
     """
+    Q.check_arguments(quantize, group_size)  # before any tensor is read (a GGUF file's are decoded as they are)
     path = Path(path).expanduser()
     bar = _progress_bar if progress else None
     from .formats.meta import is_meta_checkpoint
 
-    if path.suffix == ".gguf" or is_meta_checkpoint(path):  # converted to HF names and layouts as they load
-        if path.suffix == ".gguf":
-            from .formats.gguf import read_gguf
-
-            config_dict, tensors, _ = read_gguf(path)
-        else:
-            from .formats.meta import read_meta_checkpoint
-
-            config_dict, tensors, _ = read_meta_checkpoint(path)
+    read = None  # GGUF and Meta's checkpoints: converted to HF names and layouts as they load
+    if path.suffix == ".gguf":
+        from .formats.gguf import read_gguf as read
+    elif is_meta_checkpoint(path):
+        from .formats.meta import read_meta_checkpoint as read
+    if read is not None:
+        config_dict, tensors, _ = read(path)
         config = LlamaConfig.from_dict(config_dict, source=str(path))
         model = build_model(config, tensors, backend, dtype, str(path), bar, quantize, group_size)
         model.generation_config = {k: config_dict[k] for k in ("bos_token_id", "eos_token_id")

@@ -9,7 +9,7 @@ only memory changes, and the rounding error each weight carries.
 **int8** (torchao `Int8WeightOnlyConfig`, `Int8Tensor.from_hp`: `choose_qparams_affine` SYMMETRIC,
 `quantize_affine`, `dequantize_affine`): one scale per output row, range [-128, 127]:
 
-$$s_r = \max\!\big(\max_j |W_{rj}|,\ \epsilon\big) / 127.5, \qquad
+$$s_r = \max\!\big(\max_j |W_{rj}| / 127.5,\ \epsilon\big), \qquad
   q_{rj} = \mathrm{clamp}\big(\mathrm{round}(W_{rj} \cdot (1/s_r)),\ -128,\ 127\big), \qquad
   \hat W_{rj} = q_{rj}\, s_r$$
 
@@ -48,7 +48,6 @@ from typing import Any
 import numpy as np
 
 from .backend import xp_of
-from .formats.checkpoint import flatten
 
 SCHEMES = ("int8", "int4")
 LINEARS = {"self_attn": ("q_proj", "k_proj", "v_proj", "o_proj"), "mlp": ("gate_proj", "up_proj", "down_proj")}
@@ -183,21 +182,19 @@ def dequantizing(project):
     return run
 
 
-def weight_bytes(params: dict) -> int:
-    """Bytes held by the parameter tree: quantized weights as stored, a tied head counted once."""
-    seen, total = set(), 0
-    for arr in flatten(params).values():
-        if id(arr) not in seen:
-            seen.add(id(arr))
-            total += int(arr.nbytes)
-    return total
-
-
 def check_matrix(w, name: str) -> None:
     """Quantization takes a float matrix [out, in]."""
     if w.ndim != 2 or w.dtype.kind != "f":
         raise QuantizationError(f"{name}: quantization takes a float matrix [out, in], got shape "
                                 f"{tuple(w.shape)} {w.dtype}")
+
+
+def check_arguments(quantize, group_size) -> None:
+    """`load`'s and `build_model`'s `quantize` (None, "int8" or "int4") and, for int4, `group_size`."""
+    if quantize not in (None, *SCHEMES):
+        raise ValueError(f"quantize must be None, 'int8' or 'int4', got {quantize!r}")
+    if quantize == "int4":
+        check_group_size_value(group_size)
 
 
 def check_group_size_value(group_size) -> None:

@@ -39,7 +39,7 @@ import numpy as np
 
 from ..backend import to_numpy
 from ..config import LlamaConfig
-from .checkpoint import flatten
+from .checkpoint import check_output_dir, flatten
 from .safetensors import bf16_to_f32, f32_to_bf16, write_safetensors, write_text_atomic
 
 WEIGHTS_NAME = "model.safetensors"
@@ -214,9 +214,7 @@ def write_checkpoint_dir(out_dir: str | Path, text_files: Mapping[str, Any], ten
     what a failure leaves). `replace_dir`: the finished directory takes the place of `out_dir` whole,
     whatever it held; otherwise an existing directory keeps the files this write does not name.
     """
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise FileExistsError(f"{out} exists and is not a directory")
+    out = check_output_dir(out_dir, force=True)  # a file is refused; an existing directory is written into
     bf16 = set(bf16)
     sizes = {name: math.prod(arr.shape) * (2 if name in bf16 else np.dtype(arr.dtype).itemsize)
              for name, arr in tensors.items()}
