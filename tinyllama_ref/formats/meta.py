@@ -251,16 +251,13 @@ def read_meta_checkpoint(ckpt_dir: str | Path, llama_version: str = "1") -> tupl
         tensors, bf16_names = read_torch_file(path)
         shards.append((path, tensors))
         bf16 |= bf16_names
-    tensors = merge_shards(shards)
     llama = LlamaConfig.from_dict(config, source=str(ckpt_dir / "params.json"))
+    # Names and shapes checked first (permuting rows keeps a shape), so unpermute_qk gets whole heads.
+    tensors = check_tensors(merge_shards(shards), llama, str(ckpt_dir))
     for name, w in tensors.items():
         if ".q_proj." in name or ".k_proj." in name:
             heads = llama.num_attention_heads if ".q_proj." in name else llama.num_key_value_heads
-            if w.ndim != 2 or w.shape[0] != heads * llama.head_dim:
-                raise CheckpointError(f"{ckpt_dir}: tensor {name!r} has shape {w.shape}, but the config needs "
-                                      f"{(heads * llama.head_dim, llama.hidden_size)}")
             tensors[name] = unpermute_qk(w, heads)  # [heads*d, D]: per head, even rows then odd rows
-    tensors = check_tensors(tensors, llama, str(ckpt_dir))
     bf16 = {hf_name(n)[0] for n in bf16 if n not in IGNORED}
     embed = "model.embed_tokens.weight"
     config["torch_dtype"] = "bfloat16" if embed in bf16 else str(tensors[embed].dtype)
