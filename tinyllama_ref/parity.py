@@ -186,16 +186,20 @@ def drop_padding(tensors: Mapping[str, np.ndarray], attention_mask) -> dict[str,
     return out
 
 
-def compare_files(ours: str | Path, theirs: str | Path, rtol: float = 1e-3, atol: float = 1e-4,
-                  out=None) -> int:
-    """Print the comparison table; return 0 when nothing diverges, 1 otherwise (the CLI's exit code).
-
-    When `ours` holds an `attention_mask`, padding positions are not compared (`drop_padding`).
-    """
+def compare_dumps(ours: str | Path, theirs: str | Path, rtol: float = 1e-3, atol: float = 1e-4) -> list[dict]:
+    """`compare` of two dump files. When `ours` holds an `attention_mask`, padding positions are not
+    compared (`drop_padding`)."""
     mine, other = load_tensors(ours), load_tensors(theirs)
     if "attention_mask" in mine:
         mine, other = drop_padding(mine, mine["attention_mask"]), drop_padding(other, mine["attention_mask"])
-    return print_comparison(compare(mine, other, rtol, atol), rtol, atol, f"{ours} and {theirs}", out)
+    return compare(mine, other, rtol, atol)
+
+
+def compare_files(ours: str | Path, theirs: str | Path, rtol: float = 1e-3, atol: float = 1e-4,
+                  out=None) -> int:
+    """Print the comparison table of two dump files (`compare_dumps`); return 0 when nothing diverges,
+    1 otherwise (the CLI's exit code)."""
+    return print_comparison(compare_dumps(ours, theirs, rtol, atol), rtol, atol, f"{ours} and {theirs}", out)
 
 
 def print_comparison(rows: list[dict], rtol: float, atol: float, what: str = "the two dumps", out=None,
