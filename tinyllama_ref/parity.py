@@ -1,13 +1,15 @@
 """The parity kit: dump every intermediate of a forward pass, and compare two dumps tensor by tensor.
 
-Stable names, in forward order (b = batch, s = tokens, h/g = query/kv heads, d = head_dim):
+Stable names, in forward order (b = batch, s = tokens, t = cached + new tokens, h/g = query/kv
+heads, d = head_dim):
 
     input_ids                               [b, s]
+    attention_mask / position_ids           [b, t] / [b, s]  only when given to `trace_forward`
     embed_tokens                            [b, s, D]   (after Open-Llama's embedding LayerNorm, if any)
     layers.N.input_layernorm                [b, s, D]
     layers.N.self_attn.q / k / v            [b, h|g, s, d]   projections split into heads, before RoPE
     layers.N.self_attn.q_rope / k_rope      [b, h|g, s, d]   after RoPE (rotate-half layout)
-    layers.N.self_attn.probs                [b, h, s, s]     attention probabilities
+    layers.N.self_attn.probs                [b, h, s, t]     attention probabilities, over every key
     layers.N.self_attn.context              [b, s, h*d]      probabilities @ values, heads merged
     layers.N.self_attn.o_proj               [b, s, D]
     layers.N.attn_residual                  [b, s, D]        residual stream after attention
