@@ -294,8 +294,7 @@ def write_hf_checkpoint(ckpt_dir: str | Path, out_dir: str | Path, force: bool =
     if tokenizer.is_file():
         files["tokenizer_config.json"] = tokenizer_config(load_sentencepiece_model(tokenizer), config)
         copies["tokenizer.model"] = tokenizer
-    return write_checkpoint_dir(out, files, tensors, bf16=bf16, copies=copies, replace_dir=True,
-                                total_parameters=sum(int(t.size) for t in tensors.values()))
+    return write_checkpoint_dir(out, files, tensors, bf16=bf16, copies=copies, replace_dir=True)
 
 
 def convert_meta(ckpt_dir: str | Path, out_dir: str | Path, progress: bool = True, force: bool = False,
