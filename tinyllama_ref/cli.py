@@ -253,6 +253,8 @@ def cmd_mask(args) -> int:
     from .config import LlamaConfig
     from .mask_view import visualize_mask
 
+    from .formats.meta import is_meta_checkpoint
+
     path = resolve_model(args.model)
     if path.suffix == ".gguf":  # the config from the metadata alone: no tensor is read
         from .formats.gguf import config_from_metadata
@@ -261,6 +263,10 @@ def cmd_mask(args) -> int:
         file = read_gguf_file(path)
         config = LlamaConfig.from_dict(config_from_metadata(file.metadata, [t.name for t in file.tensors], str(path)),
                                        source=str(path))
+    elif is_meta_checkpoint(path):  # from params.json and tokenizer.model: no shard is read
+        from .formats.meta import read_meta_config
+
+        config = LlamaConfig.from_dict(read_meta_config(path), source=str(path / "params.json"))
     else:
         config = LlamaConfig.from_json(path / "config.json")
     print(visualize_mask(config, tl.load_tokenizer(path), args.prompt, past=args.past,

@@ -230,12 +230,9 @@ def merge_shards(shards: list[tuple[Path, dict[str, np.ndarray]]]) -> dict[str, 
     return out
 
 
-def read_meta_checkpoint(ckpt_dir: str | Path, llama_version: str = "1") -> tuple[dict, dict[str, np.ndarray], set[str]]:
-    """Read a Meta checkpoint directory: (HF config dict, HF-named tensors, names stored as bfloat16).
-
-    Tensors keep their file's dtype (bfloat16: as float32, exactly); q_proj/k_proj rows come back
-    in HF's layout. Names and shapes are checked against the config.
-    """
+def read_meta_config(ckpt_dir: str | Path, llama_version: str = "1") -> dict:
+    """The HF config dict of a Meta checkpoint directory, from params.json and tokenizer.model alone
+    (its size and BOS/EOS ids); no shard is read."""
     ckpt_dir = Path(ckpt_dir)
     params = read_params(ckpt_dir)
     tokenizer = ckpt_dir / "tokenizer.model"
@@ -244,7 +241,17 @@ def read_meta_checkpoint(ckpt_dir: str | Path, llama_version: str = "1") -> tupl
         sp = load_sentencepiece_model(tokenizer)
         vocab_size = len(sp.pieces)
         special_ids = (sp.bos_id, sp.eos_id)
-    config = config_from_params(params, vocab_size, llama_version, str(ckpt_dir / "params.json"), special_ids)
+    return config_from_params(params, vocab_size, llama_version, str(ckpt_dir / "params.json"), special_ids)
+
+
+def read_meta_checkpoint(ckpt_dir: str | Path, llama_version: str = "1") -> tuple[dict, dict[str, np.ndarray], set[str]]:
+    """Read a Meta checkpoint directory: (HF config dict, HF-named tensors, names stored as bfloat16).
+
+    Tensors keep their file's dtype (bfloat16: as float32, exactly); q_proj/k_proj rows come back
+    in HF's layout. Names and shapes are checked against the config.
+    """
+    ckpt_dir = Path(ckpt_dir)
+    config = read_meta_config(ckpt_dir, llama_version)
     shards = []
     bf16: set[str] = set()
     for path in shard_files(ckpt_dir):
