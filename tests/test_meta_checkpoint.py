@@ -370,6 +370,7 @@ def test_convert_loads_in_transformers(meta_case, torch, tmp_path, capsys):
     name, case, path, model, _, ids = meta_case
     assert cli.main(["info", "--model", str(path)]) == 0  # every command takes a Meta directory as --model
     assert f"context {16384 if case.rope_theta else 2048}" in capsys.readouterr().out
+    assert cli.main(["mask", "a b", "--model", str(path)]) == 0, capsys.readouterr().err
     out = tmp_path / "hf"
     assert cli.main(["convert", str(path), str(out), "--llama-version", "2"]) == 0, capsys.readouterr().err
     assert sorted(p.name for p in out.iterdir()) == ["config.json", "generation_config.json", "model.safetensors",

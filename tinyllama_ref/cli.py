@@ -253,6 +253,8 @@ def cmd_mask(args) -> int:
     from .config import LlamaConfig
     from .mask_view import visualize_mask
 
+    from .formats.meta import is_meta_checkpoint
+
     path = resolve_model(args.model)
     if path.suffix == ".gguf":  # the config from the metadata alone: no tensor is read
         from .formats.gguf import config_from_metadata
@@ -261,6 +263,10 @@ def cmd_mask(args) -> int:
         file = read_gguf_file(path)
         config = LlamaConfig.from_dict(config_from_metadata(file.metadata, [t.name for t in file.tensors], str(path)),
                                        source=str(path))
+    elif is_meta_checkpoint(path):  # from params.json and tokenizer.model: no shard is read
+        from .formats.meta import read_meta_config
+
+        config = LlamaConfig.from_dict(read_meta_config(path), source=str(path / "params.json"))
     else:
         config = LlamaConfig.from_json(path / "config.json")
     print(visualize_mask(config, tl.load_tokenizer(path), args.prompt, past=args.past,
@@ -269,19 +275,21 @@ def cmd_mask(args) -> int:
 
 
 def cmd_perplexity(args) -> int:
-    from .perplexity import perplexity, windows, check_window
+    from .perplexity import check_window, perplexity_of_ids, windows
 
     try:
         text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
         raise CLIError(f"{args.file}: not UTF-8 text ({e})") from None
+    if not text:
+        raise CLIError(f"{args.file}: the text is empty: perplexity needs at least 2 tokens")
     model, tokenizer = _load(args)
-    n = len(tokenizer.encode(text)) if text else 0
-    if n >= 2:
-        max_length, stride = check_window(n, model.config.max_position_embeddings, args.max_length, args.stride)
-        print(f"{n} tokens, max_length {max_length}, stride {stride}: {len(windows(n, max_length, stride))} "
-              f"windows", file=sys.stderr)
-    ppl = perplexity(model, tokenizer, text, max_length=args.max_length, stride=args.stride, progress=True)
+    ids = tokenizer.encode(text)  # once: tl.perplexity(model, tokenizer, text) is perplexity_of_ids of these
+    n = len(ids)
+    max_length, stride = check_window(n, model.config.max_position_embeddings, args.max_length, args.stride)
+    print(f"{n} tokens, max_length {max_length}, stride {stride}: {len(windows(n, max_length, stride))} "
+          f"windows", file=sys.stderr)
+    ppl = perplexity_of_ids(model, ids, max_length=max_length, stride=stride, progress=True)
     print(f"perplexity: {ppl:.4f}")
     return 0
 

@@ -33,7 +33,7 @@ from .config import LlamaConfig
 from .formats.checkpoint import random_tensors
 from .formats.safetensors import write_safetensors, write_text_atomic
 from .kv_cache import KVCache
-from .parity import compare, drop_padding, load_tensors, print_comparison, save_tensors, trace_forward
+from .parity import compare_dumps, print_comparison, save_tensors, trace_forward
 
 FORMAT_VERSION = 1
 PREFILL_LEN, DECODE_STEPS, BATCH_LEN, BATCH_PAD, PAD_ID = 8, 3, 10, 3, 0
@@ -359,11 +359,7 @@ def compare_case(case_dir: str | Path, theirs: str | Path, input_name: str | Non
         if path is None:
             results[name] = "no dump given"
             continue
-        ours = load_tensors(case_dir / f"{name}.safetensors")
-        other = load_tensors(path)
-        if "attention_mask" in ours:
-            ours, other = drop_padding(ours, ours["attention_mask"]), drop_padding(other, ours["attention_mask"])
-        rows = compare(ours, other, rtol, atol)
+        rows = compare_dumps(case_dir / f"{name}.safetensors", path, rtol, atol)
         table = not shown and any(r["status"] != "ok" for r in rows)  # the table of the first input that differs
         shown = shown or table
         print(f"== {case_dir.name} / {name} ({path})", file=out)

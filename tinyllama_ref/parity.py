@@ -1,13 +1,15 @@
 """The parity kit: dump every intermediate of a forward pass, and compare two dumps tensor by tensor.
 
-Stable names, in forward order (b = batch, s = tokens, h/g = query/kv heads, d = head_dim):
+Stable names, in forward order (b = batch, s = tokens, t = cached + new tokens, h/g = query/kv
+heads, d = head_dim):
 
     input_ids                               [b, s]
+    attention_mask / position_ids           [b, t] / [b, s]  only when given to `trace_forward`
     embed_tokens                            [b, s, D]   (after Open-Llama's embedding LayerNorm, if any)
     layers.N.input_layernorm                [b, s, D]
     layers.N.self_attn.q / k / v            [b, h|g, s, d]   projections split into heads, before RoPE
     layers.N.self_attn.q_rope / k_rope      [b, h|g, s, d]   after RoPE (rotate-half layout)
-    layers.N.self_attn.probs                [b, h, s, s]     attention probabilities
+    layers.N.self_attn.probs                [b, h, s, t]     attention probabilities, over every key
     layers.N.self_attn.context              [b, s, h*d]      probabilities @ values, heads merged
     layers.N.self_attn.o_proj               [b, s, D]
     layers.N.attn_residual                  [b, s, D]        residual stream after attention
@@ -186,16 +188,20 @@ def drop_padding(tensors: Mapping[str, np.ndarray], attention_mask) -> dict[str,
     return out
 
 
-def compare_files(ours: str | Path, theirs: str | Path, rtol: float = 1e-3, atol: float = 1e-4,
-                  out=None) -> int:
-    """Print the comparison table; return 0 when nothing diverges, 1 otherwise (the CLI's exit code).
-
-    When `ours` holds an `attention_mask`, padding positions are not compared (`drop_padding`).
-    """
+def compare_dumps(ours: str | Path, theirs: str | Path, rtol: float = 1e-3, atol: float = 1e-4) -> list[dict]:
+    """`compare` of two dump files. When `ours` holds an `attention_mask`, padding positions are not
+    compared (`drop_padding`)."""
     mine, other = load_tensors(ours), load_tensors(theirs)
     if "attention_mask" in mine:
         mine, other = drop_padding(mine, mine["attention_mask"]), drop_padding(other, mine["attention_mask"])
-    return print_comparison(compare(mine, other, rtol, atol), rtol, atol, f"{ours} and {theirs}", out)
+    return compare(mine, other, rtol, atol)
+
+
+def compare_files(ours: str | Path, theirs: str | Path, rtol: float = 1e-3, atol: float = 1e-4,
+                  out=None) -> int:
+    """Print the comparison table of two dump files (`compare_dumps`); return 0 when nothing diverges,
+    1 otherwise (the CLI's exit code)."""
+    return print_comparison(compare_dumps(ours, theirs, rtol, atol), rtol, atol, f"{ours} and {theirs}", out)
 
 
 def print_comparison(rows: list[dict], rtol: float, atol: float, what: str = "the two dumps", out=None,

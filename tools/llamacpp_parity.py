@@ -377,7 +377,8 @@ def main(argv=None) -> int:
     # our side: the same ids for every run (our tokenizer's, cut to --tokens)
     tokenizer = tl.load_tokenizer(q4_gguf)
     prompts = PROMPTS[:args.prompts]
-    ids = [tokenizer.encode(p, add_bos=False)[:args.tokens] for p in prompts]
+    prompt_ids = [tokenizer.encode(p, add_bos=False) for p in prompts]  # whole: llama.cpp's must equal them
+    ids = [row[:args.tokens] for row in prompt_ids]
     runs = [("Q4_1 GGUF", q4_gguf, None), ("F32 GGUF", f32, None), ("F32 GGUF", f32, GGML_F32)]
     n_ctx = max(256, -(-max(map(len, ids)) // 256) * 256)
     strings = generate_strings(args.strings, args.seed)
@@ -393,19 +394,21 @@ def main(argv=None) -> int:
     llamacpp_s = time.perf_counter() - t0
 
     t0 = time.perf_counter()
+    ours_logits = {}  # weights file -> [positions, V] per prompt: llama.cpp's KV cache type is not ours to vary
+    for path in dict.fromkeys(path for _, path, _ in runs):
+        model = tl.load(path)
+        ours_logits[path] = [np.asarray(model([row]).logits[0], np.float32) for row in ids]
+        del model
     logit_results = []
     for i, (weights, path, kv) in enumerate(runs):
-        model = tl.load(path)
-        for j, row in enumerate(ids):
-            ours = np.asarray(model([row]).logits[0], np.float32)
+        for j, ours in enumerate(ours_logits[path]):
             stats = logit_stats(ours, theirs[f"logits_{i}_{j}"])
-            same = theirs[f"prompt_ids_{i}_{j}"].tolist() == tokenizer.encode(prompts[j], add_bos=False)
+            same = theirs[f"prompt_ids_{i}_{j}"].tolist() == prompt_ids[j]
             logit_results.append({"weights": weights, "kv_cache": "F16 (default)" if kv is None else "F32",
                                   "prompt": j, **stats, "same_prompt_ids": same})
-        del model
     # the F32 GGUF holds our checkpoint's weights (themselves our dequantization of the Q4_1 file)
-    same_weights = float(np.abs(np.asarray(tl.load(f32)([ids[0]]).logits, np.float64)
-                                - np.asarray(tl.load(hf_dir)([ids[0]]).logits)).max())
+    same_weights = float(np.abs(np.asarray(ours_logits[f32][0], np.float64)
+                                - np.asarray(tl.load(hf_dir)([ids[0]]).logits[0])).max())
     tok_results = []
     for i, (name, path, special) in enumerate(tok_runs if strings else []):
         tok = tl.load_tokenizer(path)

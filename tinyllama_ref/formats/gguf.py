@@ -436,8 +436,7 @@ def write_hf_checkpoint(gguf_path: str | Path, out_dir: str | Path, progress: bo
         files["tokenizer_config.json"] = tokenizer_config(metadata, config)
     else:
         warnings.warn(f"{gguf_path}: no tokenizer in the metadata; wrote the model without one", stacklevel=2)
-    return write_checkpoint_dir(out, files, tensors, replace_dir=True,
-                                total_parameters=sum(int(t.size) for t in tensors.values()))
+    return write_checkpoint_dir(out, files, tensors, replace_dir=True)
 
 
 def convert_gguf(gguf_path: str | Path, out_dir: str | Path, progress: bool = True, force: bool = False) -> Path:

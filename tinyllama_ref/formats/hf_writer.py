@@ -210,6 +210,7 @@ def write_checkpoint_dir(out_dir: str | Path, text_files: Mapping[str, Any], ten
     `bf16` stored as bfloat16) as a checkpoint directory: one safetensors file, or shards and their
     index past `max_shard_size`; and the files of `copies` ({name: source path}) copied as they are.
 
+    `total_parameters` (the index's, when sharded) defaults to the tensors' element count.
     All is written into a temporary directory beside `out_dir` first (see the module docstring for
     what a failure leaves). `replace_dir`: the finished directory takes the place of `out_dir` whole,
     whatever it held; otherwise an existing directory keeps the files this write does not name.
@@ -233,10 +234,10 @@ def write_checkpoint_dir(out_dir: str | Path, text_files: Mapping[str, Any], ten
             write_safetensors(staging / file_name, {n: tensors[n] for n in names}, metadata={"format": "pt"},
                               bf16=bf16.intersection(names))
         if len(shards) > 1:
-            index = {"metadata": {"total_size": sum(sizes.values())},
+            if total_parameters is None:
+                total_parameters = sum(math.prod(arr.shape) for arr in tensors.values())
+            index = {"metadata": {"total_parameters": total_parameters, "total_size": sum(sizes.values())},
                      "weight_map": {n: f for f, names in shards.items() for n in names}}
-            if total_parameters is not None:
-                index["metadata"]["total_parameters"] = total_parameters
             write_text_atomic(staging / INDEX_NAME, _json(index))
         if replace_dir or not out.exists() or not any(out.iterdir()):
             _publish_dir(staging, out)

@@ -230,12 +230,9 @@ def merge_shards(shards: list[tuple[Path, dict[str, np.ndarray]]]) -> dict[str, 
     return out
 
 
-def read_meta_checkpoint(ckpt_dir: str | Path, llama_version: str = "1") -> tuple[dict, dict[str, np.ndarray], set[str]]:
-    """Read a Meta checkpoint directory: (HF config dict, HF-named tensors, names stored as bfloat16).
-
-    Tensors keep their file's dtype (bfloat16: as float32, exactly); q_proj/k_proj rows come back
-    in HF's layout. Names and shapes are checked against the config.
-    """
+def read_meta_config(ckpt_dir: str | Path, llama_version: str = "1") -> dict:
+    """The HF config dict of a Meta checkpoint directory, from params.json and tokenizer.model alone
+    (its size and BOS/EOS ids); no shard is read."""
     ckpt_dir = Path(ckpt_dir)
     params = read_params(ckpt_dir)
     tokenizer = ckpt_dir / "tokenizer.model"
@@ -244,23 +241,30 @@ def read_meta_checkpoint(ckpt_dir: str | Path, llama_version: str = "1") -> tupl
         sp = load_sentencepiece_model(tokenizer)
         vocab_size = len(sp.pieces)
         special_ids = (sp.bos_id, sp.eos_id)
-    config = config_from_params(params, vocab_size, llama_version, str(ckpt_dir / "params.json"), special_ids)
+    return config_from_params(params, vocab_size, llama_version, str(ckpt_dir / "params.json"), special_ids)
+
+
+def read_meta_checkpoint(ckpt_dir: str | Path, llama_version: str = "1") -> tuple[dict, dict[str, np.ndarray], set[str]]:
+    """Read a Meta checkpoint directory: (HF config dict, HF-named tensors, names stored as bfloat16).
+
+    Tensors keep their file's dtype (bfloat16: as float32, exactly); q_proj/k_proj rows come back
+    in HF's layout. Names and shapes are checked against the config.
+    """
+    ckpt_dir = Path(ckpt_dir)
+    config = read_meta_config(ckpt_dir, llama_version)
     shards = []
     bf16: set[str] = set()
     for path in shard_files(ckpt_dir):
         tensors, bf16_names = read_torch_file(path)
         shards.append((path, tensors))
         bf16 |= bf16_names
-    tensors = merge_shards(shards)
     llama = LlamaConfig.from_dict(config, source=str(ckpt_dir / "params.json"))
+    # Names and shapes checked first (permuting rows keeps a shape), so unpermute_qk gets whole heads.
+    tensors = check_tensors(merge_shards(shards), llama, str(ckpt_dir))
     for name, w in tensors.items():
         if ".q_proj." in name or ".k_proj." in name:
             heads = llama.num_attention_heads if ".q_proj." in name else llama.num_key_value_heads
-            if w.ndim != 2 or w.shape[0] != heads * llama.head_dim:
-                raise CheckpointError(f"{ckpt_dir}: tensor {name!r} has shape {w.shape}, but the config needs "
-                                      f"{(heads * llama.head_dim, llama.hidden_size)}")
             tensors[name] = unpermute_qk(w, heads)  # [heads*d, D]: per head, even rows then odd rows
-    tensors = check_tensors(tensors, llama, str(ckpt_dir))
     bf16 = {hf_name(n)[0] for n in bf16 if n not in IGNORED}
     embed = "model.embed_tokens.weight"
     config["torch_dtype"] = "bfloat16" if embed in bf16 else str(tensors[embed].dtype)
@@ -297,8 +301,7 @@ def write_hf_checkpoint(ckpt_dir: str | Path, out_dir: str | Path, force: bool =
     if tokenizer.is_file():
         files["tokenizer_config.json"] = tokenizer_config(load_sentencepiece_model(tokenizer), config)
         copies["tokenizer.model"] = tokenizer
-    return write_checkpoint_dir(out, files, tensors, bf16=bf16, copies=copies, replace_dir=True,
-                                total_parameters=sum(int(t.size) for t in tensors.values()))
+    return write_checkpoint_dir(out, files, tensors, bf16=bf16, copies=copies, replace_dir=True)
 
 
 def convert_meta(ckpt_dir: str | Path, out_dir: str | Path, progress: bool = True, force: bool = False,
