@@ -126,7 +126,8 @@ class SafeUnpickler(pickle._Unpickler):
         self.source = source
         self.read_storage = read_storage
         self.storages: dict[str, Storage] = {}
-        self.bf16_ids: set[int] = set()  # id() of each tensor rebuilt from a bfloat16 storage
+        # each tensor rebuilt from a bfloat16 storage, by id(); held here so that no id is reused for another
+        self.bf16: dict[int, np.ndarray] = {}
 
     def find_class(self, module: str, name: str):
         if (module, name) == ("torch._utils", "_rebuild_tensor_v2"):
@@ -155,7 +156,7 @@ class SafeUnpickler(pickle._Unpickler):
         """`rebuild_tensor`, noting which tensors were bfloat16 (they come back as float32)."""
         tensor = rebuild_tensor(storage, *args)
         if storage.dtype == "bfloat16":
-            self.bf16_ids.add(id(tensor))
+            self.bf16[id(tensor)] = tensor
         return tensor
 
 
@@ -173,6 +174,11 @@ def _entry_bytes(path: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo, mm) -> 
     if start + info.file_size > mm.size:
         raise CheckpointError(f"{path}: entry {info.filename!r} runs past the end of the file: truncated archive")
     return mm[start:start + info.file_size]
+
+
+# what a damaged zip archive can raise while it is read
+ZIP_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, NotImplementedError, RuntimeError,
+              ValueError, KeyError, struct.error, zlib.error)
 
 
 def read_torch_file(path: str | Path) -> tuple[dict[str, np.ndarray], set[str]]:
@@ -194,7 +200,7 @@ def read_torch_file(path: str | Path) -> tuple[dict[str, np.ndarray], set[str]]:
         raise CheckpointError(f"{path}: not a torch.save zip archive (a .pth file written by torch >= 1.6)")
     try:
         with zipfile.ZipFile(path) as zf:
-            state, bf16_ids = _unpickle_archive(path, zf)
+            state, bf16 = _unpickle_archive(path, zf)
     except CheckpointError:
         raise
     except ZIP_ERRORS as e:  # a damaged archive: bad CRC, an unknown compression, a truncated directory, ...
@@ -207,14 +213,10 @@ def read_torch_file(path: str | Path) -> tuple[dict[str, np.ndarray], set[str]]:
             raise CheckpointError(f"{path}: entry {name!r} of the state dict is a {type(value).__name__}, "
                                   f"not a tensor")
         tensors[name] = value
-    return tensors, {name for name, value in tensors.items() if id(value) in bf16_ids}
+    return tensors, {name for name, value in tensors.items() if bf16.get(id(value)) is value}
 
 
-ZIP_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, NotImplementedError, RuntimeError,
-              ValueError, KeyError, struct.error, zlib.error)
-
-
-def _unpickle_archive(path: Path, zf: zipfile.ZipFile) -> tuple[object, set[int]]:
+def _unpickle_archive(path: Path, zf: zipfile.ZipFile) -> tuple[object, dict[int, np.ndarray]]:
     """Unpickle `<name>/data.pkl` with `SafeUnpickler`, its storages read from `<name>/data/`."""
     entries = {info.filename: info for info in zf.infolist()}
     pickles = [n for n in entries if n.endswith("/data.pkl") and n.count("/") == 1]
@@ -251,4 +253,4 @@ def _unpickle_archive(path: Path, zf: zipfile.ZipFile) -> tuple[object, set[int]
         raise CheckpointError(str(e) if str(e).startswith(source) else f"{source}: {e}") from None
     except Exception as e:  # a damaged pickle: a truncated stream, a call on a non-callable, ...
         raise CheckpointError(f"{source}: cannot read {pickles[0]} ({type(e).__name__}: {e})") from None
-    return state, unpickler.bf16_ids
+    return state, unpickler.bf16
