@@ -315,6 +315,7 @@ def test_adding_tokens_as_transformers(name, request):
     assert calls(ours) == calls(hf)
     text = "a hello_new,b<pad>c<extra_tok>Hello"
     assert ours.encode(text) == hf.encode(text)
+    assert ours.tokenize(text) == hf.tokenize(text)  # the added tokens past the vocabulary included
     ids = ours.encode(text)
     assert ours.decode(ids, skip_special_tokens=True) == hf.decode(ids, skip_special_tokens=True)
     assert ours.convert_ids_to_tokens(ids) == hf.convert_ids_to_tokens(ids)

@@ -151,7 +151,7 @@ class Tokenizer:
 
     def tokenize(self, text: str) -> list[str]:
         """The pieces of text, without BOS/EOS: "Hello world" -> ['▁Hello', '▁world'] (LLaMA)."""
-        return [self.model.pieces[i] for i in self.encode(text, add_bos=False, add_eos=False)]
+        return [self.id_to_piece(i) for i in self.encode(text, add_bos=False, add_eos=False)]
 
     def batch_encode(self, texts, padding: str = "longest", padding_side: str = "left",
                      max_length: int | None = None, add_bos: bool | None = None,
