@@ -94,7 +94,7 @@ class Tokenizer:
         self._added_by_content = {t.content: t for t in self.added_tokens}
         self._added_past_vocab = {t.id: t.content for t in self.added_tokens if t.id >= self.vocab_size}
         if sorted(self._added_past_vocab) != list(range(self.vocab_size, self.vocab_size + len(self._added_past_vocab))):
-            raise TokenizerError(f"{self.source}: tokens added past the vocabulary must take the ids "
+            raise TokenizerError(f"{self.source}: added_tokens past the vocabulary must take the ids "
                                  f"{self.vocab_size}, {self.vocab_size + 1}, ... in turn; they take "
                                  f"{sorted(self._added_past_vocab)[:8]}")
         ordered = sorted(self.added_tokens, key=lambda t: (-len(t.content), t.content))
