@@ -466,10 +466,9 @@ def save_vocabulary(tok, save_directory, filename_prefix: str | None = None) -> 
     if serialized is not None:
         return (_write(directory / f"{prefix}tokenizer.model", serialized),)
     if hasattr(tok.model, "merges"):
-        vocab = {p: i for i, p in enumerate(tok.model.pieces)}
+        vocab = json.dumps(tok.model.piece_to_id, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
         merges = "#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in tok.model.merges)
-        return (_write(directory / f"{prefix}vocab.json", json.dumps(vocab, indent=2, sort_keys=True,
-                                                                      ensure_ascii=False) + "\n"),
+        return (_write(directory / f"{prefix}vocab.json", vocab),
                 _write(directory / f"{prefix}merges.txt", merges))
     raise NotImplementedError(f"save_vocabulary: {tok.source} was not read from a tokenizer.model, so there are "
                               "no SentencePiece bytes to write back")
