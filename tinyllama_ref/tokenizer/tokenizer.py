@@ -169,8 +169,6 @@ class Tokenizer:
         """
         if isinstance(texts, str):
             raise TypeError("batch_encode takes a list of str; for one text use encode")
-        if padding_side not in ("left", "right"):
-            raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
         rows = [self.encode(t, add_bos=add_bos, add_eos=add_eos) for t in texts]
         longest = max((len(r) for r in rows), default=0)
         if padding == "longest":
