@@ -38,7 +38,7 @@ class Tokenizer:
     It also answers to Hugging Face's tokenizer API (`tok(texts, padding=True)`, `add_special_tokens`,
     `apply_chat_template`, `save_pretrained`, ...): see `hf_api`.
     """
-    model: object  # SentencePieceBPE or ByteLevelBPE: both have encode_chunk, decode, pieces, piece_to_id
+    model: object  # SentencePieceBPE or MergesBPE (hf_bpe): both have encode_chunk, decode, pieces, piece_to_id
     added_tokens: list = field(default_factory=list)
     bos_id: int | None = None
     eos_id: int | None = None
