@@ -89,14 +89,16 @@ class Tokenizer:
         return {t.id for t in self.added_tokens if t.special}
 
     def set_added_tokens(self, tokens) -> None:
-        """Replace the tokens that are matched in text (longest first at each position)."""
-        self.added_tokens = list(tokens)
-        self._added_by_content = {t.content: t for t in self.added_tokens}
-        self._added_past_vocab = {t.id: t.content for t in self.added_tokens if t.id >= self.vocab_size}
-        if sorted(self._added_past_vocab) != list(range(self.vocab_size, self.vocab_size + len(self._added_past_vocab))):
+        """Replace the tokens that are matched in text (longest first at each position). Tokens past the
+        vocabulary must take its next ids in turn (vocab_size, vocab_size + 1, ...); else nothing changes."""
+        tokens = list(tokens)
+        past = {t.id: t.content for t in tokens if t.id >= self.vocab_size}
+        if sorted(past) != list(range(self.vocab_size, self.vocab_size + len(past))):
             raise TokenizerError(f"{self.source}: added_tokens past the vocabulary must take the ids "
-                                 f"{self.vocab_size}, {self.vocab_size + 1}, ... in turn; they take "
-                                 f"{sorted(self._added_past_vocab)[:8]}")
+                                 f"{self.vocab_size}, {self.vocab_size + 1}, ... in turn; they take {sorted(past)[:8]}")
+        self.added_tokens = tokens
+        self._added_by_content = {t.content: t for t in tokens}
+        self._added_past_vocab = past
         ordered = sorted(self.added_tokens, key=lambda t: (-len(t.content), t.content))
         groups = []
         for t in ordered:
