@@ -108,13 +108,8 @@ def apply_chat_template(tokenizer, messages, add_generation_prompt: bool = True,
     if not isinstance(messages, (list, tuple)) or not messages:
         raise ValueError("messages must be a non-empty list of {'role', 'content'} dicts")
     messages = [{k: v for k, v in m.items() if v is not None} for m in messages]
-    special = {}
-    for name in ("bos", "eos", "unk", "pad"):
-        i = getattr(tokenizer, f"{name}_id")
-        if i is not None:
-            special[f"{name}_token"] = tokenizer.id_to_piece(i)
-    text = compile_chat_template(template).render(
-        messages=messages, add_generation_prompt=add_generation_prompt, **{**special, **kwargs})
+    text = compile_chat_template(template).render(  # the special tokens as transformers passes them
+        messages=messages, add_generation_prompt=add_generation_prompt, **{**tokenizer.special_tokens_map, **kwargs})
     if not tokenize:
         return text
     return tokenizer.encode(text, add_bos=False, add_eos=False)

@@ -466,18 +466,20 @@ def save_vocabulary(tok, save_directory, filename_prefix: str | None = None) -> 
     if serialized is not None:
         return (_write(directory / f"{prefix}tokenizer.model", serialized),)
     if hasattr(tok.model, "merges"):
-        vocab = {p: i for i, p in enumerate(tok.model.pieces)}
+        vocab = json.dumps(tok.model.piece_to_id, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
         merges = "#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in tok.model.merges)
-        return (_write(directory / f"{prefix}vocab.json", json.dumps(vocab, indent=2, sort_keys=True,
-                                                                      ensure_ascii=False) + "\n"),
+        return (_write(directory / f"{prefix}vocab.json", vocab),
                 _write(directory / f"{prefix}merges.txt", merges))
     raise NotImplementedError(f"save_vocabulary: {tok.source} was not read from a tokenizer.model, so there are "
                               "no SentencePiece bytes to write back")
 
 
-def _added_entry(t, normalized=None) -> dict:
-    return {"content": t.content, "lstrip": t.lstrip, "normalized": (not t.special) if normalized is None else normalized,
-            "rstrip": t.rstrip, "single_word": False, "special": t.special}
+def _added_entry(t, read: dict | None = None) -> dict:
+    """An added token as tokenizer files write it; single_word and normalized, which AddedToken does not
+    keep, come from `read` (its entry in the tokenizer.json it was read from) where there is one."""
+    read = read or {}
+    return {"content": t.content, "lstrip": t.lstrip, "normalized": bool(read.get("normalized", not t.special)),
+            "rstrip": t.rstrip, "single_word": bool(read.get("single_word")), "special": t.special}
 
 
 def save_pretrained(tok, save_directory, filename_prefix: str | None = None, **kwargs) -> tuple[str, ...]:
@@ -493,14 +495,12 @@ def save_pretrained(tok, save_directory, filename_prefix: str | None = None, **k
     files = []
     spec = getattr(tok.model, "spec", None)
     is_sp = getattr(tok.model, "serialized", None) is not None
+    by_id = sorted(tok.added_tokens, key=lambda t: t.id)
     if is_sp:
         files += save_vocabulary(tok, directory, filename_prefix)
     elif spec is not None:
-        old = {t.get("content"): t for t in spec.get("added_tokens") or []}
-        added = [{"id": t.id, "content": t.content, "single_word": bool(old.get(t.content, {}).get("single_word")),
-                  "lstrip": t.lstrip, "rstrip": t.rstrip,
-                  "normalized": bool(old.get(t.content, {}).get("normalized", not t.special)), "special": t.special}
-                 for t in sorted(tok.added_tokens, key=lambda t: t.id)]
+        read = {t.get("content"): t for t in spec.get("added_tokens") or []}
+        added = [{"id": t.id, **_added_entry(t, read.get(t.content))} for t in by_id]
         files.append(_write(directory / f"{prefix}tokenizer.json", _json({**spec, "added_tokens": added})))
     else:
         raise NotImplementedError(f"save_pretrained: {tok.source} was read from neither a tokenizer.model nor a "
@@ -508,7 +508,7 @@ def save_pretrained(tok, save_directory, filename_prefix: str | None = None, **k
     named = special_tokens_map(tok)
     config = {
         "add_bos_token": tok.add_bos, "add_eos_token": tok.add_eos,
-        "added_tokens_decoder": {str(t.id): _added_entry(t) for t in sorted(tok.added_tokens, key=lambda t: t.id)},
+        "added_tokens_decoder": {str(t.id): _added_entry(t) for t in by_id},
         **{f"{n}_token": named.get(f"{n}_token") for n in NAMED_SPECIAL},
         "clean_up_tokenization_spaces": False,
         "extra_special_tokens": list(tok.extra_special_tokens),

@@ -38,7 +38,7 @@ class Tokenizer:
     It also answers to Hugging Face's tokenizer API (`tok(texts, padding=True)`, `add_special_tokens`,
     `apply_chat_template`, `save_pretrained`, ...): see `hf_api`.
     """
-    model: object  # SentencePieceBPE or ByteLevelBPE: both have encode_chunk, decode, pieces, piece_to_id
+    model: object  # SentencePieceBPE or MergesBPE (hf_bpe): both have encode_chunk, decode, pieces, piece_to_id
     added_tokens: list = field(default_factory=list)
     bos_id: int | None = None
     eos_id: int | None = None
@@ -89,14 +89,16 @@ class Tokenizer:
         return {t.id for t in self.added_tokens if t.special}
 
     def set_added_tokens(self, tokens) -> None:
-        """Replace the tokens that are matched in text (longest first at each position)."""
-        self.added_tokens = list(tokens)
-        self._added_by_content = {t.content: t for t in self.added_tokens}
-        self._added_past_vocab = {t.id: t.content for t in self.added_tokens if t.id >= self.vocab_size}
-        if sorted(self._added_past_vocab) != list(range(self.vocab_size, self.vocab_size + len(self._added_past_vocab))):
-            raise TokenizerError(f"{self.source}: tokens added past the vocabulary must take the ids "
-                                 f"{self.vocab_size}, {self.vocab_size + 1}, ... in turn; they take "
-                                 f"{sorted(self._added_past_vocab)[:8]}")
+        """Replace the tokens that are matched in text (longest first at each position). Tokens past the
+        vocabulary must take its next ids in turn (vocab_size, vocab_size + 1, ...); else nothing changes."""
+        tokens = list(tokens)
+        past = {t.id: t.content for t in tokens if t.id >= self.vocab_size}
+        if sorted(past) != list(range(self.vocab_size, self.vocab_size + len(past))):
+            raise TokenizerError(f"{self.source}: added_tokens past the vocabulary must take the ids "
+                                 f"{self.vocab_size}, {self.vocab_size + 1}, ... in turn; they take {sorted(past)[:8]}")
+        self.added_tokens = tokens
+        self._added_by_content = {t.content: t for t in tokens}
+        self._added_past_vocab = past
         ordered = sorted(self.added_tokens, key=lambda t: (-len(t.content), t.content))
         groups = []
         for t in ordered:
@@ -151,7 +153,7 @@ class Tokenizer:
 
     def tokenize(self, text: str) -> list[str]:
         """The pieces of text, without BOS/EOS: "Hello world" -> ['▁Hello', '▁world'] (LLaMA)."""
-        return [self.model.pieces[i] for i in self.encode(text, add_bos=False, add_eos=False)]
+        return [self.id_to_piece(i) for i in self.encode(text, add_bos=False, add_eos=False)]
 
     def batch_encode(self, texts, padding: str = "longest", padding_side: str = "left",
                      max_length: int | None = None, add_bos: bool | None = None,
@@ -169,8 +171,6 @@ class Tokenizer:
         """
         if isinstance(texts, str):
             raise TypeError("batch_encode takes a list of str; for one text use encode")
-        if padding_side not in ("left", "right"):
-            raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
         rows = [self.encode(t, add_bos=add_bos, add_eos=add_eos) for t in texts]
         longest = max((len(r) for r in rows), default=0)
         if padding == "longest":
