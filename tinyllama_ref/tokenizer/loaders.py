@@ -131,8 +131,9 @@ def apply_tokenizer_config(tok: Tokenizer, directory: Path) -> None:
     for side in ("padding_side", "truncation_side"):
         if config.get(side) in ("left", "right"):
             setattr(tok, side, config[side])
-    if isinstance(config.get("model_max_length"), (int, float)) and config["model_max_length"] > 0:
-        tok.model_max_length = int(config["model_max_length"])
+    limit = config.get("model_max_length")
+    if isinstance(limit, (int, float)) and not isinstance(limit, bool) and limit > 0:  # JSON true is not a length
+        tok.model_max_length = int(limit)
     if "add_bos_token" in config:
         tok.add_bos = bool(config["add_bos_token"])
     if "add_eos_token" in config:
