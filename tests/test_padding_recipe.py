@@ -18,6 +18,8 @@ from conftest import needs_transformers, record_parity
 from tinyllama_ref.cli import default_model_dir
 from tinyllama_ref.formats.checkpoint import flatten
 
+from test_save_resize import take_new_rows
+
 TOL = 1e-4  # max |Δlogits| on the real (unpadded) positions, float32: the bound of tests/test_bundled_model.py
 TEXTS = ["In the beginning God created the heaven and the earth.", "And God said,", "Let there be light"]
 
@@ -34,19 +36,13 @@ def recipe(tmp_path):
     assert len(tok) == len(hf_tok) == model.config.vocab_size + 1
     assert tok.pad_token_id == hf_tok.pad_token_id == model.config.vocab_size
     assert tok.add_special_tokens({"pad_token": "<pad>"}) == 0  # already there
-    old = np.array(model.params["model"]["embed_tokens"]["weight"])
+    old = {k: np.array(v) for k, v in flatten(model.params).items()}
     torch.manual_seed(0)
     hf.resize_token_embeddings(len(hf_tok))
     hf.config.pad_token_id = hf_tok.pad_token_id
     model.resize_token_embeddings(len(tok), seed=0)
     model.config.pad_token_id = tok.pad_token_id
-    theirs = hf.state_dict()
-    for name, arr in flatten(model.params).items():
-        assert arr.shape == tuple(theirs[name].shape), name
-        if name in ("model.embed_tokens.weight", "lm_head.weight"):
-            np.testing.assert_array_equal(arr[:-1], theirs[name].numpy()[:-1])  # old rows, bit for bit
-            arr[-1:] = theirs[name].numpy()[-1:]
-    np.testing.assert_array_equal(old, np.asarray(model.params["model"]["embed_tokens"]["weight"])[:-1])
+    take_new_rows(model, hf, old)
     return model, tok, hf, hf_tok
 
 

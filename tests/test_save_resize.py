@@ -336,14 +336,22 @@ def resized_pair(head: str, tmp_path, **config):
     old = {k: np.array(v) for k, v in flatten(ours.params).items()}
     ours.resize_token_embeddings(PAD + 1, pad_to_multiple_of=8, mean_resizing=False, seed=0)
     ours.config.pad_token_id = PAD
+    take_new_rows(ours, hf, old)
+    return hf, ours
+
+
+def take_new_rows(ours: tl.Model, hf, old: dict) -> None:
+    """After both resized: every tensor has transformers' shape, the old rows are ours from before (`old`,
+    by name) and transformers' bit for bit, and our new embedding/head rows become transformers' (its draw
+    is random) so that outputs can be compared."""
     theirs = hf.state_dict()
     for name, arr in flatten(ours.params).items():
-        want = theirs[name].numpy()
-        assert arr.shape == want.shape
-        np.testing.assert_array_equal(arr[:old[name].shape[0]], old[name])  # old rows bit for bit
+        want, n = theirs[name].numpy(), old[name].shape[0]
+        assert arr.shape == want.shape, name
+        np.testing.assert_array_equal(arr[:n], old[name])  # old rows bit for bit
         if name in ("model.embed_tokens.weight", "lm_head.weight"):
-            arr[PAD:] = want[PAD:]
-    return hf, ours
+            np.testing.assert_array_equal(arr[:n], want[:n])
+            arr[n:] = want[n:]
 
 
 def padded(ids: np.ndarray, side: str, lengths) -> tuple[np.ndarray, np.ndarray]:
