@@ -12,7 +12,8 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from tinyllama_ref.config import ConfigError
 from tinyllama_ref.formats.checkpoint import checkpoint_files
 from tinyllama_ref.formats.gguf_file import GGUFError, read_gguf_file
-from tinyllama_ref.formats.safetensors import CheckpointError, read_safetensors
+from tinyllama_ref.errors import CheckpointError
+from tinyllama_ref.formats.safetensors import read_safetensors
 from tinyllama_ref.tokenizer import TokenizerError
 from tinyllama_ref.tokenizer.hf_json import tokenizer_from_json
 from tinyllama_ref.tokenizer.sp_model import load_sentencepiece_model

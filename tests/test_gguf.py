@@ -21,8 +21,8 @@ gguf = pytest.importorskip("gguf", reason="the gguf package (llama.cpp's writer,
 from gguf import GGMLQuantizationType as Q  # noqa: E402
 
 from tinyllama_ref.fetch import FetchError, fetch_smollm2, is_complete, resolve_model_name  # noqa: E402
-from tinyllama_ref.formats.gguf import (GGUFError, dequantize_tensor, permute_qk,  # noqa: E402
-                                read_gguf, tokenizer_json, unpermute_qk, write_hf_checkpoint)
+from tinyllama_ref.formats.gguf import GGUFError, dequantize_tensor, read_gguf, tokenizer_json, write_hf_checkpoint  # noqa: E402
+from tinyllama_ref.formats.qk_permutation import permute_qk, unpermute_qk  # noqa: E402
 from tinyllama_ref.formats.gguf_file import read_gguf_file  # noqa: E402
 from tinyllama_ref.formats.gguf_pretokenizers import GGUF_PRE_TOKENIZERS  # noqa: E402
 from tinyllama_ref.tokenizer import load_tokenizer  # noqa: E402

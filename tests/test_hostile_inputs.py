@@ -13,7 +13,8 @@ import pytest
 
 import tinyllama_ref as tl
 from tinyllama_ref import cli
-from tinyllama_ref.formats.safetensors import CheckpointError, read_safetensors
+from tinyllama_ref.errors import CheckpointError
+from tinyllama_ref.formats.safetensors import read_safetensors
 from test_errors import ckpt, model, save_checkpoint  # noqa: F401 (fixtures shared with test_errors)
 
 gguf = pytest.importorskip("gguf")
@@ -84,7 +85,7 @@ def test_dump_force_replaces_through_a_rename(tmp_path, capsys):
 
 
 def test_json_writes_go_through_a_rename(tmp_path):
-    from tinyllama_ref.formats.safetensors import write_text_atomic
+    from tinyllama_ref.atomic import write_text_atomic
 
     path = tmp_path / "a.json"
     path.write_text("old")

@@ -30,7 +30,8 @@ import tinyllama_ref as tl
 from conftest import needs_transformers, record_parity
 from tinyllama_ref import cli
 from tinyllama_ref.formats.meta import config_from_params, intermediate_size, read_meta_checkpoint, shard_files
-from tinyllama_ref.formats.safetensors import CheckpointError, read_safetensors_header
+from tinyllama_ref.errors import CheckpointError
+from tinyllama_ref.formats.safetensors import read_safetensors_header
 from tinyllama_ref.formats.torch_pickle import read_torch_file
 
 REPO = Path(__file__).resolve().parent.parent

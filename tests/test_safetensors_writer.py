@@ -8,6 +8,7 @@ import sys
 import numpy as np
 import pytest
 
+from tinyllama_ref import atomic
 from tinyllama_ref.formats import safetensors as st
 from tinyllama_ref.formats.safetensors import read_safetensors, write_safetensors
 
@@ -34,7 +35,7 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary_file(tmp_path, monk
     def full_disk(fd):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(st.os, "fsync", full_disk)
+    monkeypatch.setattr(atomic.os, "fsync", full_disk)  # the writer every file goes through
     with pytest.raises(OSError, match="No space left"):
         write_safetensors(path, tensors(2.0))
     assert path.read_bytes() == before

@@ -6,7 +6,7 @@
 """
 from .config import ConfigError, LlamaConfig
 from .conversation import chat
-from .formats.safetensors import CheckpointError
+from .errors import CheckpointError
 from .generation import GenerationStats, SamplingParams, generate, generate_batch, stream
 from .kv_cache import KVCache
 from .mask_view import visualize_mask

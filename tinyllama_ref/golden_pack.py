@@ -31,7 +31,8 @@ import numpy as np
 
 from .config import LlamaConfig
 from .formats.checkpoint import random_tensors
-from .formats.safetensors import write_safetensors, write_text_atomic
+from .atomic import write_text_atomic
+from .formats.safetensors import write_safetensors
 from .kv_cache import KVCache
 from .parity import compare_dumps, print_comparison, save_tensors, trace_forward
 

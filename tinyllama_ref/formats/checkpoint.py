@@ -16,7 +16,8 @@ from typing import Mapping
 import numpy as np
 
 from ..config import LlamaConfig
-from .safetensors import CheckpointError, read_safetensors
+from ..errors import CheckpointError
+from .safetensors import read_safetensors
 
 COMPUTE_DTYPES = ("float32", "float16", "float64")
 

@@ -40,7 +40,8 @@ import numpy as np
 from ..backend import to_numpy
 from ..config import LlamaConfig
 from .checkpoint import check_output_dir, flatten
-from .safetensors import bf16_to_f32, f32_to_bf16, write_safetensors, write_text_atomic
+from ..atomic import write_text_atomic
+from .safetensors import bf16_to_f32, f32_to_bf16, write_safetensors
 
 WEIGHTS_NAME = "model.safetensors"
 INDEX_NAME = "model.safetensors.index.json"

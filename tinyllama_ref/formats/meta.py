@@ -16,7 +16,7 @@ Reading one for our model is what transformers' `convert_llama_weights_to_hf.py`
    fairscale's parallel layers cut it: see SPLIT_AXIS);
 3. Meta names  -> HF names                 (`layers.0.attention.wq.weight` -> `model.layers.0.self_attn.q_proj.weight`);
 4. q/k rows    -> HF's RoPE layout         (Meta's RoPE is interleaved, HF's is rotate-half:
-   the permutation `gguf.unpermute_qk` applies, the same for llama.cpp's files).
+   the permutation `qk_permutation.unpermute_qk` applies, the same for llama.cpp's files).
 
 `convert_meta` writes the result as an ordinary HF checkpoint directory (safetensors, config,
 tokenizer.model), which transformers loads.
@@ -35,11 +35,11 @@ from typing import Any
 import numpy as np
 
 from ..config import LlamaConfig
+from ..errors import CheckpointError
 from ..tokenizer.sp_model import load_sentencepiece_model
 from .checkpoint import check_output_dir, check_tensors
-from .gguf import unpermute_qk
 from .hf_writer import write_checkpoint_dir
-from .safetensors import CheckpointError
+from .qk_permutation import unpermute_qk
 from .torch_pickle import read_torch_file
 
 # Meta's names -> HF's, with the axis along which Meta's model-parallel shards cut each tensor:

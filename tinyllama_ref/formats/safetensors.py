@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import secrets
 import struct
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterable, Mapping
 
 import numpy as np
+
+from ..atomic import replacing
+from ..errors import CheckpointError
 
 SAFETENSORS_DTYPES = {
     "F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": np.uint16,  # BF16: raw bits, see below
@@ -25,10 +25,6 @@ SAFETENSORS_DTYPES = {
 }
 MAX_HEADER = 100 * 1024 * 1024  # the safetensors format's own limit
 MAX_TENSORS = 100_000  # per file; a 70B model has about 700 in all
-
-
-class CheckpointError(ValueError):
-    """A checkpoint file or tensor that cannot be used; the message says which and why."""
 
 
 def bf16_to_f32(bits: np.ndarray) -> np.ndarray:
@@ -167,33 +163,3 @@ def write_safetensors(path: str | Path, tensors: Mapping[str, np.ndarray], metad
         f.write(head)
         for data in blobs:
             f.write(data.reshape(-1).view(np.uint8))  # the array's own bytes, no copy
-
-
-def write_text_atomic(path: str | Path, text: str) -> None:
-    """Write a text file (UTF-8) through a temporary file and a rename, like `write_safetensors`."""
-    with replacing(Path(path)) as f:
-        f.write(text.encode("utf-8"))
-
-
-@contextmanager
-def replacing(path: Path):
-    """A new file opened for writing that replaces `path` only once it is complete and on disk."""
-    for _ in range(100):
-        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-        try:
-            # O_EXCL: a name nobody else holds; mode 0o666 less the umask, as a plain open() creates
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-            break
-        except FileExistsError:
-            continue
-    else:
-        raise FileExistsError(f"could not create a temporary file beside {path}")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise

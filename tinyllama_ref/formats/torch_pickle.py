@@ -36,7 +36,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .safetensors import CheckpointError, bf16_to_f32
+from ..errors import CheckpointError
+from .safetensors import bf16_to_f32
 
 # torch's storage classes -> the element type of their bytes ("bfloat16": raw uint16 bits, see bf16_to_f32)
 STORAGE_DTYPES = {

@@ -445,7 +445,7 @@ def _cut_after_final_message(rendered: str, final: str) -> str:
 
 # --- saving -------------------------------------------------------------------------------------------
 def _write(path: Path, data: bytes | str) -> str:
-    from ..formats.safetensors import replacing
+    from ..atomic import replacing
     with replacing(path) as f:
         f.write(data.encode("utf-8") if isinstance(data, str) else data)
     return str(path)
