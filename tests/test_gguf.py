@@ -21,12 +21,14 @@ gguf = pytest.importorskip("gguf", reason="the gguf package (llama.cpp's writer,
 from gguf import GGMLQuantizationType as Q  # noqa: E402
 
 from tinyllama_ref.fetch import FetchError, fetch_smollm2, is_complete, resolve_model_name  # noqa: E402
-from tinyllama_ref.formats.gguf import GGUFError, dequantize_tensor, read_gguf, tokenizer_json, write_hf_checkpoint  # noqa: E402
+from tinyllama_ref.convert import write_gguf_as_hf  # noqa: E402
+from tinyllama_ref.formats.gguf import GGUFError, dequantize_tensor, read_gguf  # noqa: E402
 from tinyllama_ref.formats.qk_permutation import permute_qk, unpermute_qk  # noqa: E402
 from tinyllama_ref.formats.gguf_file import read_gguf_file  # noqa: E402
-from tinyllama_ref.formats.gguf_pretokenizers import GGUF_PRE_TOKENIZERS  # noqa: E402
 from tinyllama_ref.tokenizer import load_tokenizer  # noqa: E402
-from tinyllama_ref.tokenizer.gguf_vocab import tokenizer_from_gguf_metadata  # noqa: E402
+from tinyllama_ref.tokenizer.gguf_pretokenizers import GGUF_PRE_TOKENIZERS  # noqa: E402
+from tinyllama_ref.tokenizer.gguf_vocab import tokenizer_from_gguf_metadata, tokenizer_json  # noqa: E402
+from tinyllama_ref.tokenizer.hf_api import vocabulary_file  # noqa: E402
 from tinyllama_ref.tokenizer.hf_bpe import bytes_to_unicode  # noqa: E402
 
 import realdata  # noqa: E402
@@ -435,7 +437,7 @@ def test_rope_scaling_metadata_becomes_hf_rope_scaling(tmp_path):
 
 def test_hf_checkpoint_directory_loads_with_our_reader(tmp_path):
     path, hf = write_tiny(tmp_path / "tiny.gguf", Q.Q8_0)
-    out = write_hf_checkpoint(path, tmp_path / "hf")
+    out = write_gguf_as_hf(path, tmp_path / "hf")
     from safetensors.numpy import load_file
 
     _, tensors, _ = read_gguf(path)
@@ -461,8 +463,11 @@ def read_vocab_metadata(path: Path) -> dict:
 
 
 def build_tokenizer(metadata: dict):
+    """The `tokenizers` library on the tokenizer.json that save_pretrained and convert write for the vocabulary."""
     tokenizers = pytest.importorskip("tokenizers")
-    return tokenizers.Tokenizer.from_str(json.dumps(tokenizer_json(metadata)))
+    name, text = vocabulary_file(tokenizer_from_gguf_metadata(metadata))
+    assert name == "tokenizer.json"
+    return tokenizers.Tokenizer.from_str(text)
 
 
 @pytest.mark.parametrize("name", LLAMA_CPP_VOCABS)
@@ -502,23 +507,27 @@ PRE_TOKENIZER_TEXTS = ["Hello world", "it's 12345 o'clock", "a  1\n\n  b", "x+y<
 
 
 @pytest.mark.parametrize("pre", sorted(GGUF_PRE_TOKENIZERS))
-def test_convert_and_load_tokenizer_accept_the_same_pre_tokenizers(pre):
-    """Every name in the table, on GPT-2's vocabulary: the converted tokenizer.json and ours agree."""
+def test_saved_and_loaded_tokenizer_agree_on_every_pre_tokenizer(pre):
+    """Every name in the table, on GPT-2's vocabulary: the tokenizer.json we save (and convert writes) and ours agree."""
     metadata = dict(read_vocab_metadata(realdata.llama_cpp_vocab_path("gpt-2")), **{"tokenizer.ggml.pre": pre})
     theirs, ours = build_tokenizer(metadata), tokenizer_from_gguf_metadata(metadata)
     for text in PRE_TOKENIZER_TEXTS:
         assert theirs.encode(text, add_special_tokens=False).ids == ours.encode(text, add_bos=False), repr(text)
 
 
-def test_convert_and_load_tokenizer_refuse_the_same_pre_tokenizers():
-    no_pre = tiny_vocab()
-    del no_pre["tokenizer.ggml.pre"]
-    for metadata in (dict(tiny_vocab(), **{"tokenizer.ggml.pre": "no-such-pre"}), no_pre):
-        with pytest.raises(GGUFError) as convert_error:
-            tokenizer_json(metadata, source="f.gguf")
-        with pytest.raises(GGUFError) as load_error:
-            tokenizer_from_gguf_metadata(metadata, source="f.gguf")
-        assert str(convert_error.value) == str(load_error.value)
+def test_load_and_convert_refuse_an_unknown_or_missing_pre_tokenizer(tmp_path):
+    """One reader of the vocabulary: load_tokenizer and convert refuse with the same message, naming the file and key."""
+    for said, pre in (("is 'no-such-pre'", "no-such-pre"), ("is missing", None)):
+        metadata = tiny_metadata()
+        metadata["tokenizer.ggml.pre"] = pre
+        metadata = {k: v for k, v in metadata.items() if v is not None}
+        path = write_gguf(tmp_path / "f.gguf", to_gguf_tensors(tiny_hf_tensors(), Q.F32), metadata)
+        message = rf"f.gguf: tokenizer.ggml.pre \(how text is split before BPE\) {said}; supported: "
+        with pytest.raises(GGUFError, match=message):
+            load_tokenizer(path)
+        with pytest.raises(GGUFError, match=message):
+            write_gguf_as_hf(path, tmp_path / "hf")
+        assert not (tmp_path / "hf").exists()
 
 
 def sentencepiece_metadata(model_path: Path) -> tuple[dict, object]:
@@ -590,7 +599,7 @@ def test_tiny_gguf_logits_match_transformers(torch, qtype, tmp_path):
     got = np.asarray(ours(ids).logits)
     assert np.abs(got - expected).max() <= 1e-4
     # the converted directory is an ordinary HF checkpoint: transformers loads it to the same model
-    out = write_hf_checkpoint(path, tmp_path / "hf")
+    out = write_gguf_as_hf(path, tmp_path / "hf")
     reloaded = AutoModelForCausalLM.from_pretrained(str(out), dtype=torch.float32).eval()
     with torch.no_grad():
         np.testing.assert_array_equal(reloaded(torch.tensor(ids)).logits.numpy(), expected)
@@ -621,7 +630,7 @@ def smollm2(torch, tmp_path_factory):
     theirs = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
                                                   dtype=torch.float32).eval()
     hf_tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-    out = write_hf_checkpoint(path, tmp_path_factory.mktemp("smollm2"))
+    out = write_gguf_as_hf(path, tmp_path_factory.mktemp("smollm2"))
     return {"path": path, "ours": tl.load(path), "theirs": theirs, "hf_tokenizer": hf_tokenizer, "dir": out}
 
 

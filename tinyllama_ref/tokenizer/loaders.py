@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..formats.paths import GGUF, HF_DIR, META_DIR, TOKENIZER_JSON, what_path_holds
 from .gguf_vocab import tokenizer_from_gguf
 from .hf_json import tokenizer_from_json
 from .sp_model import CONTROL, UNKNOWN, load_sentencepiece_model
@@ -28,9 +29,7 @@ def load_tokenizer(path) -> Tokenizer:
     add_bos_token / add_eos_token / legacy / special tokens / chat_template.
     """
     path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"no tokenizer at {path}: the path does not exist")
-    if path.is_file():
+    if what_path_holds(path, role="tokenizer") not in (HF_DIR, META_DIR):
         return tokenizer_from_file(path)
     for name in TOKENIZER_FILES:
         if (path / name).is_file():
@@ -50,14 +49,12 @@ def load_tokenizer(path) -> Tokenizer:
 def tokenizer_from_file(path) -> Tokenizer:
     """A Tokenizer from one file; the kind is read from the suffix, else from the first bytes."""
     path = Path(path)
-    try:
-        with open(path, "rb") as f:
-            head = f.read(8)
-    except OSError as e:
-        raise FileNotFoundError(f"cannot read tokenizer file {path}: {e.strerror or e}") from e
-    if path.suffix == ".gguf" or head.startswith(b"GGUF"):
+    kind = what_path_holds(path, role="tokenizer file")
+    if kind in (HF_DIR, META_DIR):
+        raise FileNotFoundError(f"cannot read tokenizer file {path}: it is a directory")
+    if kind == GGUF:
         return tokenizer_from_gguf(path)
-    if path.suffix == ".json" or head.lstrip().startswith(b"{"):
+    if kind == TOKENIZER_JSON:
         return tokenizer_from_json(path)
     return tokenizer_from_sentencepiece(load_sentencepiece_model(path))
 
@@ -81,8 +78,23 @@ def _token_content(value):
 
 def apply_tokenizer_config(tok: Tokenizer, directory: Path) -> None:
     """Apply tokenizer_config.json, special_tokens_map.json and chat_template.jinja from a checkpoint directory."""
+    config = read_tokenizer_config(directory)
+    added = _added_tokens(tok, config.get("added_tokens_decoder") or {}, directory)
+    _set_named_special_tokens(tok, config, added, directory)
+    try:
+        tok.set_added_tokens(added.values())
+    except TokenizerError as e:
+        raise TokenizerError(f"{directory}: added_tokens_decoder: {e}") from None
+    _set_options(tok, config)
+    template = _chat_template(config, directory)
+    if template:
+        tok.chat_template = template
+
+
+def read_tokenizer_config(directory: Path) -> dict:
+    """special_tokens_map.json, then tokenizer_config.json over it (the config wins where both say)."""
     config = {}
-    for name in ("special_tokens_map.json", "tokenizer_config.json"):  # the config wins where both say
+    for name in ("special_tokens_map.json", "tokenizer_config.json"):
         p = directory / name
         if p.is_file():
             try:
@@ -92,11 +104,16 @@ def apply_tokenizer_config(tok: Tokenizer, directory: Path) -> None:
             if not isinstance(data, dict):
                 raise ValueError(f"{p} must hold a JSON object, got {type(data).__name__}")
             config.update(data)
+    return config
+
+
+def _added_tokens(tok: Tokenizer, decoder, directory: Path) -> dict[str, AddedToken]:
+    """The tokenizer's added tokens by content, then those of added_tokens_decoder it lacks; ids past
+    the vocabulary extend it, as transformers adds them."""
     added = {t.content: t for t in tok.added_tokens}
-    decoder = config.get("added_tokens_decoder") or {}
     if not isinstance(decoder, dict):
         raise TokenizerError(f"{directory}: field 'added_tokens_decoder' must be an object of id -> token")
-    for key, value in decoder.items():  # ids past the vocabulary extend it, as transformers adds them
+    for key, value in decoder.items():
         if not (isinstance(key, str) and key.isdigit()) or not isinstance(value, dict):
             raise TokenizerError(f"{directory}: added_tokens_decoder key {key!r} is not a token id, or its value "
                                  f"is not an object")
@@ -104,6 +121,12 @@ def apply_tokenizer_config(tok: Tokenizer, directory: Path) -> None:
         if content is not None and content not in added:
             added[content] = AddedToken(content, int(key), special=bool(value.get("special", True)),
                                         lstrip=bool(value.get("lstrip", False)), rstrip=bool(value.get("rstrip", False)))
+    return added
+
+
+def _set_named_special_tokens(tok: Tokenizer, config: dict, added: dict[str, AddedToken], directory: Path) -> None:
+    """bos_token, eos_token, unk_token, pad_token: each found among the added tokens, else in the vocabulary
+    (and then added, as transformers does); null unsets it."""
     for attr in ("bos", "eos", "unk", "pad"):
         if f"{attr}_token" not in config:
             continue
@@ -116,10 +139,10 @@ def apply_tokenizer_config(tok: Tokenizer, directory: Path) -> None:
             raise ValueError(f"{directory}: {attr}_token {content!r} is not in the vocabulary of {tok.source}")
         setattr(tok, f"{attr}_id", i)
         added.setdefault(content, AddedToken(content, i))
-    try:
-        tok.set_added_tokens(added.values())
-    except TokenizerError as e:
-        raise TokenizerError(f"{directory}: added_tokens_decoder: {e}") from None
+
+
+def _set_options(tok: Tokenizer, config: dict) -> None:
+    """The settings that are plain values: extra special tokens, class, sides, length, BOS/EOS, legacy."""
     extra = config.get("extra_special_tokens") or config.get("additional_special_tokens") or []
     if isinstance(extra, list):  # (a dict here names extra tokens by role, as some multimodal checkpoints do)
         tok.extra_special_tokens = [c for c in map(_token_content, extra) if isinstance(c, str)]
@@ -140,10 +163,13 @@ def apply_tokenizer_config(tok: Tokenizer, directory: Path) -> None:
         tok.add_eos = bool(config["add_eos_token"])
     if config.get("legacy") is not None:
         tok.legacy = bool(config["legacy"])
+
+
+def _chat_template(config: dict, directory: Path) -> str | None:
+    """chat_template.jinja where there is one, else the config's template (the "default" one of a list)."""
+    if (directory / "chat_template.jinja").is_file():
+        return (directory / "chat_template.jinja").read_text(encoding="utf-8")
     template = config.get("chat_template")
     if isinstance(template, list):  # [{"name": "default", "template": ...}, ...]
         template = {t.get("name"): t.get("template") for t in template}.get("default")
-    if (directory / "chat_template.jinja").is_file():
-        template = (directory / "chat_template.jinja").read_text(encoding="utf-8")
-    if template:
-        tok.chat_template = template
+    return template

@@ -21,34 +21,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .bpe import bpe_merge, decode_utf8_per_byte, encode_words, make_splitter
-from .protobuf import ProtobufError, parse_message
+from ..formats.sentencepiece_file import (BPE_MODEL_TYPE, BYTE, CONTROL, MODEL_TYPE_NAMES, NORMAL,  # noqa: F401
+                                          UNKNOWN, UNUSED, USER_DEFINED, read_model_proto, special_piece_ids)
 from .sp_normalizer import SPACE_SYMBOL, NormalizerSpec, normalize, parse_charsmap
 
-# ModelProto.SentencePiece.Type; GGUF's tokenizer.ggml.token_type uses the same numbers (llama.cpp's llama_token_type)
-NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
 MERGEABLE = (NORMAL, USER_DEFINED, UNUSED)  # the rest are "reserved": never formed by a merge
-BPE_MODEL_TYPE = 2
-MODEL_TYPE_NAMES = {1: "unigram", 2: "bpe", 3: "word", 4: "char"}
 WORD_PATTERN = re.compile(SPACE_SYMBOL + "*[^" + SPACE_SYMBOL + "]+|" + SPACE_SYMBOL + "+")  # "▁▁Hello", or trailing "▁▁"
-
-# Field numbers from sentencepiece_model.proto (only the ones that change encoding or decoding).
-PIECE_SCHEMA = {1: ("piece", "string"), 2: ("score", "float"), 3: ("type", "int32")}
-TRAINER_SCHEMA = {
-    3: ("model_type", "int32"), 4: ("vocab_size", "int32"), 22: ("split_by_whitespace", "bool"),
-    24: ("treat_whitespace_as_suffix", "bool"), 35: ("byte_fallback", "bool"),
-    40: ("unk_id", "int32"), 41: ("bos_id", "int32"), 42: ("eos_id", "int32"), 43: ("pad_id", "int32"),
-    44: ("unk_surface", "string"), 45: ("unk_piece", "string"), 46: ("bos_piece", "string"),
-    47: ("eos_piece", "string"), 48: ("pad_piece", "string"),
-}
-NORMALIZER_SCHEMA = {
-    1: ("name", "string"), 2: ("precompiled_charsmap", "bytes"), 3: ("add_dummy_prefix", "bool"),
-    4: ("remove_extra_whitespaces", "bool"), 5: ("escape_whitespaces", "bool"),
-}
-MODEL_SCHEMA = {
-    1: ("pieces[]", ("message", PIECE_SCHEMA)), 2: ("trainer_spec", ("message", TRAINER_SCHEMA)),
-    3: ("normalizer_spec", ("message", NORMALIZER_SCHEMA)),
-    5: ("denormalizer_spec", ("message", NORMALIZER_SCHEMA)),
-}
 
 
 def byte_piece(b: int) -> str:
@@ -97,6 +75,7 @@ class SentencePieceBPE:
     word_cache: dict | None = field(default=None, repr=False)
     has_unused: bool = False
     serialized: bytes | None = field(default=None, repr=False)  # the tokenizer.model bytes, saved back unchanged
+    spec: dict | None = field(default=None, repr=False)  # a GGUF vocabulary's tokenizer.json, saved in their place
 
     def __post_init__(self):
         where = self.source
@@ -312,13 +291,8 @@ def load_sentencepiece_model(path) -> SentencePieceBPE:
 
 def sentencepiece_model_from_bytes(data: bytes, source: str = "<bytes>") -> SentencePieceBPE:
     """Parse a serialized ModelProto."""
-    try:
-        proto = parse_message(data, MODEL_SCHEMA)
-    except ProtobufError as e:
-        raise ValueError(f"{source} is not a valid SentencePiece model (protobuf error: {e})") from None
-    pieces = proto.get("pieces", [])
-    if not pieces:
-        raise ValueError(f"{source} is not a valid SentencePiece model: it has no pieces")
+    proto = read_model_proto(data, source)
+    pieces = proto["pieces"]
     trainer = proto.get("trainer_spec", {})
     model_type = trainer.get("model_type", 1)
     if model_type != BPE_MODEL_TYPE:
@@ -352,9 +326,7 @@ def sentencepiece_model_from_bytes(data: bytes, source: str = "<bytes>") -> Sent
         source=source,
         serialized=bytes(data),
     )
-    # sentencepiece finds BOS/EOS/PAD by piece text, and only counts them when they are CONTROL pieces.
-    for attr, default in (("bos", "<s>"), ("eos", "</s>"), ("pad", "<pad>")):
-        i = model.piece_to_id.get(trainer.get(f"{attr}_piece") or default)
-        setattr(model, f"{attr}_id", i if i is not None and model.types[i] == CONTROL else None)
+    for attr, i in special_piece_ids(proto).items():
+        setattr(model, f"{attr}_id", i)
     return model
 

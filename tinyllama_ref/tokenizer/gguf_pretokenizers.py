@@ -5,17 +5,16 @@ A "gpt2" (byte-level BPE) vocabulary names its pre-tokenizer in `tokenizer.ggml.
 one after another: each cuts every piece of text at its matches, keeping the matches and the text
 between them. Then each piece's UTF-8 bytes are spelled in GPT-2's byte alphabet and merged.
 
-Both readers of a GGUF vocabulary take the pre-tokenizer from this one table: `load_tokenizer`
-(`tinyllama_ref.tokenizer.gguf_vocab`) runs the regexes itself, and `convert`
-(`tinyllama_ref.formats.gguf`) writes them into the `tokenizer.json` it makes. So both accept the
-same names and cut text the same way.
+`tinyllama_ref.tokenizer.gguf_vocab` takes the pre-tokenizer from this one table: our tokenizer runs
+the regexes itself, and the `tokenizer.json` it saves (`save_pretrained`, `convert`) holds the same
+regexes. So a loaded and a saved GGUF vocabulary accept the same names and cut text the same way.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..tokenizer.hf_bpe import GPT2_PATTERN
-from .gguf_file import GGUFError
+from ..formats.gguf_file import GGUFError
+from .hf_bpe import GPT2_PATTERN
 
 
 @dataclass(frozen=True)
