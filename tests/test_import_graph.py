@@ -100,3 +100,38 @@ def test_no_module_imports_cupy_at_top_level():
                      else [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
             offenders += [f"{name}:{node.lineno}" for n in names if n.split(".")[0] == "cupy"]
     assert offenders == []
+
+
+SUBPACKAGES = {p.name for p in PACKAGE.iterdir() if (p / "__init__.py").is_file()}  # formats, tokenizer
+
+
+def folder_of(module: str) -> str:
+    """The folder a module sits in (`formats`, `tokenizer`), or the top-level module itself."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 and parts[1] in SUBPACKAGES else module
+
+
+def folder_graph(graph: dict[str, set[str]]) -> dict[str, set[str]]:
+    """Which folder imports which (imports inside functions counted), a folder's own modules left out."""
+    out: dict[str, set[str]] = {}
+    for module, imported in graph.items():
+        out.setdefault(folder_of(module), set()).update(folder_of(m) for m in imported)
+    return {folder: targets - {folder} for folder, targets in out.items()}
+
+
+def test_the_folder_graph_is_read_right():
+    assert SUBPACKAGES == {"formats", "tokenizer"}
+    graph = {"p.formats.a": {"p.formats.b", "p.errors"}, "p.tokenizer": {"p.tokenizer.c"},
+             "p.tokenizer.c": {"p.formats.a"}, "p.convert": {"p.tokenizer.c"}}
+    assert folder_graph(graph) == {"formats": {"p.errors"}, "tokenizer": {"formats"}, "p.convert": {"tokenizer"}}
+    assert cycles(folder_graph({"p.formats.a": {"p.tokenizer.b"}, "p.tokenizer.b": {"p.x"}, "p.x": {"p.formats.c"},
+                                "p.formats.c": set()})) == [["formats", "p.x", "tokenizer"]]
+
+
+def test_formats_and_tokenizer_do_not_import_each_other():
+    """tokenizer/ may read files with formats/; formats/ never imports tokenizer/ (convert.py, above both,
+    joins a model and its tokenizer). No cycle either through a top-level module."""
+    folders = folder_graph(import_graph())
+    assert "tokenizer" not in folders["formats"]
+    assert "formats" in folders["tokenizer"]  # the one direction there is
+    assert cycles(folders) == []
