@@ -61,8 +61,30 @@ def tokenizer_from_json(path) -> Tokenizer:
 
 
 def tokenizer_from_json_dict(spec: dict, source: str = "<tokenizer.json>") -> Tokenizer:
+    """Our Tokenizer from a parsed tokenizer.json: each component read by its own step below, in file order."""
     if not isinstance(spec, dict):
         raise TokenizerError(f"{source}: expected a JSON object, got {type(spec).__name__}")
+    model = _bpe_model(spec, source)
+    vocab, added = model["vocab"], _added_entries(spec, source)
+    pieces = _pieces_by_id(vocab, added, source)
+    merges = [tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m) for m in model.get("merges") or []]
+    kw = dict(byte_fallback=bool(model.get("byte_fallback")), fuse_unk=bool(model.get("fuse_unk")),
+              ignore_merges=bool(model.get("ignore_merges")))
+    unk = model.get("unk_token")
+    if unk is not None:
+        if unk not in vocab:
+            raise TokenizerError(f"{source}: unk_token {unk!r} is not in the vocabulary")
+        kw["unk_id"] = vocab[unk]
+    kw.update(normalizer=_normalizer(spec, source), **_pre_tokenizer(spec, source), decoder=_decoder(spec, source))
+    bpe = MergesBPE(pieces=pieces, merges=merges, source=source, spec=spec, **kw)
+    added_tokens = _added_tokens(added, bool(kw["normalizer"]), source)
+    add_bos, bos_id, add_eos, eos_id = _bos_eos(spec, source)
+    return Tokenizer(model=bpe, added_tokens=added_tokens, bos_id=bos_id, eos_id=eos_id, unk_id=kw.get("unk_id"),
+                     add_bos=add_bos, add_eos=add_eos, legacy=True, source=source)
+
+
+def _bpe_model(spec: dict, source: str) -> dict:
+    """The "model" object: a BPE without the options we do not implement, its vocab token -> id."""
     model = spec.get("model") or {}
     if not isinstance(model, dict):
         raise TokenizerError(f"{source}: field 'model' must be an object, got {type(model).__name__}")
@@ -79,6 +101,11 @@ def tokenizer_from_json_dict(spec: dict, source: str = "<tokenizer.json>") -> To
     if bad:
         raise TokenizerError(f"{source}: field 'model.vocab' gives token {bad[0]!r} the id {bad[1]!r}, "
                              f"not a non-negative integer")
+    return model
+
+
+def _added_entries(spec: dict, source: str) -> list[dict]:
+    """The "added_tokens" list, each entry with a non-negative integer id and a string content."""
     added = spec.get("added_tokens") or []
     if not isinstance(added, list):
         raise TokenizerError(f"{source}: field 'added_tokens' must be a list, got {type(added).__name__}")
@@ -87,78 +114,97 @@ def tokenizer_from_json_dict(spec: dict, source: str = "<tokenizer.json>") -> To
                 or not isinstance(t.get("content"), str):
             raise TokenizerError(f"{source}: added_tokens[{n}] needs a non-negative integer 'id' and a string "
                                  f"'content', got {json.dumps(t)[:80]}")
+    return added
+
+
+def _pieces_by_id(vocab: dict[str, int], added: list[dict], source: str) -> list[str]:
+    """The model's vocabulary as a list by id, every id below the largest holding a token."""
     top = max([*vocab.values(), *(t["id"] for t in added)])
     if top >= len(vocab) + len(added):  # some id below it has no token: say so before allocating the table
         raise TokenizerError(f"{source}: token ids go up to {top}, but 'model.vocab' and 'added_tokens' hold "
                              f"only {len(vocab) + len(added)} tokens")
     # the model's vocabulary; added tokens past it extend the Tokenizer (as HF's len(tokenizer) counts them),
     # which checks that they take the next ids in turn
-    size = max(vocab.values()) + 1
-    pieces = [""] * size
+    pieces = [""] * (max(vocab.values()) + 1)
     for token, i in vocab.items():
         pieces[i] = token
     for t in added:
-        if t["id"] < size:
+        if t["id"] < len(pieces):
             pieces[t["id"]] = pieces[t["id"]] or t["content"]
     if "" in pieces:
         raise TokenizerError(f"{source}: token id {pieces.index('')} has no token in the vocabulary")
-    merges = [tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m) for m in model.get("merges") or []]
-    kw = dict(byte_fallback=bool(model.get("byte_fallback")), fuse_unk=bool(model.get("fuse_unk")),
-              ignore_merges=bool(model.get("ignore_merges")), normalizer=[], decoder=[], split_patterns=[])
-    unk = model.get("unk_token")
-    if unk is not None:
-        if unk not in vocab:
-            raise TokenizerError(f"{source}: unk_token {unk!r} is not in the vocabulary")
-        kw["unk_id"] = vocab[unk]
+    return pieces
+
+
+def _normalizer(spec: dict, source: str) -> list[tuple]:
+    """The normalizer's steps: ("prepend", text) and ("replace", old, new)."""
+    steps = []
     for step in _steps(spec.get("normalizer"), "normalizer", source):
         if step["type"] == "Prepend":
-            kw["normalizer"].append(("prepend", step["prepend"]))
+            steps.append(("prepend", step["prepend"]))
         elif step["type"] == "Replace" and "String" in step.get("pattern", {}):
-            kw["normalizer"].append(("replace", step["pattern"]["String"], step["content"]))
+            steps.append(("replace", step["pattern"]["String"], step["content"]))
         else:
             _unsupported("normalizer", step, source)
+    return steps
+
+
+def _pre_tokenizer(spec: dict, source: str) -> dict:
+    """The pre-tokenizer as MergesBPE's options: Metaspace, ByteLevel, and the regexes that split the text."""
+    options: dict = {"split_patterns": []}
     for step in _steps(spec.get("pre_tokenizer"), "pre_tokenizer", source):
         if step["type"] == "Metaspace":
-            kw["metaspace"] = step.get("replacement", "\u2581")
+            options["metaspace"] = step.get("replacement", "\u2581")
             scheme = step.get("prepend_scheme") or ("always" if step.get("add_prefix_space", True) else "never")
-            kw["metaspace_prepend"], kw["metaspace_split"] = scheme, bool(step.get("split", True))
+            options["metaspace_prepend"], options["metaspace_split"] = scheme, bool(step.get("split", True))
         elif step["type"] == "ByteLevel":
-            kw["byte_level"] = True
-            kw["add_prefix_space"] = bool(step.get("add_prefix_space"))
+            options["byte_level"] = True
+            options["add_prefix_space"] = bool(step.get("add_prefix_space"))
             if step.get("use_regex", True):
-                kw["split_patterns"].append(GPT2_PATTERN)
+                options["split_patterns"].append(GPT2_PATTERN)
         elif step["type"] == "Split" and step.get("behavior") == "Isolated" and not step.get("invert"):
-            kw["split_patterns"].append(_pattern(step, "pre_tokenizer", source))
+            options["split_patterns"].append(_pattern(step, "pre_tokenizer", source))
         elif step["type"] == "Digits":
-            kw["split_patterns"].append(r"\p{N}" if step.get("individual_digits") else r"\p{N}+")
+            options["split_patterns"].append(r"\p{N}" if step.get("individual_digits") else r"\p{N}+")
         else:
             _unsupported("pre_tokenizer", step, source)
+    return options
+
+
+def _decoder(spec: dict, source: str) -> list[tuple]:
+    """The decoder's steps, in order, as tuples MergesBPE runs."""
+    steps = []
     for step in _steps(spec.get("decoder"), "decoder", source):
         t = step["type"]
-        if t == "ByteLevel":
-            kw["decoder"].append(("byte_level",))
-        elif t == "ByteFallback":
-            kw["decoder"].append(("byte_fallback",))
-        elif t == "Fuse":
-            kw["decoder"].append(("fuse",))
+        if t in ("ByteLevel", "ByteFallback", "Fuse"):
+            steps.append(({"ByteLevel": "byte_level", "ByteFallback": "byte_fallback", "Fuse": "fuse"}[t],))
         elif t == "Replace" and "String" in step.get("pattern", {}):
-            kw["decoder"].append(("replace", step["pattern"]["String"], step["content"]))
+            steps.append(("replace", step["pattern"]["String"], step["content"]))
         elif t == "Strip":
-            kw["decoder"].append(("strip", step["content"], step.get("start", 0), step.get("stop", 0)))
+            steps.append(("strip", step["content"], step.get("start", 0), step.get("stop", 0)))
         elif t == "Metaspace":
             scheme = step.get("prepend_scheme") or ("always" if step.get("add_prefix_space", True) else "never")
-            kw["decoder"].append(("metaspace", step.get("replacement", "\u2581"), scheme))
+            steps.append(("metaspace", step.get("replacement", "\u2581"), scheme))
         else:
             _unsupported("decoder", step, source)
-    bpe = MergesBPE(pieces=pieces, merges=merges, source=source, spec=spec, **kw)
+    return steps
 
-    added_tokens = []
+
+def _added_tokens(added: list[dict], normalized_text: bool, source: str) -> list[AddedToken]:
+    """The added tokens; single_word, and normalized where there is a normalizer, are not implemented."""
+    out = []
     for t in added:
-        if t.get("single_word") or t.get("normalized") and kw["normalizer"]:
+        if t.get("single_word") or t.get("normalized") and normalized_text:
             raise NotImplementedError(f"{source}: added token {t['content']!r} with single_word or normalized=true "
                                       "is not supported")
-        added_tokens.append(AddedToken(t["content"], t["id"], special=bool(t.get("special")),
-                                       lstrip=bool(t.get("lstrip")), rstrip=bool(t.get("rstrip"))))
+        out.append(AddedToken(t["content"], t["id"], special=bool(t.get("special")),
+                              lstrip=bool(t.get("lstrip")), rstrip=bool(t.get("rstrip"))))
+    return out
+
+
+def _bos_eos(spec: dict, source: str) -> tuple[bool, int | None, bool, int | None]:
+    """(add_bos, bos_id, add_eos, eos_id) from a TemplateProcessing post-processor: the special tokens
+    just before and just after the text ($A)."""
     add_bos = add_eos = False
     bos_id = eos_id = None
     for step in _steps(spec.get("post_processor"), "post_processor", source):
@@ -181,5 +227,4 @@ def tokenizer_from_json_dict(spec: dict, source: str = "<tokenizer.json>") -> To
                 _unsupported("post_processor", step, source)
         elif step["type"] != "ByteLevel":
             _unsupported("post_processor", step, source)
-    return Tokenizer(model=bpe, added_tokens=added_tokens, bos_id=bos_id, eos_id=eos_id, unk_id=kw.get("unk_id"),
-                     add_bos=add_bos, add_eos=add_eos, legacy=True, source=source)
+    return add_bos, bos_id, add_eos, eos_id
