@@ -19,6 +19,7 @@ import pytest
 
 import tinyllama_ref as tl
 from conftest import needs_transformers, record_parity
+from tinyllama_ref import atomic
 from tinyllama_ref.formats import hf_writer
 from tinyllama_ref.formats import safetensors as st
 from tinyllama_ref.formats.checkpoint import flatten, random_tensors
@@ -177,7 +178,7 @@ def test_a_failed_save_leaves_the_target_as_it_was(tmp_path, monkeypatch):
         if len(calls) == 2:
             raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(st.os, "fsync", disk_full_at_the_second_file)
+    monkeypatch.setattr(atomic.os, "fsync", disk_full_at_the_second_file)
     with pytest.raises(OSError, match="No space left"):
         model.save_pretrained(tmp_path / "new", max_shard_size="30KB")
     assert list(tmp_path.iterdir()) == []  # no half directory, no staging left behind
@@ -186,7 +187,7 @@ def test_a_failed_save_leaves_the_target_as_it_was(tmp_path, monkeypatch):
     model.save_pretrained(tmp_path / "old")
     before = {p.name: p.read_bytes() for p in (tmp_path / "old").iterdir()}
     calls.clear()
-    monkeypatch.setattr(st.os, "fsync", disk_full_at_the_second_file)
+    monkeypatch.setattr(atomic.os, "fsync", disk_full_at_the_second_file)
     with pytest.raises(OSError, match="No space left"):
         model.save_pretrained(tmp_path / "old", max_shard_size="30KB")
     assert {p.name: p.read_bytes() for p in (tmp_path / "old").iterdir()} == before
