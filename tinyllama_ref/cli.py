@@ -47,7 +47,8 @@ def _load(args, progress: bool = True):
 
     path = resolve_model(args.model)
     model = tl.load(path, backend=args.backend, dtype=args.dtype, progress=progress and sys.stderr.isatty(),
-                    quantize=args.quantize, group_size=args.group_size)
+                    quantize=args.quantize, group_size=args.group_size,
+                    fused=os.environ.get("TINYLLAMA_FUSED", "1") != "0")  # CuPy's fused kernels: on unless =0
     tokenizer = tl.load_tokenizer(path)
     return model, tokenizer
 
