@@ -22,6 +22,7 @@ import numpy as np
 
 from . import backend as B
 from .kv_cache import KVCache
+from .tokenizer.padding import pad_rows
 
 NEG_INF = -np.inf
 
@@ -187,19 +188,16 @@ class GenerationStats:
 
 
 def left_pad(batch: Sequence[Sequence[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
-    """Left-pad token lists to one length: ids [b, s] and attention_mask [b, s] (1 = real token).
+    """Left-pad token lists to one length: ids [b, s] and attention_mask [b, s] (1 = real token), as int64
+    arrays: the tokenizer's padder (`pad_rows`, the one behind `tok(texts, padding=True)`) to the longest.
 
     >>> left_pad([[5, 6, 7], [8]], 0)[0].tolist()
     [[5, 6, 7], [0, 0, 8]]
     """
     n = max(len(x) for x in batch)
-    ids = np.full((len(batch), n), pad_id, dtype=np.int64)
-    mask = np.zeros((len(batch), n), dtype=np.int64)
-    for i, x in enumerate(batch):
-        if len(x):
-            ids[i, n - len(x):] = x
-            mask[i, n - len(x):] = 1
-    return ids, mask
+    ids, mask = pad_rows(batch, n, pad_id, "left")
+    return (np.array(ids, dtype=np.int64).reshape(len(batch), n),
+            np.array(mask, dtype=np.int64).reshape(len(batch), n))
 
 
 def generate_ids(model, prompts: Sequence[Sequence[int]], sp: SamplingParams, eos_ids: Sequence[int] = (),
