@@ -61,7 +61,7 @@ READING_ORDER = [
     ("tinyllama_ref/tokenizer/hf_json.py", "Tokenizer: reading tokenizer.json"),
     ("tinyllama_ref/tokenizer/gguf_vocab.py", "Tokenizer: vocabularies from GGUF files"),
     ("tinyllama_ref/tokenizer/loaders.py", "Tokenizer: loading any tokenizer file"),
-    ("tinyllama_ref/tokenizer/hf_api.py", "Tokenizer: Hugging Face's API (padding, saving, chat)"),
+    ("tinyllama_ref/tokenizer/hf_api.py", "Tokenizer: Hugging Face's API (its types, call steps, saving)"),
     ("tinyllama_ref/tokenizer/padding.py", "Tokenizer: padding and truncating rows of ids"),
     ("tinyllama_ref/formats/safetensors.py", "File formats: safetensors"),
     ("tinyllama_ref/formats/checkpoint.py", "File formats: checkpoint directories and the parameter tree"),
