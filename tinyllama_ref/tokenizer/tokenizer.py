@@ -27,6 +27,32 @@ class TokenizerError(ValueError):
     """A token id, text or tokenizer file this package cannot use; the message says which and where."""
 
 
+class _Renamed:
+    """One of Tokenizer's fields under Hugging Face's name: `tok.add_bos_token` reads and writes `tok.add_bos`."""
+
+    def __init__(self, field: str, convert=None):
+        self.field, self.convert = field, convert
+
+    def __get__(self, tok, owner=None):
+        return self if tok is None else getattr(tok, self.field)
+
+    def __set__(self, tok, value) -> None:
+        setattr(tok, self.field, value if self.convert is None else self.convert(value))
+
+
+class _TokenText:
+    """A named special token as text (`tok.bos_token`): Tokenizer._token_named reads it, _set_token_named sets it."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __get__(self, tok, owner=None):
+        return self if tok is None else tok._token_named(self.name)
+
+    def __set__(self, tok, value) -> None:
+        tok._set_token_named(self.name, value)
+
+
 @dataclass
 class Tokenizer:
     """Text <-> token ids for one checkpoint.
@@ -234,60 +260,12 @@ class Tokenizer:
         return flat
 
     # --- Hugging Face's tokenizer API: HF's names and argument names, transformers' results ---------------
-    # (tests/test_tokenizer_hf_api.py checks each against LlamaTokenizer or PreTrainedTokenizerFast)
-    @property
-    def add_bos_token(self) -> bool:
-        """HF's name for add_bos."""
-        return self.add_bos
-
-    @add_bos_token.setter
-    def add_bos_token(self, value) -> None:
-        self.add_bos = bool(value)
-
-    @property
-    def add_eos_token(self) -> bool:
-        """HF's name for add_eos."""
-        return self.add_eos
-
-    @add_eos_token.setter
-    def add_eos_token(self, value) -> None:
-        self.add_eos = bool(value)
-
-    @property
-    def bos_token_id(self) -> int | None:
-        """HF's name for bos_id."""
-        return self.bos_id
-
-    @bos_token_id.setter
-    def bos_token_id(self, value) -> None:
-        self.bos_id = value
-
-    @property
-    def eos_token_id(self) -> int | None:
-        """HF's name for eos_id."""
-        return self.eos_id
-
-    @eos_token_id.setter
-    def eos_token_id(self, value) -> None:
-        self.eos_id = value
-
-    @property
-    def unk_token_id(self) -> int | None:
-        """HF's name for unk_id."""
-        return self.unk_id
-
-    @unk_token_id.setter
-    def unk_token_id(self, value) -> None:
-        self.unk_id = value
-
-    @property
-    def pad_token_id(self) -> int | None:
-        """HF's name for pad_id."""
-        return self.pad_id
-
-    @pad_token_id.setter
-    def pad_token_id(self, value) -> None:
-        self.pad_id = value
+    # (tests/test_tokenizer_hf_api.py checks each). First HF's names for our fields (add_bos_token is add_bos,
+    # bos_token_id is bos_id), and each named special token as text (bos_token: the text of bos_id; setting it
+    # to a token of the vocabulary sets bos_id)
+    add_bos_token, add_eos_token = _Renamed("add_bos", bool), _Renamed("add_eos", bool)
+    bos_token_id, eos_token_id, unk_token_id, pad_token_id = (_Renamed(f"{n}_id") for n in hf_api.NAMED_SPECIAL)
+    bos_token, eos_token, unk_token, pad_token = (_TokenText(n) for n in hf_api.NAMED_SPECIAL)
 
     def _token_named(self, name: str) -> str | None:
         """The text of the `name` ("bos", "eos", "unk", "pad") special token; None when it is unset."""
@@ -306,42 +284,6 @@ class Tokenizer:
             raise ValueError(f"{name}_token {content!r} is not in the vocabulary of {self.source}; add it with "
                              f"add_special_tokens({{'{name}_token': {content!r}}})")
         setattr(self, f"{name}_id", i)
-
-    @property
-    def bos_token(self) -> str | None:
-        """The BOS token's text (None when unset); setting it to a token of the vocabulary sets bos_id."""
-        return self._token_named("bos")
-
-    @bos_token.setter
-    def bos_token(self, value) -> None:
-        self._set_token_named("bos", value)
-
-    @property
-    def eos_token(self) -> str | None:
-        """The EOS token's text (None when unset); setting it to a token of the vocabulary sets eos_id."""
-        return self._token_named("eos")
-
-    @eos_token.setter
-    def eos_token(self, value) -> None:
-        self._set_token_named("eos", value)
-
-    @property
-    def unk_token(self) -> str | None:
-        """The UNK token's text (None when unset); setting it to a token of the vocabulary sets unk_id."""
-        return self._token_named("unk")
-
-    @unk_token.setter
-    def unk_token(self, value) -> None:
-        self._set_token_named("unk", value)
-
-    @property
-    def pad_token(self) -> str | None:
-        """The PAD token's text (None when unset); setting it to a token of the vocabulary sets pad_id."""
-        return self._token_named("pad")
-
-    @pad_token.setter
-    def pad_token(self, value) -> None:
-        self._set_token_named("pad", value)
 
     @property
     def all_special_ids(self) -> list[int]:
