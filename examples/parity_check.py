@@ -11,6 +11,7 @@ on weights in Hugging Face's half-split layout. The comparison pins the bug to `
 Writes the dumps and OUT/parity_report.txt.
 """
 import argparse
+import dataclasses
 import io
 import sys
 import tempfile
@@ -19,7 +20,6 @@ from pathlib import Path
 import numpy as np
 
 import tinyllama_ref as tl
-import tinyllama_ref.model
 from tinyllama_ref.cli import default_model_dir
 from tinyllama_ref.parity import compare, compare_files, first_divergence, save_tensors, trace_forward
 
@@ -54,12 +54,9 @@ def main(argv=None) -> int:
     theirs = trace_forward(tl.load(model_dir, dtype="float64"), ids)
     save_tensors(out / "float64.safetensors", theirs)
     # 3. A buggy implementation: the same code with RoPE on the wrong pairs.
-    original = tinyllama_ref.instrumented.apply_rope
-    tinyllama_ref.instrumented.apply_rope = apply_rope_interleaved
-    try:
-        broken = trace_forward(tl.load(model_dir, dtype="float32"), ids)
-    finally:
-        tinyllama_ref.instrumented.apply_rope = original
+    buggy = tl.load(model_dir, dtype="float32")
+    buggy.ops = dataclasses.replace(buggy.ops, apply_rope=apply_rope_interleaved)  # handed to the one layer
+    broken = trace_forward(buggy, ids)
     save_tensors(out / "broken.safetensors", broken)
 
     report = io.StringIO()

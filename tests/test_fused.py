@@ -67,7 +67,7 @@ def test_the_fused_layer_is_bit_identical_to_the_book_on_the_double(double, monk
     """The model takes the fused layer on CuPy (here the double, whose fuse runs the Python as written):
     every kernel and its wiring reproduce NumPy's logits to the last bit, through the KV cache too."""
     calls = []
-    monkeypatch.setattr(fused.KERNELS, "act_mul", lambda g, u: calls.append(1) or fused.silu_mul(g, u))
+    monkeypatch.setitem(fused.KERNELS, "act_mul", lambda g, u: calls.append(1) or fused.silu_mul(g, u))
     config = tl.LlamaConfig(**CONFIG, rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
                                                     "high_freq_factor": 4.0, "original_max_position_embeddings": 16})
     tensors = random_tensors(config, std=0.3)
@@ -83,10 +83,13 @@ def test_the_fused_layer_is_bit_identical_to_the_book_on_the_double(double, monk
         assert np.array_equal(out_gpu.logits.get(), out_cpu.logits)
 
 
-def test_tinyllama_fused_0_runs_the_plain_layer_on_cupy(double, monkeypatch):
+def test_fused_false_runs_the_plain_functions_on_cupy(double, monkeypatch):
+    """`fused=False` (the CLI's default for it: TINYLLAMA_FUSED) hands the book's own functions to the layer."""
     calls = []
-    monkeypatch.setattr(fused.KERNELS, "act_mul", lambda g, u: calls.append(1) or fused.silu_mul(g, u))
-    monkeypatch.setattr(fused, "ENABLED", False)  # what TINYLLAMA_FUSED=0 sets at import
+    monkeypatch.setitem(fused.KERNELS, "act_mul", lambda g, u: calls.append(1) or fused.silu_mul(g, u))
     config = tl.LlamaConfig(**CONFIG)
-    out = tl.build_model(config, random_tensors(config), backend="cupy")([[1, 2, 3]])
+    model = tl.build_model(config, random_tensors(config), backend="cupy", fused=False)
+    out = model([[1, 2, 3]])
     assert is_cupy_array(out.logits) and not calls
+    assert (model.ops.rms_norm, model.ops.apply_rope, model.ops.act_mul) == (llama.rms_norm, llama.apply_rope,
+                                                                             llama.silu_mul)

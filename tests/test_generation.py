@@ -180,6 +180,45 @@ def test_chat_says_when_an_answer_is_cut_how_fast_it_ran_and_that_a_base_model_i
     assert "cut at" not in free
 
 
+BAD_SAMPLING = [("max_new_tokens", -5), ("temperature", -1.0), ("top_k", -1), ("top_p", 0.0), ("top_p", 1.5),
+                ("repetition_penalty", 0.0), ("seed", -1)]
+
+
+@pytest.mark.parametrize("field, value", BAD_SAMPLING)
+def test_a_bad_sampling_value_is_refused_by_sampling_params_in_the_same_words_everywhere(bundled, capsys, field,
+                                                                                         value):
+    """SamplingParams is the one place the sampling arguments are checked: generate, stream, generate_batch,
+    chat (by keyword, or over a SamplingParams) and the CLI's generate and chat flags refuse a bad value with
+    its message, word for word."""
+    model, tok = bundled
+    with pytest.raises(ValueError) as e:
+        SamplingParams(**{field: value})
+    message = str(e.value)
+    assert message.startswith(f"{field}={value!r} must be ")
+
+    def no_input(prompt):
+        raise AssertionError("chat read a line before checking its sampling arguments")
+
+    calls = {
+        "generate": lambda: tl.generate(model, tok, "In", **{field: value}),
+        "generate over a SamplingParams": lambda: tl.generate(model, tok, "In", sampling=SamplingParams(),
+                                                              **{field: value}),
+        "stream": lambda: list(tl.stream(model, tok, "In", **{field: value})),
+        "generate_batch": lambda: tl.generate_batch(model, tok, ["In", "And"], **{field: value}),
+        "chat": lambda: chat(model, tok, input_fn=no_input, **{field: value}),
+    }
+    for name, call in calls.items():
+        with pytest.raises(ValueError) as e:
+            call()
+        assert str(e.value) == message, name
+    flag = "--" + field.replace("_", "-")
+    for command in (["generate", "x"], ["chat"]):
+        with pytest.raises(SystemExit) as e:
+            main([*command, flag, str(value)])
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and f"argument {flag}" in err and err.rstrip().endswith(message), err
+
+
 # -- the command line ------------------------------------------------------------------------
 
 def run_cli(*args):

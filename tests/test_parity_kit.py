@@ -170,9 +170,14 @@ def test_walkthrough_hf_and_ours_agree_then_a_planted_rope_bug_is_pinned(tiny_hf
     assert worst < 1e-4, f"largest difference {worst:.2e}"
 
     # Step 5: a broken implementation. Its dump diverges first at layer 0's rotated queries.
-    import tinyllama_ref.instrumented
+    import dataclasses
 
-    monkeypatch.setattr(tinyllama_ref.instrumented, "apply_rope", apply_rope_interleaved)
+    import tinyllama_ref.model
+
+    def broken_ops(*args, real=tinyllama_ref.model.layer_ops):  # the bug, handed to the one layer as a variant
+        return dataclasses.replace(real(*args), apply_rope=apply_rope_interleaved)
+
+    monkeypatch.setattr(tinyllama_ref.model, "layer_ops", broken_ops)
     assert cli.main(["dump", "--model", model, "--prompt", PROMPT, "--out", str(broken), *on]) == 0
     monkeypatch.undo()
     capsys.readouterr()

@@ -1,15 +1,17 @@
 r"""The activation functions a config can name (`hidden_act`); LLaMA uses SiLU, $z\,\sigma(z)$.
 
 The others appear in configs of LLaMA-architecture models trained elsewhere, and transformers runs
-them, so we do too: `activation(config.hidden_act)` picks one by name. `llama.py` calls SiLU
-directly; a config that names another runs through `instrumented.decoder_layer`.
+them, so we do too: `activation(config.hidden_act)` picks one by name, and `gated(act)` makes the MLP's
+gated product $\mathrm{act}(g) \odot u$ that `model.layer_ops` hands to the one layer of `llama.py`
+in place of `llama.silu_mul`.
 """
 from __future__ import annotations
 
 import math
+from functools import partial
 
 from .backend import xp_of
-from .llama import silu
+from .llama import silu, silu_mul
 
 
 def relu(x):
@@ -48,3 +50,13 @@ ACTIVATIONS = {"silu": silu, "swish": silu, "relu": relu, "gelu": gelu, "gelu_ne
 def activation(name: str):
     """The activation function a config names (`hidden_act`): `activation("silu") is silu`."""
     return ACTIVATIONS[name]
+
+
+def act_mul(act, gate, up):
+    r"""The gated product of a GLU MLP with another activation: $\mathrm{act}(g) \odot u$."""
+    return act(gate) * up
+
+
+def gated(name: str):
+    """The `act_mul` for the activation a config names: `llama.silu_mul` itself for SiLU."""
+    return silu_mul if ACTIVATIONS[name] is silu else partial(act_mul, ACTIVATIONS[name])

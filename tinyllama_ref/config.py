@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .generation import SAMPLING_RULES
+
 ROPE_TYPES = ("default", "linear", "dynamic", "yarn", "longrope", "llama3")
 ACTIVATIONS = ("silu", "swish", "relu", "gelu", "gelu_new", "gelu_pytorch_tanh")
 CAUSAL_LM_HEADS = ("LlamaForCausalLM", "OpenLlamaForCausalLM")
@@ -278,21 +280,17 @@ def _validate_rope(c: LlamaConfig) -> None:
         raise ConfigError("field 'rope_scaling.high_freq_factor' must differ from 'low_freq_factor'")
 
 
-GENERATION_FIELDS = {  # generation_config.json fields used here: (check, what they must be)
-    "max_new_tokens": (lambda v: type(v) is int and v >= 0, "a non-negative integer"),
-    "temperature": (lambda v: type(v) in (int, float) and v >= 0, "a non-negative number"),
-    "top_k": (lambda v: type(v) is int and v >= 0, "a non-negative integer"),
-    "top_p": (lambda v: type(v) in (int, float) and 0 < v <= 1, "a number in (0, 1]"),
-    "repetition_penalty": (lambda v: type(v) in (int, float) and v > 0, "a positive number"),
-    "do_sample": (lambda v: type(v) is bool, "true or false"),
-}
+GENERATION_FIELDS = ("max_new_tokens", "temperature", "top_k", "top_p", "repetition_penalty")  # the ones used
 
 
 def check_generation_config(g, source: str) -> dict:
-    """A generation_config.json's contents, checked: an object whose sampling fields are in range."""
+    """A generation_config.json's contents, checked: an object whose sampling fields are in range (by
+    SamplingParams' rules, generation.SAMPLING_RULES) and whose do_sample is true or false."""
     if not isinstance(g, dict):
         raise ConfigError(f"{source}: expected a JSON object, got {type(g).__name__}")
-    for name, (ok, what) in GENERATION_FIELDS.items():
+    rules = {name: SAMPLING_RULES[name] for name in GENERATION_FIELDS}
+    rules["do_sample"] = (lambda v: type(v) is bool, "true or false")
+    for name, (ok, what) in rules.items():
         if g.get(name) is not None and not ok(g[name]):
             raise ConfigError(f"{source}: field {name!r} must be {what}, got {g[name]!r}")
     return g

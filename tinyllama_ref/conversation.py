@@ -10,6 +10,10 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .generation import SamplingParams
 
 B_INST, E_INST = "[INST]", "[/INST]"
 B_SYS, E_SYS = "<<SYS>>\n", "\n<</SYS>>\n\n"
@@ -141,14 +145,13 @@ def trim_to_fit(tokenizer, messages, budget: int) -> tuple[list, list[int]]:
 ANSWER_ROOM = 512  # tokens kept free for an answer when old exchanges are dropped (at most half the context)
 
 
-def chat(model, tokenizer, system: str | None = None, max_new_tokens: int | None = None,
-         temperature: float | None = None, top_k: int | None = None, top_p: float | None = None,
-         repetition_penalty: float | None = None, seed: int | None = None, input_fn=input, output=None,
-         log=None) -> list:
+def chat(model, tokenizer, system: str | None = None, sampling: SamplingParams | None = None, *, input_fn=input,
+         output=None, log=None, **sampling_args) -> list:
     """An interactive chat: read a line, stream the answer, keep the dialog; returns it at the end.
 
-    An answer runs until EOS or the end of the context window unless max_new_tokens is given (the
-    checkpoint's generation_config limit is meant for one-shot generation and is not applied here);
+    How to sample: a SamplingParams, or its fields by name, as for `stream`. An answer runs until EOS
+    or the end of the context window unless max_new_tokens is given (the checkpoint's generation_config
+    limit is meant for one-shot generation and is not applied here);
     after each answer `log` (stderr) gets the speed line `generate` prints, and a line when the
     answer was cut. Commands: /reset forgets the dialog (keeps the system prompt), /exit or Ctrl-D
     ends. When the context fills, the oldest exchanges are dropped first, keeping ANSWER_ROOM tokens
@@ -156,12 +159,15 @@ def chat(model, tokenizer, system: str | None = None, max_new_tokens: int | None
     """
     import sys
 
-    from .generation import GenerationStats, stream
+    from .generation import GenerationStats, sampling_for, stream
 
+    context = model.config.max_position_embeddings
+    max_new_tokens = sampling_args.pop("max_new_tokens", None)
+    max_new_tokens = getattr(sampling, "max_new_tokens", None) if max_new_tokens is None else max_new_tokens
+    sp = sampling_for(model, sampling, **sampling_args, max_new_tokens=max_new_tokens or context)
     output, log = output or sys.stdout, log or sys.stderr
     base = [{"role": "system", "content": system}] if system else []
     messages = list(base)
-    context = model.config.max_position_embeddings
     if not tokenizer.chat_template:
         print(f"note: {tokenizer.source} has no chat template, so this is probably a base model, not a chat "
               f"model: it continues text rather than answering. The prompt uses Llama-2's [INST] format.",
@@ -187,9 +193,7 @@ def chat(model, tokenizer, system: str | None = None, max_new_tokens: int | None
             continue
         messages, ids = trim_to_fit(tokenizer, messages + [{"role": "user", "content": line}], budget)
         parts, stats = [], GenerationStats()
-        for delta in stream(model, tokenizer, ids, max_new_tokens=max_new_tokens or context, temperature=temperature,
-                            top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty, seed=seed,
-                            stats=stats):
+        for delta in stream(model, tokenizer, ids, sp, stats=stats):
             parts.append(delta)
             output.write(delta)
             output.flush()

@@ -16,28 +16,24 @@ kernel. The functions below are the pointwise parts of `llama.py`, written so th
 Softmax is left as the book writes it: its two reductions are not elementwise, and fusing its one
 elementwise step would need a second copy of the attention function for one launch saved.
 
-`decoder_layer` is `instrumented.decoder_layer` with these kernels; `model.forward` runs it only on
-CuPy (set TINYLLAMA_FUSED=0 to run the plain layer there instead). On NumPy an `elementwise_kernel`
-is its Python function; on the CuPy double of the tests, whose `fuse` returns the function itself, the
-fused layer gives logits bit-identical to the book's (tests/test_fused.py). On a real GPU the kernels
+`KERNELS` hands them to the one decoder layer of `llama.py` as its `rms_norm`, `apply_rope` and
+`act_mul` (`model.layer_ops`, on CuPy only, unless the model is built with `fused=False`; the CLI's
+default for that is `TINYLLAMA_FUSED`). On NumPy an `elementwise_kernel` is its Python function; on the
+CuPy double of the tests, whose `fuse` returns the function itself, the model gives logits
+bit-identical to the book's (tests/test_fused.py). On a real GPU the kernels
 round in their own order: equal to the plain functions within float tolerance, and **not yet run on a
 GPU** (see docs/guides/gpu.md).
 """
 from __future__ import annotations
 
 import functools
-import os
-from functools import partial
-from types import SimpleNamespace
 
 import numpy as np
 
 from .backend import xp_of
-from .instrumented import decoder_layer as instrumented_layer
 from .llama import silu
 
 F32 = np.float32
-ENABLED = os.environ.get("TINYLLAMA_FUSED", "1") != "0"  # read once, at import
 
 
 def elementwise_kernel(fn):
@@ -91,5 +87,4 @@ def silu_mul(gate, up):
     return silu(gate) * up
 
 
-KERNELS = SimpleNamespace(rms_norm=rms_norm, apply_rope=apply_rope, act_mul=silu_mul)
-decoder_layer = partial(instrumented_layer, kernels=KERNELS)  # the layer `model.forward` runs on CuPy
+KERNELS = {"rms_norm": rms_norm, "apply_rope": apply_rope, "act_mul": silu_mul}  # the `llama.LayerOps` they replace

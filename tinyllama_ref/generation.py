@@ -13,6 +13,7 @@ then sample from the softmax of what is left, with a seeded NumPy generator (sam
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from typing import Iterator, Sequence
@@ -21,6 +22,7 @@ import numpy as np
 
 from . import backend as B
 from .kv_cache import KVCache
+from .tokenizer.padding import pad_rows
 
 NEG_INF = -np.inf
 
@@ -91,9 +93,46 @@ def _softmax(z: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=-1, keepdims=True)
 
 
+def _is_int(v) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
+
+
+# What each sampling argument must be, in one table: SamplingParams, the CLI's flags and the check of
+# generation_config.json all read it, so a value is refused with the same words wherever it comes from.
+SAMPLING_RULES = {  # name: (is the value acceptable?, what it must be)
+    "max_new_tokens": (lambda v: _is_int(v) and v >= 0, "a non-negative integer"),
+    "temperature": (lambda v: _is_number(v) and v >= 0, "a non-negative number"),
+    "top_k": (lambda v: _is_int(v) and v >= 0, "a non-negative integer"),
+    "top_p": (lambda v: _is_number(v) and 0 < v <= 1, "a number in (0, 1]"),
+    "repetition_penalty": (lambda v: _is_number(v) and v > 0, "a positive number"),
+    "seed": (lambda v: v is None or _is_int(v) and v >= 0, "a non-negative integer (or None)"),
+}
+
+
+def check_sampling_value(name: str, value):
+    """The value, if SAMPLING_RULES accepts it; else a ValueError naming the argument.
+
+    >>> check_sampling_value("temperature", -1.0)
+    Traceback (most recent call last):
+    ValueError: temperature=-1.0 must be a non-negative number
+    """
+    ok, what = SAMPLING_RULES[name]
+    if not ok(value):
+        raise ValueError(f"{name}={value!r} must be {what}")
+    return value
+
+
 @dataclass
 class SamplingParams:
-    """How to pick each next token (defaults: the checkpoint's generation_config.json, else greedy)."""
+    """How to pick each next token (defaults: the checkpoint's generation_config.json, else greedy).
+
+    The one place the sampling arguments are checked: `generate`, `stream`, `generate_batch`, `chat`
+    and the CLI all build one, and a value out of range is refused here, by name.
+    """
 
     max_new_tokens: int = 64
     temperature: float = 0.0
@@ -109,15 +148,8 @@ class SamplingParams:
         self.stop = tuple(self.stop or ())
         if not all(isinstance(s, str) and s for s in self.stop):
             raise ValueError(f"stop={self.stop!r} must be a string or a list of non-empty strings")
-        if self.seed is not None and (type(self.seed) is not int and not isinstance(self.seed, np.integer)
-                                      or self.seed < 0):
-            raise ValueError(f"seed={self.seed!r} must be a non-negative integer (or None)")
-        checks = [("max_new_tokens", self.max_new_tokens >= 0), ("temperature", self.temperature >= 0),
-                  ("top_k", self.top_k >= 0), ("top_p", 0 < self.top_p <= 1),
-                  ("repetition_penalty", self.repetition_penalty > 0)]
-        for name, ok in checks:
-            if not ok:
-                raise ValueError(f"{name}={getattr(self, name)!r} is out of range")
+        for name in SAMPLING_RULES:
+            check_sampling_value(name, getattr(self, name))
 
 
 def next_tokens(logits: np.ndarray, seen: Sequence[Sequence[int]], sp: SamplingParams,
@@ -156,19 +188,16 @@ class GenerationStats:
 
 
 def left_pad(batch: Sequence[Sequence[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
-    """Left-pad token lists to one length: ids [b, s] and attention_mask [b, s] (1 = real token).
+    """Left-pad token lists to one length: ids [b, s] and attention_mask [b, s] (1 = real token), as int64
+    arrays: the tokenizer's padder (`pad_rows`, the one behind `tok(texts, padding=True)`) to the longest.
 
     >>> left_pad([[5, 6, 7], [8]], 0)[0].tolist()
     [[5, 6, 7], [0, 0, 8]]
     """
     n = max(len(x) for x in batch)
-    ids = np.full((len(batch), n), pad_id, dtype=np.int64)
-    mask = np.zeros((len(batch), n), dtype=np.int64)
-    for i, x in enumerate(batch):
-        if len(x):
-            ids[i, n - len(x):] = x
-            mask[i, n - len(x):] = 1
-    return ids, mask
+    ids, mask = pad_rows(batch, n, pad_id, "left")
+    return (np.array(ids, dtype=np.int64).reshape(len(batch), n),
+            np.array(mask, dtype=np.int64).reshape(len(batch), n))
 
 
 def generate_ids(model, prompts: Sequence[Sequence[int]], sp: SamplingParams, eos_ids: Sequence[int] = (),
@@ -247,6 +276,18 @@ def sampling_defaults(model, **overrides) -> SamplingParams:
     return SamplingParams(**base)
 
 
+def sampling_for(model, sampling: SamplingParams | None = None, **overrides) -> SamplingParams:
+    """The SamplingParams a call runs with: `sampling` (else the checkpoint's defaults), with the
+    keyword arguments that are not None on top: `stream(m, t, "x", temperature=0.8)` builds one."""
+    if sampling is None:
+        return sampling_defaults(model, **overrides)
+    if not isinstance(sampling, SamplingParams):
+        raise TypeError(f"sampling must be a SamplingParams, got {type(sampling).__name__} (give the sampling "
+                        f"arguments by name: max_new_tokens=..., temperature=...)")
+    given = {k: v for k, v in overrides.items() if v is not None}
+    return dataclasses.replace(sampling, **given) if given else sampling
+
+
 def eos_ids_of(model, tokenizer) -> list[int]:
     """Every id that ends generation: the tokenizer's EOS and the generation config's."""
     ids = set()
@@ -288,19 +329,17 @@ class _TextDeltas:
         return delta
 
 
-def stream(model, tokenizer, prompt: str | Sequence[int], max_new_tokens: int | None = None,
-           temperature: float | None = None, top_k: int | None = None, top_p: float | None = None,
-           repetition_penalty: float | None = None, seed: int | None = None, stop: Sequence[str] | None = None,
-           stats: GenerationStats | None = None, add_bos: bool | None = None) -> Iterator[str]:
+def stream(model, tokenizer, prompt: str | Sequence[int], sampling: SamplingParams | None = None, *,
+           stats: GenerationStats | None = None, add_bos: bool | None = None, **sampling_args) -> Iterator[str]:
     """Yield the generated text piece by piece as tokens arrive (complete characters only).
 
     `prompt` is text (encoded with the tokenizer, BOS as the checkpoint says) or a list of ids.
+    How to sample: a SamplingParams, or its fields by name (max_new_tokens, temperature, top_k, top_p,
+    repetition_penalty, seed, stop), which override it or the checkpoint's generation_config.json.
     Stops at EOS, at a stop string (not included in the text), after max_new_tokens, or when the
     context window is full. Pass a GenerationStats to read timings and the stop reason afterwards.
     """
-    sp = sampling_defaults(model, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
-                           top_p=top_p, repetition_penalty=repetition_penalty, seed=seed,
-                           stop=stop or None)
+    sp = sampling_for(model, sampling, **sampling_args)
     prompt_ids = list(prompt) if not isinstance(prompt, str) else tokenizer.encode(prompt, add_bos=add_bos)
     stats = stats if stats is not None else GenerationStats()
     deltas = _TextDeltas(tokenizer, prompt_ids)
@@ -337,25 +376,26 @@ def _find_stop(text: str, stops: Sequence[str]) -> int | None:
 
 def generate(model, tokenizer, prompt: str | Sequence[int], return_full_text: bool = False, **kwargs) -> str:
     """The generated continuation of `prompt` as one string, *without* the prompt (see `stream` for the
-    arguments). return_full_text=True puts the prompt's text in front, as transformers' text-generation
-    pipeline does by default (a prompt of ids is decoded without its special tokens)."""
+    arguments: sampling=SamplingParams(...), or its fields by name). return_full_text=True puts the
+    prompt's text in front, as transformers' text-generation pipeline does by default (a prompt of ids
+    is decoded without its special tokens)."""
     text = "".join(stream(model, tokenizer, prompt, **kwargs))
     if not return_full_text:
         return text
     return (prompt if isinstance(prompt, str) else tokenizer.decode(list(prompt), skip_special_tokens=True)) + text
 
 
-def generate_batch(model, tokenizer, prompts: Sequence[str], max_new_tokens: int | None = None,
-                   temperature: float | None = None, top_k: int | None = None, top_p: float | None = None,
-                   repetition_penalty: float | None = None, seed: int | None = None,
-                   add_bos: bool | None = None) -> list[str]:
+def generate_batch(model, tokenizer, prompts: Sequence[str], sampling: SamplingParams | None = None, *,
+                   add_bos: bool | None = None, **sampling_args) -> list[str]:
     """Generate for several prompts at once (left-padded, one forward pass per step for the batch).
 
-    Greedy output equals generating each prompt alone. With sampling, rows draw from one
-    generator, so a row's text depends on the batch it is in (as in transformers).
+    Sampling as in `stream`, stop strings aside. Greedy output equals generating each prompt alone.
+    With sampling, rows draw from one generator, so a row's text depends on the batch it is in (as in
+    transformers).
     """
-    sp = sampling_defaults(model, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
-                           top_p=top_p, repetition_penalty=repetition_penalty, seed=seed)
+    sp = sampling_for(model, sampling, **sampling_args)
+    if sp.stop:
+        raise TypeError("generate_batch takes no stop strings: use generate for each prompt")
     ids = [tokenizer.encode(p, add_bos=add_bos) for p in prompts]
     eos = eos_ids_of(model, tokenizer)
     pad = getattr(tokenizer, "pad_id", None)

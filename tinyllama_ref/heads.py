@@ -1,31 +1,17 @@
 """What sits on top of the final RMSNorm, as the checkpoint's `architectures` names it.
 
-- `LlamaForCausalLM`: next-token logits, $x W_\text{lm}^\top$ (`causal_lm_logits`), for all positions
-  or only those asked for (`logits_to_keep`, as transformers: generation needs only the last);
+- `LlamaForCausalLM`: next-token logits, $x W_\text{lm}^\top$, for all positions or only those asked
+  for (`logits_to_keep`): `llama.lm_head`, part of the book's `forward`;
 - `LlamaForSequenceClassification`: a score per class read at each row's last real token
   (`sequence_classification_logits`);
 - `LlamaModel`: no head, the hidden states themselves.
 """
 from __future__ import annotations
 
-from typing import Sequence
-
 import numpy as np
 
 from .backend import xp_of
 from .llama import linear
-
-
-def keep_positions(x, logits_to_keep: int | Sequence[int] = 0):
-    """The positions to compute logits for: all (0), the last k (int k), or the given indices."""
-    if isinstance(logits_to_keep, (int, np.integer)):
-        return x if logits_to_keep == 0 else x[:, -int(logits_to_keep):]
-    return x[:, xp_of(x).asarray(logits_to_keep)]
-
-
-def causal_lm_logits(params: dict, x, logits_to_keep: int | Sequence[int] = 0):
-    """[b, s, D] -> [b, s_kept, V]"""
-    return keep_positions(x, logits_to_keep) @ params["lm_head"]["weight"].T
 
 
 def last_non_pad(input_ids, pad_token_id: int | None):

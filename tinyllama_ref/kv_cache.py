@@ -46,13 +46,19 @@ class KVCache:
         """The number of tokens cached (transformers' name)."""
         return self.length
 
-    def update(self, layer: int, k, v, start: int):
-        """Write one layer's new keys/values [b, g, s, d] at slots [start, start+s); return slots [0, start+s)."""
-        end = start + k.shape[2]
+    def update(self, layer: int, k, v):
+        """Append one layer's new keys/values [b, g, s, d] after the cached ones; return that layer's [b, g, t, d].
+
+        Every layer writes at slots [length, length + s). The cache owns its length: a step counts
+        once its last layer has written, so a forward that fails half-way leaves the length as it was.
+        """
+        start, end = self.length, self.length + k.shape[2]
         if end > self.capacity:
             self.grow(end)
         self.keys[layer][:, :, start:end] = k
         self.values[layer][:, :, start:end] = v
+        if layer == len(self.keys) - 1:
+            self.length = end
         return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
 
     def grow(self, needed: int) -> None:

@@ -9,12 +9,17 @@ inputs), and parameter dicts keyed by the checkpoint's own names (`q_proj`, `gat
 Weights keep PyTorch's `nn.Linear` layout [out, in], so a linear layer is $x W^\top$.
 Shapes: b = batch, s = new tokens, t = tokens attended to (cache + new), h = query heads,
 g = key/value heads, d = head_dim, D = hidden_size, F = intermediate_size, V = vocab_size.
-The variants (RoPE scalings, Open-Llama, `pretraining_tp`, other heads) live in modules of their own
-and are chosen from the config before this code runs; see `model.forward`.
+There is one decoder layer and one forward. The variants live in modules of their own and are chosen
+from the config once, when a model is built (`model.layer_ops`): RoPE scalings hand in their
+frequencies, the others hand in operations (`LayerOps`: the projections, the activation, fused kernels,
+an observer) that this code calls where the paper has them. `model.forward` checks the inputs, runs
+`forward` (or `transformer` under another head) and returns what transformers returns.
 """
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
@@ -23,9 +28,9 @@ from .backend import xp_of
 F32 = np.float32
 
 
-def embed(weight, input_ids):
-    """Token embedding: row `i` of the [V, D] table is token i's vector. [b, s] -> [b, s, D]"""
-    return weight[input_ids]
+def embed(p: dict, input_ids):
+    """Token embedding: row `i` of the [V, D] table `embed_tokens` is token i's vector. [b, s] -> [b, s, D]"""
+    return p["embed_tokens"]["weight"][input_ids]
 
 
 def rms_norm(x, weight, eps: float):
@@ -79,7 +84,7 @@ def apply_rope(x, cos, sin):
     instead; `formats/gguf.py` permutes the weights between the two layouts.)
     x [b, heads, s, d]; cos, sin [b, s, d] broadcast over the heads.
     """
-    cos, sin = cos[:, None].astype(x.dtype), sin[:, None].astype(x.dtype)
+    cos, sin = cos[:, None].astype(x.dtype, copy=False), sin[:, None].astype(x.dtype, copy=False)
     return x * cos + rotate_half(x) * sin
 
 
@@ -91,10 +96,10 @@ def linear(x, p: dict):
     return y
 
 
-def split_heads(x, n_heads: int, head_dim: int):
-    """[b, s, n*d] -> [b, n, s, d]"""
+def split_heads(x, head_dim: int):
+    """[b, s, n*d] -> [b, n, s, d]: the heads are as many as fit (`n` = width // d)."""
     b, s, _ = x.shape
-    return x.reshape(b, s, n_heads, head_dim).transpose(0, 2, 1, 3)
+    return x.reshape(b, s, -1, head_dim).transpose(0, 2, 1, 3)
 
 
 def merge_heads(x):
@@ -157,52 +162,96 @@ def scaled_dot_product_attention(q, k, v, mask_bias, scale: float):
     return out.reshape(b, h, s, d), probs.reshape(b, h, s, t)
 
 
-def self_attention(p: dict, x, cos, sin, mask_bias, config, cache=None, layer: int = 0, past_len: int = 0):
-    """Grouped-query self-attention with RoPE and a KV cache: [b, s, D] -> [b, s, D] (and the probabilities).
-
-    With a cache (`kv_cache.KVCache`), this step's keys and values are written at slots
-    [past_len, past_len + s) and the queries attend to every slot filled so far.
-    """
-    h, g, d = config.num_attention_heads, config.num_key_value_heads, config.head_dim
-    q = split_heads(linear(x, p["q_proj"]), h, d)  # [b, h, s, d]
-    k = split_heads(linear(x, p["k_proj"]), g, d)  # [b, g, s, d]
-    v = split_heads(linear(x, p["v_proj"]), g, d)  # [b, g, s, d]
-    q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-    if cache is not None:
-        k, v = cache.update(layer, k, v, past_len)  # [b, g, t, d]
-    out, probs = scaled_dot_product_attention(q, k, v, mask_bias, 1.0 / math.sqrt(d))
-    return linear(merge_heads(out), p["o_proj"]), probs
-
-
 def silu(x):
     r"""SiLU, or swish (Elfwing et al. 2017): $x\,\sigma(x) = x / (1 + e^{-x})$."""
     return x / (1 + xp_of(x).exp(-x))
 
 
-def swiglu_mlp(p: dict, x):
+def silu_mul(gate, up):
+    r"""SwiGLU's gate (Shazeer 2020): $\mathrm{SiLU}(g) \odot u$, feature by feature. [b, s, F] -> [b, s, F]"""
+    return silu(gate) * up
+
+
+def ignore(prefix: str, **named) -> None:
+    """The observer when nobody is watching: it keeps nothing."""
+
+
+@dataclass(frozen=True)
+class LayerOps:
+    r"""The operations a variant hands to the layer, chosen once when a model is built (`model.layer_ops`).
+
+    The defaults are this file's functions: the paper's model. `column_linear` and `row_linear` (Meta's
+    `ColumnParallelLinear` and `RowParallelLinear`) are $x W^\top + b$ for the projections that make
+    features (q, k, v, gate, up) and those that sum them back (o, down): `pretraining_tp` slices them,
+    int8/int4 weights are dequantized inside them. `act_mul` is the gated product (`activations.py`);
+    CuPy fuses it, `rms_norm` and `apply_rope` into single kernels (`fused.py`); Open-Llama's `embed` adds
+    a LayerNorm; `observe(prefix, **named)` sees each intermediate under its dump name (`parity.py`).
+    """
+
+    column_linear: Callable = linear
+    row_linear: Callable = linear
+    act_mul: Callable = silu_mul
+    rms_norm: Callable = rms_norm
+    apply_rope: Callable = apply_rope
+    embed: Callable = embed
+    observe: Callable = ignore
+
+
+PAPER = LayerOps()  # the model exactly as written above
+
+
+def self_attention(p: dict, x, cos, sin, mask_bias, config, cache=None, layer: int = 0, ops: LayerOps = PAPER):
+    """Grouped-query self-attention with RoPE and a KV cache: [b, s, D] -> [b, s, D].
+
+    With a cache (`kv_cache.KVCache`), this step's keys and values are appended to the layer's own and
+    the queries attend to every key filled so far (t = cached + new).
+    """
+    d = config.head_dim
+    q = split_heads(ops.column_linear(x, p["q_proj"]), d)  # [b, h, s, d]
+    k = split_heads(ops.column_linear(x, p["k_proj"]), d)  # [b, g, s, d]
+    v = split_heads(ops.column_linear(x, p["v_proj"]), d)  # [b, g, s, d]
+    q_rope, k_rope = ops.apply_rope(q, cos, sin), ops.apply_rope(k, cos, sin)
+    keys, values = (k_rope, v) if cache is None else cache.update(layer, k_rope, v)  # [b, g, t, d]
+    out, probs = scaled_dot_product_attention(q_rope, keys, values, mask_bias, 1.0 / math.sqrt(d))
+    context = merge_heads(out)  # [b, s, h*d]
+    o_proj = ops.row_linear(context, p["o_proj"])  # [b, s, D]
+    ops.observe(f"layers.{layer}.self_attn", q=q, k=k, v=v, q_rope=q_rope, k_rope=k_rope, probs=probs,
+                context=context, o_proj=o_proj)
+    return o_proj
+
+
+def swiglu_mlp(p: dict, x, layer: int = 0, ops: LayerOps = PAPER):
     r"""SwiGLU (Shazeer 2020): $W_\text{down}\,(\mathrm{SiLU}(W_\text{gate} x) \odot W_\text{up} x)$.
 
     The SiLU of one projection gates the other, feature by feature. [b, s, D] -> [b, s, F] -> [b, s, D]
     """
-    return linear(silu(linear(x, p["gate_proj"])) * linear(x, p["up_proj"]), p["down_proj"])
+    gate = ops.column_linear(x, p["gate_proj"])  # [b, s, F]
+    up = ops.column_linear(x, p["up_proj"])  # [b, s, F]
+    act_mul = ops.act_mul(gate, up)  # [b, s, F]
+    down = ops.row_linear(act_mul, p["down_proj"])  # [b, s, D]
+    ops.observe(f"layers.{layer}.mlp", gate_proj=gate, up_proj=up, act_mul=act_mul, down_proj=down)
+    return down
 
 
-def decoder_layer(p: dict, x, cos, sin, mask_bias, config, cache=None, layer: int = 0, past_len: int = 0):
+def decoder_layer(p: dict, x, cos, sin, mask_bias, config, cache=None, layer: int = 0, ops: LayerOps = PAPER):
     """One pre-norm residual block: x + Attn(RMSNorm(x)), then + MLP(RMSNorm(x)). [b, s, D] -> [b, s, D]"""
     eps = config.rms_norm_eps
-    attn, probs = self_attention(p["self_attn"], rms_norm(x, p["input_layernorm"]["weight"], eps), cos, sin,
-                                 mask_bias, config, cache, layer, past_len)
-    x = x + attn
-    x = x + swiglu_mlp(p["mlp"], rms_norm(x, p["post_attention_layernorm"]["weight"], eps))
-    return x, probs
+    x_norm = ops.rms_norm(x, p["input_layernorm"]["weight"], eps)
+    attn_residual = x + self_attention(p["self_attn"], x_norm, cos, sin, mask_bias, config, cache, layer, ops)
+    attn_norm = ops.rms_norm(attn_residual, p["post_attention_layernorm"]["weight"], eps)
+    output = attn_residual + swiglu_mlp(p["mlp"], attn_norm, layer, ops)
+    ops.observe(f"layers.{layer}", input_layernorm=x_norm, attn_residual=attn_residual,
+                post_attention_layernorm=attn_norm, output=output)
+    return output
 
 
-def forward(params: dict, config, input_ids, position_ids=None, attention_mask=None, cache=None, rope=None):
-    r"""Logits [b, s, V] for token ids [b, s]: the whole model.
+def transformer(params: dict, config, input_ids, position_ids=None, attention_mask=None, cache=None, rope=None,
+                ops: LayerOps = PAPER):
+    r"""The hidden states [b, s, D] for token ids [b, s]: embedding, every layer, the final RMSNorm.
 
-    position_ids [b, s] default to past_len, past_len+1, ...; attention_mask [b, t] (1 = real token)
-    to all ones; `rope` = (inv_freq, attention_factor) to plain RoPE. A `cache` is filled in place.
-    The head is $x W_\text{lm}^\top$: one score per vocabulary entry, softmax gives the next token.
+    position_ids [b, s] default to t0, t0+1, ... where t0 = the tokens already in `cache`;
+    attention_mask [b, t] (1 = real token) to all ones; `rope` = (inv_freq, attention_factor) to
+    plain RoPE. A `cache` is filled in place.
     """
     xp = xp_of(input_ids)
     b, s = input_ids.shape
@@ -211,13 +260,34 @@ def forward(params: dict, config, input_ids, position_ids=None, attention_mask=N
         position_ids = xp.broadcast_to(xp.arange(past, past + s, dtype=np.int64)[None], (b, s))
     if attention_mask is None:
         attention_mask = xp.ones((b, past + s), dtype=np.int64)
+    x = ops.embed(params["model"], input_ids)  # [b, s, D]
+    ops.observe("", embed_tokens=x)
     inv_freq, attention_factor = rope or (rope_frequencies(config.rope_theta, config.head_dim), 1.0)
     cos, sin = rope_cos_sin(inv_freq, position_ids, attention_factor)  # [b, s, d]
+    cos, sin = cos.astype(x.dtype, copy=False), sin.astype(x.dtype, copy=False)  # cast once, not in every layer
     mask_bias = attention_mask_bias(attention_mask, s, past + s, past)  # [b, 1, s, t]
-    x = embed(params["model"]["embed_tokens"]["weight"], input_ids)  # [b, s, D]
     for i, layer_params in enumerate(params["model"]["layers"]):
-        x, _ = decoder_layer(layer_params, x, cos, sin, mask_bias, config, cache, i, past)
-    if cache is not None:
-        cache.length = past + s
-    x = rms_norm(x, params["model"]["norm"]["weight"], config.rms_norm_eps)
-    return x @ params["lm_head"]["weight"].T  # [b, s, V]
+        x = decoder_layer(layer_params, x, cos, sin, mask_bias, config, cache, i, ops)
+    x = ops.rms_norm(x, params["model"]["norm"]["weight"], config.rms_norm_eps)
+    ops.observe("", norm=x)
+    return x
+
+
+def lm_head(params: dict, x, logits_to_keep=0):
+    r"""Next-token scores $x W_\text{lm}^\top$: one per vocabulary entry; softmax gives the next token.
+
+    [b, s, D] -> [b, s_kept, V] for every position (0), the last k (int k), or the given indices,
+    as transformers' `logits_to_keep` (generation needs only the last).
+    """
+    if isinstance(logits_to_keep, (int, np.integer)):
+        x = x if logits_to_keep == 0 else x[:, -int(logits_to_keep):]
+    else:
+        x = x[:, xp_of(x).asarray(logits_to_keep)]
+    return x @ params["lm_head"]["weight"].T
+
+
+def forward(params: dict, config, input_ids, position_ids=None, attention_mask=None, cache=None, rope=None,
+            ops: LayerOps = PAPER, logits_to_keep=0):
+    """Logits [b, s, V] for token ids [b, s]: the whole model, `transformer` then `lm_head`."""
+    x = transformer(params, config, input_ids, position_ids, attention_mask, cache, rope, ops)
+    return lm_head(params, x, logits_to_keep)

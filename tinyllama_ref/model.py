@@ -1,18 +1,19 @@
-r"""The model as users call it: input checks, the variants chosen from the config, outputs, loading.
+r"""The model as users call it: input checks, the variants' operations chosen once, outputs, loading.
 
 `llama.py` is the model as the paper states it, and trusts its inputs. This module is the edge
-around it: `forward` validates and converts the inputs, picks the variants the config asks for
-(the RoPE scaling, Open-Llama's stable embedding, `pretraining_tp`, the head, the loss), runs the
-layers of `llama.py`, and returns what transformers returns (`ModelOutput`). `Model` bundles
-params and config so that `model(input_ids)` reads like HF; `load` reads a checkpoint directory
-or a GGUF file. The array module is chosen here, once, when the model is built.
+around it: `layer_ops` chooses, once per model, the operations the config's variants hand to the
+book's one layer (`pretraining_tp`'s slices, dequantizing projections, another activation, Open-Llama's
+stable embedding, CuPy's fused kernels); `forward` validates and converts the inputs, runs
+`llama.forward`, adds the head and the loss, and returns what transformers returns (`ModelOutput`),
+hidden states and attentions included, which the book hands to an observer. `Model` bundles params,
+config and those operations so that `model(input_ids)` reads like HF; `load` reads a checkpoint
+directory, a GGUF file or Meta's checkpoint. The array module is chosen here, once, when the model is built.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
 import math
-import os
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -20,12 +21,13 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from . import activations, heads, llama, losses, open_llama, quantize as Q
 from . import backend as B
-from . import fused, heads, instrumented, llama, losses, open_llama, quantize as Q
+from . import fused as fused_kernels
 from .config import ConfigError, LlamaConfig, check_generation_config
 from .kv_cache import KVCache, cache_signature
 from .rope_scaling import RopeTables
-from .tensor_parallel import sliced_projection
+from .tensor_parallel import sliced_linears
 from .formats.checkpoint import build_params, flatten, read_checkpoint_tensors
 
 
@@ -104,82 +106,122 @@ def check_ids_in_vocabulary(ids: np.ndarray, vocab_size: int) -> None:
                          f"[0, {vocab_size})")
 
 
+def layer_ops(config: LlamaConfig, params: dict, xp=np, fused: bool = True) -> llama.LayerOps:
+    """The operations the config's variants hand to `llama.py`'s one layer, chosen once per model.
+
+    `pretraining_tp` slices the projections; int8/int4 weights are dequantized just before each product;
+    another `hidden_act` changes the gated product; Open-Llama's stable embedding adds a LayerNorm; on
+    CuPy (unless `fused=False`) the pointwise steps run as fused kernels.
+    """
+    linears = sliced_linears(config.pretraining_tp)  # column_linear and row_linear
+    if Q.is_quantized(params):
+        linears = {name: Q.dequantizing(fn) for name, fn in linears.items()}
+    ops = dict(linears, act_mul=activations.gated(config.hidden_act))
+    if config.is_open_llama and config.use_stable_embedding:
+        ops["embed"] = open_llama.stable_embedding
+    if xp is not np and fused:
+        kernels = fused_kernels.KERNELS
+        ops.update(rms_norm=kernels["rms_norm"], apply_rope=kernels["apply_rope"])
+        if ops["act_mul"] is llama.silu_mul:
+            ops["act_mul"] = kernels["act_mul"]
+    return llama.LayerOps(**ops)
+
+
+def recorder(into: dict, wanted: set | None = None):
+    """An observer for `llama.LayerOps` that stores what it sees in `into` under its dump name
+    ("layers.3.self_attn.q"); with `wanted`, only those names (a layer's without "layers.N.")."""
+
+    def observe(prefix: str, **named) -> None:
+        for name, value in named.items():
+            full = f"{prefix}.{name}" if prefix else name
+            if wanted is None or (full.split(".", 2)[2] if full.startswith("layers.") else full) in wanted:
+                into[full] = value
+
+    return observe
+
+
 def forward(params: dict, config: LlamaConfig, input_ids, attention_mask=None, position_ids=None,
             past_key_values: KVCache | None = None, use_cache: bool = False, output_hidden_states: bool = False,
             output_attentions: bool = False, labels=None, logits_to_keep: int | Sequence[int] = 0,
-            trace: dict | None = None, rope: RopeTables | None = None) -> ModelOutput:
+            trace: dict | None = None, rope: RopeTables | None = None,
+            ops: llama.LayerOps | None = None) -> ModelOutput:
     """Run the model on a batch of token ids [batch, seq]; see `ModelOutput` for what comes back.
 
-    Inputs may be NumPy arrays (checked on the host, then copied to the model's device once) or
-    arrays of the model's own module. `trace`, if a dict, receives every intermediate under the
-    stable names of `parity.py`. `rope`: the model's RoPE frequencies, kept on its device
-    (`Model` passes its own; without one they are computed for this call).
+    Checks the inputs, runs `llama.forward` (`llama.transformer` under another head), then the head and
+    the loss. Inputs may be NumPy arrays (checked on the host, then copied to the model's device once) or
+    arrays of the model's own module. `trace`, if a dict, receives every intermediate under the stable
+    names of `parity.py`. `rope`: the model's RoPE frequencies, kept on its device; `ops`: its
+    `layer_ops` (`Model` passes its own; without them they are made for this call).
     """
     xp = B.xp_of(params["model"]["embed_tokens"]["weight"])
     cache = past_key_values
     input_ids, attention_mask, position_ids, past, furthest = check_inputs(config, input_ids, attention_mask,
                                                                            position_ids, cache, xp)
+    labels = check_head_inputs(config, input_ids, labels, logits_to_keep, past, xp)  # before the cache is written
+    if use_cache and cache is None:
+        cache = KVCache.allocate(config, input_ids.shape[0], max(input_ids.shape[1], 16),
+                                 like=params["model"]["embed_tokens"]["weight"])
+    # On the device already, computed once per model (Dynamic NTK and LongRoPE: once per length bucket).
+    rope_freqs = (rope or RopeTables(config, xp)).for_positions(position_ids, furthest)
+    ops, seen = observed(ops or layer_ops(config, params, xp), trace, output_hidden_states, output_attentions)
+    if trace is not None:
+        trace["input_ids"] = input_ids
+    out = ModelOutput(past_key_values=cache if (use_cache or past_key_values is not None) else None)
+    run_with_head(out, (params, config, input_ids, position_ids, attention_mask, cache, rope_freqs, ops), labels,
+                  logits_to_keep, xp)
+    if trace is not None and config.head == "causal_lm":
+        trace["logits"] = out.logits
+    collect_outputs(out, seen, config.num_hidden_layers, output_hidden_states, output_attentions)
+    return out
+
+
+def check_head_inputs(config: LlamaConfig, input_ids, labels, logits_to_keep, past: int, xp):
+    """What the head and the attention need of the inputs: a pad id to classify a batch, valid labels,
+    and an attention matrix that fits in memory. Returns the labels (checked, for a causal LM)."""
     b, s = input_ids.shape
     if config.head == "sequence_classification" and config.pad_token_id is None and b != 1:
         raise InputError("sequence classification of a batch needs a pad_token_id in the config")
-    if labels is not None and config.head == "causal_lm":  # checked before the cache is written
+    if labels is not None and config.head == "causal_lm":
         labels = check_labels(labels, logits_to_keep, b, s, xp, config.vocab_size)
     check_attention_memory(config, b, s, past, xp)
-    m = params["model"]
-    x = llama.embed(m["embed_tokens"]["weight"], input_ids)  # [b, s, D]
-    if config.is_open_llama and config.use_stable_embedding:
-        x = open_llama.stable_embedding(m["embed_layer_norm"], x)
-    if use_cache and cache is None:
-        cache = KVCache.allocate(config, b, max(s, 16), like=x)
-    # On the device already, computed once per model (Dynamic NTK and LongRoPE: once per length bucket).
-    inv_freq, attention_factor = (rope or RopeTables(config, xp)).for_positions(position_ids, furthest)
-    cos, sin = llama.rope_cos_sin(inv_freq, position_ids, attention_factor)  # [b, s, d], float32
-    cos, sin = cos.astype(x.dtype, copy=False), sin.astype(x.dtype, copy=False)  # cast once, not in every layer
-    mask_bias = llama.attention_mask_bias(attention_mask, s, past + s, past)  # [b, 1, s, t]
+    return labels
 
-    if trace is not None:
-        trace.update(input_ids=input_ids, embed_tokens=x)
-    layer_fn, project = llama.decoder_layer, sliced_projection(config.pretraining_tp)
-    quantized = Q.is_quantized(params)
-    if quantized:  # int8/int4 weights: each one dequantized just before its matmul (quantize.py)
-        project = Q.dequantizing(project)
-    if trace is not None or config.pretraining_tp > 1 or config.hidden_act not in ("silu", "swish"):
-        # a variant inside the layer: its steps are observed, its projections sliced, or its activation another
-        layer_fn = partial(instrumented.decoder_layer, trace=trace, project=project)
-    elif xp is not np and fused.ENABLED:  # on CuPy: the same layer, its pointwise steps fused into single kernels
-        layer_fn = partial(fused.decoder_layer, project=project) if quantized else fused.decoder_layer
-    elif quantized:
-        layer_fn = partial(instrumented.decoder_layer, project=project)
-    hidden_states, attentions = [x], []  # kept only when asked for: each layer's output is [b, s, D]
-    for i, layer_params in enumerate(m["layers"]):
-        x, probs = layer_fn(layer_params, x, cos, sin, mask_bias, config, cache, i, past)
-        if output_hidden_states:
-            hidden_states.append(x)
-        if output_attentions:
-            attentions.append(probs)
-    x = llama.rms_norm(x, m["norm"]["weight"], config.rms_norm_eps)
-    hidden_states[-1] = x  # as transformers: the last hidden state is the normed one
-    if cache is not None:
-        cache.length = past + s
-    if trace is not None:
-        trace["norm"] = x
 
-    out = ModelOutput(past_key_values=cache if (use_cache or past_key_values is not None) else None,
-                      hidden_states=tuple(hidden_states) if output_hidden_states else None,
-                      attentions=tuple(attentions) if output_attentions else None)
-    if config.head == "sequence_classification":
-        out.logits = heads.sequence_classification_logits(params, x, input_ids, config.pad_token_id)
-        if labels is not None:
-            out.loss = losses.classification_loss(out.logits, xp.asarray(labels), config)
-    elif config.head == "base":
+def run_with_head(out: ModelOutput, args: tuple, labels, logits_to_keep, xp) -> None:
+    """The book's `forward` for a causal LM (its logits and loss); `transformer` and then the classifier, or
+    nothing, under the other heads. `args` are `llama.transformer`'s; fills `out`."""
+    params, config, input_ids = args[:3]
+    if config.head == "causal_lm":
+        out.logits = llama.forward(*args, logits_to_keep=logits_to_keep)  # [b, s_kept, V]
+        out.loss = None if labels is None else losses.causal_lm_loss(out.logits, labels)
+        return
+    x = llama.transformer(*args)  # [b, s, D], after the final norm
+    if config.head == "base":
         out.extras["last_hidden_state"] = x
-    else:
-        out.logits = heads.causal_lm_logits(params, x, logits_to_keep)  # [b, s_kept, V]
-        if trace is not None:
-            trace["logits"] = out.logits
-        if labels is not None:
-            out.loss = losses.causal_lm_loss(out.logits, labels)
-    return out
+        return
+    out.logits = heads.sequence_classification_logits(params, x, input_ids, config.pad_token_id)
+    out.loss = None if labels is None else losses.classification_loss(out.logits, xp.asarray(labels), config)
+
+
+def observed(ops: llama.LayerOps, trace: dict | None, hidden_states: bool, attentions: bool):
+    """`ops` with an observer that records what was asked for (a trace, hidden states, attentions), and the
+    dict it records into; `ops` itself when nothing was asked for."""
+    if trace is None and not hidden_states and not attentions:
+        return ops, {}
+    wanted = None if trace is not None else (
+        ({"embed_tokens", "output", "norm"} if hidden_states else set()) | ({"self_attn.probs"} if attentions else set()))
+    seen = trace if trace is not None else {}
+    return dataclasses.replace(ops, observe=recorder(seen, wanted)), seen
+
+
+def collect_outputs(out: ModelOutput, seen: dict, n_layers: int, hidden_states: bool, attentions: bool) -> None:
+    """transformers' `hidden_states` (the embedding output, then each layer's, the last one after the final
+    norm) and `attentions` (each layer's probabilities [b, h, s, t]) from what the observer recorded."""
+    if hidden_states:
+        layers = [seen[f"layers.{i}.output"] for i in range(n_layers - 1)]
+        out.hidden_states = (seen["embed_tokens"], *layers, seen["norm"])
+    if attentions:
+        out.attentions = tuple(seen[f"layers.{i}.self_attn.probs"] for i in range(n_layers))
 
 
 def check_labels(labels, logits_to_keep, b: int, s: int, xp, vocab_size: int | None = None):
@@ -203,34 +245,13 @@ def check_labels(labels, logits_to_keep, b: int, s: int, xp, vocab_size: int | N
     return labels
 
 
-def available_memory(xp=np) -> int | None:
-    """Bytes of memory available to a new allocation, or None: the device's free memory on CuPy, else
-    the host's (Linux MemAvailable, else free pages)."""
-    if xp is not np:
-        try:
-            return int(xp.cuda.runtime.memGetInfo()[0])
-        except Exception:  # no runtime query: no guard rather than a wrong one
-            return None
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return None
-
-
 def check_attention_memory(config: LlamaConfig, b: int, s: int, past: int, xp=np) -> None:
     """Refuse, before allocating it, an attention matrix [batch, heads, seq, past + seq] (float32) that
     alone would not fit in the memory available now."""
     need = b * config.num_attention_heads * s * (past + s) * 4
     if need < 2**30:
         return  # under 1 GiB: not worth a look at /proc
-    free = available_memory(xp)
+    free = B.available_memory(xp)
     if free is not None and need > free:
         raise InputError(f"input_ids of shape {(b, s)} (after {past} cached positions) needs an attention matrix "
                          f"[batch, heads, seq, past + seq] = {(b, config.num_attention_heads, s, past + s)} of "
@@ -249,9 +270,11 @@ class Model:
     source: str = ""
     generation_config: dict = field(default_factory=dict)
     quantize: str | None = None  # "int8" or "int4": the layers' linear weights are QuantizedWeights
+    fused: bool = True  # on CuPy: the pointwise steps as fused kernels (`fused.py`)
 
     xp: Any = field(default=None, repr=False)  # numpy or cupy: resolved once, from `backend`
     rope: RopeTables | None = field(default=None, repr=False)  # RoPE frequencies on the device, made once
+    ops: llama.LayerOps | None = field(default=None, repr=False)  # the variants' operations, chosen once
 
     def __post_init__(self):
         if self.xp is None:
@@ -259,6 +282,8 @@ class Model:
             self.xp = B.get_module(self.backend)
         if self.rope is None:
             self.rope = RopeTables(self.config, self.xp)
+        if self.ops is None:
+            self.ops = layer_ops(self.config, self.params, self.xp, self.fused)
 
     def as_input(self, ids, name: str = "input_ids"):
         """Python lists, NumPy or CuPy arrays -> a [batch, seq] integer array: NumPy, or already on this
@@ -287,7 +312,7 @@ class Model:
         elif labels is not None:
             labels = self.xp.asarray(labels)
         return forward(self.params, self.config, ids, mask, pos, past_key_values, use_cache,
-                       output_hidden_states, output_attentions, labels, logits_to_keep, rope=self.rope)
+                       output_hidden_states, output_attentions, labels, logits_to_keep, rope=self.rope, ops=self.ops)
 
     def resize_token_embeddings(self, new_num_tokens: int | None = None, pad_to_multiple_of: int | None = None,
                                 mean_resizing: bool = True, seed: int | None = None):
@@ -350,11 +375,11 @@ class Model:
 
 def build_model(config: LlamaConfig, tensors: Mapping[str, np.ndarray], backend: str | None = None,
                 dtype: str = "float32", source: str = "checkpoint", progress=None, quantize: str | None = None,
-                group_size: int = 128) -> Model:
+                group_size: int = 128, fused: bool = True) -> Model:
     """A Model from a config and HF-named tensors (from safetensors, GGUF, or built in memory).
 
     quantize: None, "int8" or "int4" (`quantize.py`: torchao's int8_weight_only / int4_weight_only, with
-    `group_size` inputs per int4 scale).
+    `group_size` inputs per int4 scale). fused: on CuPy, run the pointwise steps as fused kernels (`fused.py`).
     """
     Q.check_arguments(quantize, group_size)  # before any tensor is converted
     name = B.resolve_backend(backend)
@@ -362,16 +387,18 @@ def build_model(config: LlamaConfig, tensors: Mapping[str, np.ndarray], backend:
     params = build_params(tensors, config, dtype, xp, source, progress)
     if quantize:
         params = Q.quantize_params(params, quantize, group_size)
-    return Model(params=params, config=config, backend=name, dtype=dtype, source=source, quantize=quantize, xp=xp)
+    return Model(params=params, config=config, backend=name, dtype=dtype, source=source, quantize=quantize, fused=fused,
+                 xp=xp)
 
 
 def load(path: str | Path, backend: str | None = None, dtype: str = "float32", progress: bool = False,
-         quantize: str | None = None, group_size: int = 128) -> Model:
+         quantize: str | None = None, group_size: int = 128, fused: bool = True) -> Model:
     """Load a Hugging Face checkpoint directory (config.json + safetensors), a GGUF file, or Meta's
     original checkpoint directory (params.json + consolidated.*.pth, read without torch).
 
     backend: "numpy" or "cupy" (default: $TINYLLAMA_BACKEND, else numpy). dtype: the compute dtype.
     quantize: None, "int8" or "int4" weight-only quantization of the layers' linear weights (`quantize.py`).
+    fused: on CuPy, the pointwise steps as fused kernels (`fused.py`); False runs the book's functions there.
     """
     Q.check_arguments(quantize, group_size)  # before any tensor is read (a GGUF file's are decoded as they are)
     path = Path(path).expanduser()
@@ -387,7 +414,7 @@ def load(path: str | Path, backend: str | None = None, dtype: str = "float32", p
     if read is not None:
         config_dict, tensors, _ = read(path)
         config = LlamaConfig.from_dict(config_dict, source=str(path))
-        model = build_model(config, tensors, backend, dtype, str(path), bar, quantize, group_size)
+        model = build_model(config, tensors, backend, dtype, str(path), bar, quantize, group_size, fused)
         model.generation_config = {k: config_dict[k] for k in ("bos_token_id", "eos_token_id")
                                    if config_dict.get(k) is not None}
         return model
@@ -395,7 +422,7 @@ def load(path: str | Path, backend: str | None = None, dtype: str = "float32", p
         raise FileNotFoundError(f"{path} is neither a checkpoint directory nor a .gguf file")
     config = LlamaConfig.from_json(path / "config.json")
     tensors = read_checkpoint_tensors(path)
-    model = build_model(config, tensors, backend, dtype, str(path), bar, quantize, group_size)
+    model = build_model(config, tensors, backend, dtype, str(path), bar, quantize, group_size, fused)
     gen = path / "generation_config.json"
     if gen.is_file():
         try:

@@ -1,6 +1,6 @@
 r"""Open-Llama (OpenLM Research 2023): LLaMA plus a "stable embedding" and one matrix for both ends.
 
-Two differences from `llama.py`, both chosen from the config before the forward runs:
+Two differences from `llama.py`, both chosen from the config when the model is built:
 
 - `use_stable_embedding`: a LayerNorm right after the token embedding (as in BLOOM and
   bitsandbytes' StableEmbedding), meant to steady the early steps of training: `stable_embedding`.
@@ -15,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from .backend import xp_of
+from .llama import embed
 
 F32 = np.float32
 
@@ -28,6 +29,8 @@ def layer_norm(x, weight, bias, eps: float = 1e-5):
     return ((x32 - mu) / xp.sqrt(var + F32(eps)) * weight + bias).astype(x.dtype)
 
 
-def stable_embedding(p: dict, x):
-    """The embedding output [b, s, D] through the `embed_layer_norm` LayerNorm (weight and bias)."""
-    return layer_norm(x, p["weight"], p["bias"])
+def stable_embedding(p: dict, input_ids):
+    """`llama.embed`, then the `embed_layer_norm` LayerNorm (weight and bias): [b, s] -> [b, s, D].
+    The `embed` of `llama.LayerOps` when the config sets `use_stable_embedding`."""
+    norm = p["embed_layer_norm"]
+    return layer_norm(embed(p, input_ids), norm["weight"], norm["bias"])

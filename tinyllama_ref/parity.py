@@ -21,9 +21,10 @@ heads, d = head_dim):
     norm                                    [b, s, D]
     logits                                  [b, s, V]
 
-`input_ids`, `embed_tokens`, `norm` and `logits` are recorded by `model.forward`; the names inside
-a layer by `instrumented.decoder_layer`, which runs the same functions as `llama.decoder_layer` and
-gives bit-identical logits (tests/test_instrumented.py). The core itself is never wrapped.
+`input_ids` and `logits` are recorded by `model.forward`; the rest by `llama.py` itself, which hands
+each intermediate to the observer of its `LayerOps` (`model.recorder` here; `llama.ignore`, which
+keeps nothing, otherwise). It is the same layer and the same functions, traced or not: the logits are
+bit-identical (tests/test_one_layer.py).
 
 Another implementation that writes the same names (safetensors or .npz) can be checked with
 `tinyllama-ref compare ours.safetensors theirs.safetensors`, which names the first tensor that diverges.
@@ -83,9 +84,10 @@ def trace_forward(model, input_ids, attention_mask=None, position_ids=None,
              if v is not None}
     trace: dict = {}
     forward(model.params, model.config, ids, given.get("attention_mask"), given.get("position_ids"),
-            past_key_values, trace=trace, rope=model.rope)
+            past_key_values, trace=trace, rope=model.rope, ops=model.ops)
     trace = {"input_ids": trace.pop("input_ids"), **given, **trace}
-    return {k: to_numpy(v).astype(np.int64 if k in INPUT_NAMES else np.float32) for k, v in trace.items()}
+    in_order = sorted(trace, key=lambda k: forward_order_key(k)[:3])  # stable: the inputs stay as given
+    return {k: to_numpy(trace[k]).astype(np.int64 if k in INPUT_NAMES else np.float32) for k in in_order}
 
 
 def save_tensors(path: str | Path, tensors: Mapping[str, np.ndarray], metadata: dict | None = None) -> Path:

@@ -171,13 +171,13 @@ def is_quantized(params: dict) -> bool:
     return bool(layers) and isinstance(layers[0]["self_attn"]["q_proj"]["weight"], QuantizedWeight)
 
 
-def dequantizing(project):
-    """A `project(x, p, split)` (see `instrumented.decoder_layer`) that dequantizes p's weight just before
-    the product: only one projection's float weight exists at a time."""
+def dequantizing(linear_fn):
+    """A `linear_fn(x, p)` (a `column_linear` or `row_linear` of `llama.LayerOps`) that dequantizes p's weight
+    just before the product: only one projection's float weight exists at a time."""
 
-    def run(x, p: dict, split: str):
+    def run(x, p: dict):
         w = p["weight"]
-        return project(x, {**p, "weight": dequantize(w)} if isinstance(w, QuantizedWeight) else p, split)
+        return linear_fn(x, {**p, "weight": dequantize(w)} if isinstance(w, QuantizedWeight) else p)
 
     return run
 

@@ -1,4 +1,5 @@
-"""The Tokenizer front object: special tokens, BOS/EOS, batching (its loaders are in `loaders`).
+"""The Tokenizer front object: special tokens, BOS/EOS, batching, and Hugging Face's tokenizer API
+(its loaders are in `loaders`).
 
 A Tokenizer wraps one model (SentencePiece BPE for LLaMA, byte-level BPE for GPT-2-style
 vocabularies) and adds what Hugging Face's tokenizers add around it:
@@ -19,10 +20,37 @@ import numpy as np
 
 from . import hf_api
 from .hf_api import AddedToken, BatchEncoding  # noqa: F401 - defined with the API they belong to; re-exported
+from .padding import pad_rows, truncate_longest_first
 
 
 class TokenizerError(ValueError):
     """A token id, text or tokenizer file this package cannot use; the message says which and where."""
+
+
+class _Renamed:
+    """One of Tokenizer's fields under Hugging Face's name: `tok.add_bos_token` reads and writes `tok.add_bos`."""
+
+    def __init__(self, field: str, convert=None):
+        self.field, self.convert = field, convert
+
+    def __get__(self, tok, owner=None):
+        return self if tok is None else getattr(tok, self.field)
+
+    def __set__(self, tok, value) -> None:
+        setattr(tok, self.field, value if self.convert is None else self.convert(value))
+
+
+class _TokenText:
+    """A named special token as text (`tok.bos_token`): Tokenizer._token_named reads it, _set_token_named sets it."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __get__(self, tok, owner=None):
+        return self if tok is None else tok._token_named(self.name)
+
+    def __set__(self, tok, value) -> None:
+        tok._set_token_named(self.name, value)
 
 
 @dataclass
@@ -36,7 +64,8 @@ class Tokenizer:
     'Hello world'
 
     It also answers to Hugging Face's tokenizer API (`tok(texts, padding=True)`, `add_special_tokens`,
-    `apply_chat_template`, `save_pretrained`, ...): see `hf_api`.
+    `apply_chat_template`, `save_pretrained`, ...): the methods at the end of the class, with the
+    options and results they share in `hf_api`.
     """
     model: object  # SentencePieceBPE or MergesBPE (hf_bpe): both have encode_chunk, decode, pieces, piece_to_id
     added_tokens: list = field(default_factory=list)
@@ -183,7 +212,7 @@ class Tokenizer:
             width = max_length
         else:
             raise ValueError(f"padding must be 'longest' or 'max_length', got {padding!r}")
-        input_ids, attention_mask = hf_api.pad_rows(rows, width, self.pad_value, padding_side)
+        input_ids, attention_mask = pad_rows(rows, width, self.pad_value, padding_side)
         return BatchEncoding(input_ids=np.array(input_ids, dtype=np.int64).reshape(len(rows), width),
                              attention_mask=np.array(attention_mask, dtype=np.int64).reshape(len(rows), width))
 
@@ -230,27 +259,266 @@ class Tokenizer:
                                      f"of {self.source}, at position {pos}")
         return flat
 
-    # --- Hugging Face's tokenizer API (hf_api.py) ---------------------------------------------
-    __call__ = hf_api.call
-    build_inputs_with_special_tokens = hf_api.build_inputs_with_special_tokens
-    get_special_tokens_mask = hf_api.get_special_tokens_mask
-    create_token_type_ids_from_sequences = hf_api.create_token_type_ids_from_sequences
-    get_vocab = hf_api.get_vocab
-    convert_tokens_to_ids = hf_api.convert_tokens_to_ids
-    convert_ids_to_tokens = hf_api.convert_ids_to_tokens
-    batch_decode = hf_api.batch_decode
-    add_tokens = hf_api.add_tokens
-    add_special_tokens = hf_api.add_special_tokens
-    apply_chat_template = hf_api.apply_chat_template
+    # --- Hugging Face's tokenizer API: HF's names and argument names, transformers' results ---------------
+    # (tests/test_tokenizer_hf_api.py checks each). First HF's names for our fields (add_bos_token is add_bos,
+    # bos_token_id is bos_id), and each named special token as text (bos_token: the text of bos_id; setting it
+    # to a token of the vocabulary sets bos_id)
+    add_bos_token, add_eos_token = _Renamed("add_bos", bool), _Renamed("add_eos", bool)
+    bos_token_id, eos_token_id, unk_token_id, pad_token_id = (_Renamed(f"{n}_id") for n in hf_api.NAMED_SPECIAL)
+    bos_token, eos_token, unk_token, pad_token = (_TokenText(n) for n in hf_api.NAMED_SPECIAL)
+
+    def _token_named(self, name: str) -> str | None:
+        """The text of the `name` ("bos", "eos", "unk", "pad") special token; None when it is unset."""
+        i = getattr(self, f"{name}_id")
+        return None if i is None else self.id_to_piece(i)
+
+    def _set_token_named(self, name: str, value) -> None:
+        """Point `{name}_id` at a token of the vocabulary, given as text or AddedToken (None unsets it);
+        a new token must be added first: `add_special_tokens({"pad_token": "<pad>"})`."""
+        if value is None:
+            setattr(self, f"{name}_id", None)
+            return
+        content = value if isinstance(value, str) else value.content
+        i = self.piece_to_id(content)
+        if i is None:
+            raise ValueError(f"{name}_token {content!r} is not in the vocabulary of {self.source}; add it with "
+                             f"add_special_tokens({{'{name}_token': {content!r}}})")
+        setattr(self, f"{name}_id", i)
+
+    @property
+    def all_special_ids(self) -> list[int]:
+        """HF's all_special_ids: BOS, EOS, UNK, PAD (those set), then the extra special tokens, each once."""
+        named = [getattr(self, f"{n}_id") for n in hf_api.NAMED_SPECIAL]
+        ids = named + [self.piece_to_id(t) for t in self.extra_special_tokens]
+        return list(dict.fromkeys(i for i in ids if i is not None))
+
+    @property
+    def all_special_tokens(self) -> list[str]:
+        """The text of each of all_special_ids."""
+        return [self.id_to_piece(i) for i in self.all_special_ids]
+
+    @property
+    def special_tokens_map(self) -> dict:
+        """{"bos_token": "<s>", ...} for the named special tokens that are set."""
+        return {f"{n}_token": self.id_to_piece(getattr(self, f"{n}_id")) for n in hf_api.NAMED_SPECIAL
+                if getattr(self, f"{n}_id") is not None}
+
+    def _bos_eos(self) -> tuple[list[int], list[int]]:
+        """The ids put before and after each text: [bos_id] when add_bos_token, [eos_id] when add_eos_token."""
+        for name, on in (("bos", self.add_bos), ("eos", self.add_eos)):
+            if on and getattr(self, f"{name}_id") is None:
+                raise ValueError(f"add_{name}_token=True but {self.source} defines no {name.upper()} token")
+        return ([self.bos_id] if self.add_bos else []), ([self.eos_id] if self.add_eos else [])
+
+    def build_inputs_with_special_tokens(self, token_ids_0: list[int], token_ids_1: list[int] | None = None
+                                         ) -> list[int]:
+        """LlamaTokenizer's layout: `<s> a </s>`, and for a pair `<s> a </s> <s> b </s>` (BOS/EOS as
+        add_bos_token / add_eos_token say).
+
+        >>> tok.build_inputs_with_special_tokens([5, 6], [7])     # doctest: +SKIP
+        [1, 5, 6, 1, 7]
+        """
+        bos, eos = self._bos_eos()
+        out = bos + list(token_ids_0) + eos
+        if token_ids_1 is not None:
+            out += bos + list(token_ids_1) + eos
+        return out
+
+    def get_special_tokens_mask(self, token_ids_0: list[int], token_ids_1: list[int] | None = None,
+                                already_has_special_tokens: bool = False) -> list[int]:
+        """1 where build_inputs_with_special_tokens puts a special token, 0 on the text's own tokens; with
+        already_has_special_tokens, 1 on every id of all_special_ids in token_ids_0."""
+        if already_has_special_tokens:
+            if token_ids_1 is not None:
+                raise ValueError("You should not supply a second sequence if the provided sequence of ids is "
+                                 "already formatted with special tokens for the model.")
+            special = set(self.all_special_ids)
+            return [1 if int(i) in special else 0 for i in token_ids_0]
+        bos, eos = self._bos_eos()
+        out = [1] * len(bos) + [0] * len(token_ids_0) + [1] * len(eos)
+        if token_ids_1 is not None:
+            out += [1] * len(bos) + [0] * len(token_ids_1) + [1] * len(eos)
+        return out
+
+    def create_token_type_ids_from_sequences(self, token_ids_0: list[int], token_ids_1: list[int] | None = None
+                                             ) -> list[int]:
+        """0 over the first part with its BOS/EOS, 1 over the second part with its BOS/EOS."""
+        bos, eos = self._bos_eos()
+        out = [0] * (len(bos) + len(token_ids_0) + len(eos))
+        if token_ids_1 is not None:
+            out += [1] * (len(bos) + len(token_ids_1) + len(eos))
+        return out
+
+    def get_vocab(self) -> dict[str, int]:
+        """Every token and its id: the model's vocabulary and the added tokens."""
+        return {**self.model.piece_to_id, **{t.content: t.id for t in self.added_tokens}}
+
+    def convert_tokens_to_ids(self, tokens):
+        """A token's id (a str gives an int, a list a list); a token not in the vocabulary gives unk_token_id."""
+        if tokens is None:
+            return None
+        if isinstance(tokens, str):
+            i = self.piece_to_id(tokens)
+            return self.unk_id if i is None else i
+        return [self.convert_tokens_to_ids(t) for t in tokens]
+
+    def convert_ids_to_tokens(self, ids, skip_special_tokens: bool = False):
+        """The token of an id (an int gives a str, a list a list); an id outside the vocabulary gives None
+        (as the tokenizers library). skip_special_tokens leaves out the ids of all_special_ids."""
+        def token(i):
+            i = int(i)
+            return self.id_to_piece(i) if 0 <= i < len(self) else None
+        if isinstance(ids, (int, np.integer)):
+            return token(ids)
+        skip = set(self.all_special_ids) if skip_special_tokens else set()
+        return [token(i) for i in ids if int(i) not in skip]
+
+    def batch_decode(self, sequences, skip_special_tokens: bool = False,
+                     clean_up_tokenization_spaces: bool | None = None, **kwargs) -> list[str]:
+        """decode for each row of a batch (a list of lists, or a 2-D array)."""
+        return [self.decode(seq, skip_special_tokens=skip_special_tokens,
+                            clean_up_tokenization_spaces=clean_up_tokenization_spaces) for seq in sequences]
+
+    def add_tokens(self, new_tokens, special_tokens: bool = False) -> int:
+        """Add tokens matched whole in text; returns how many are new as added tokens (HF's count).
+
+        A token already in the model's vocabulary keeps its id (and still counts, as in the tokenizers
+        library); any other takes the next id, len(tok). A token that is already an added token is skipped.
+        """
+        if not new_tokens:
+            return 0
+        if isinstance(new_tokens, (str, AddedToken)):
+            new_tokens = [new_tokens]
+        added = list(self.added_tokens)
+        by_content = {t.content: k for k, t in enumerate(added)}
+        count, next_id = 0, len(self)
+        for t in new_tokens:
+            content = t if isinstance(t, str) else getattr(t, "content", None)
+            if not isinstance(content, str):
+                raise TypeError(f"add_tokens takes str or AddedToken, got {type(t).__name__}")
+            special = special_tokens or (not isinstance(t, str) and bool(t.special))
+            if not content:
+                continue
+            if content in by_content:
+                if special and not added[by_content[content]].special:  # now named as a special token
+                    added[by_content[content]].special = True
+                continue
+            i = self.model.piece_to_id.get(content)
+            if i is None:
+                i, next_id = next_id, next_id + 1
+            strip = (False, False) if isinstance(t, str) else (bool(t.lstrip), bool(t.rstrip))
+            added.append(AddedToken(content, i, special=special, lstrip=strip[0], rstrip=strip[1]))
+            by_content[content] = len(added) - 1
+            count += 1
+        self.set_added_tokens(added)
+        return count
+
+    def add_special_tokens(self, special_tokens_dict: dict, replace_extra_special_tokens: bool = True) -> int:
+        """Add named special tokens ({"pad_token": "<pad>"}, or "extra_special_tokens": [...]) and point
+        pad_token / pad_token_id (...) at them; returns how many tokens were new (0 for one already added)."""
+        count = 0
+        for key, value in special_tokens_dict.items():
+            if key in ("bos_token", "eos_token", "unk_token", "pad_token"):
+                count += self.add_tokens([value], special_tokens=True)
+                content = value if isinstance(value, str) else value.content
+                setattr(self, f"{key[:-6]}_id", self.piece_to_id(content))
+            elif key in ("extra_special_tokens", "additional_special_tokens"):
+                values = [value] if isinstance(value, str) else list(value)
+                count += self.add_tokens(values, special_tokens=True)
+                contents = [v if isinstance(v, str) else v.content for v in values]
+                kept = [] if replace_extra_special_tokens else [c for c in self.extra_special_tokens
+                                                                if c not in contents]
+                self.extra_special_tokens = kept + contents
+            else:
+                raise ValueError(f"add_special_tokens: key {key!r} is not one of bos_token, eos_token, unk_token, "
+                                 "pad_token, extra_special_tokens (this tokenizer has no sep/cls/mask tokens)")
+        return count
+
+    def __call__(self, text, text_pair=None, add_special_tokens: bool = True, padding=False, truncation=None,
+                 max_length: int | None = None, pad_to_multiple_of: int | None = None,
+                 padding_side: str | None = None, return_tensors: str | None = None,
+                 return_token_type_ids: bool | None = None, return_attention_mask: bool | None = None,
+                 return_special_tokens_mask: bool = False, return_length: bool = False, verbose: bool = True,
+                 **kwargs) -> BatchEncoding:
+        """Encode one text (or a list, or pairs) the way `tokenizer(...)` does in transformers; a BatchEncoding.
+
+        padding: False/"do_not_pad", True/"longest" (to the longest row), "max_length" (to max_length);
+        it needs a pad token (HF's ValueError otherwise). truncation: True/"longest_first" cuts to max_length,
+        special tokens included; max_length alone turns it on. padding_side defaults to tok.padding_side.
+        return_tensors=None gives lists (flat for one text), "np" int64 arrays [batch, seq].
+        """
+        hf_api.check_call_inputs(text, text_pair, return_tensors, kwargs)
+        pad_kind, trunc_kind, max_length = hf_api.padding_strategies(
+            padding, truncation, max_length, pad_to_multiple_of, self.model_max_length, self.pad_id)
+        pairs = hf_api.text_pairs(text, text_pair)
+        n_special = len(sum(self._bos_eos(), [])) if add_special_tokens else 0
+        limit = max_length if trunc_kind else None
+        encoded = [self._encode_pair(a, b, add_special_tokens, limit, n_special) for a, b in pairs]
+        rows, types, specials = ([row[k] for row in encoded] for k in range(3))  # ids, token types, specials
+        masks = [[1] * len(r) for r in rows]
+        if pad_kind is not None:
+            width = hf_api.pad_width(rows, pad_kind, max_length, pad_to_multiple_of)
+            side = padding_side if padding_side is not None else self.padding_side
+            rows, masks = pad_rows(rows, width, self.pad_id, side)
+            types, specials = pad_rows(types, width, 0, side)[0], pad_rows(specials, width, 1, side)[0]
+        return hf_api.batch_encoding({
+            "input_ids": rows, "token_type_ids": types if return_token_type_ids else None,
+            "attention_mask": masks if return_attention_mask is None or return_attention_mask else None,
+            "special_tokens_mask": specials if return_special_tokens_mask else None,
+            "length": [len(r) for r in rows] if return_length else None,
+        }, return_tensors, batched=isinstance(text, (list, tuple)))
+
+    def _encode_pair(self, a: str, b: str | None, add_special_tokens: bool, max_length: int | None,
+                     n_special: int) -> tuple[list[int], list[int], list[int]]:
+        """One row of `tok(...)`: the ids, token types and special-tokens mask of text a (and its pair b),
+        cut to max_length with the n_special tokens around each part counted (None: no truncation)."""
+        ids_a = self.encode(a, add_special_tokens=False)
+        ids_b = None if b is None else self.encode(b, add_special_tokens=False)
+        if max_length is not None:
+            budget = max_length - n_special * (1 if b is None else 2)
+            ids_a, ids_b = truncate_longest_first(ids_a, ids_b, budget, self.truncation_side)
+        if add_special_tokens:
+            return (self.build_inputs_with_special_tokens(ids_a, ids_b),
+                    self.create_token_type_ids_from_sequences(ids_a, ids_b),
+                    self.get_special_tokens_mask(ids_a, ids_b))
+        ids = ids_a + (ids_b or [])
+        return ids, [0] * len(ids_a) + [1] * len(ids_b or []), [0] * len(ids)
+
+    def apply_chat_template(self, conversation, tools=None, documents=None, chat_template: str | None = None,
+                            add_generation_prompt: bool = False, continue_final_message: bool = False,
+                            tokenize: bool = True, padding=False, truncation: bool = False,
+                            max_length: int | None = None, return_tensors: str | None = None,
+                            return_dict: bool = True, tokenizer_kwargs: dict | None = None, **kwargs):
+        """transformers 5's apply_chat_template: the rendered text (tokenize=False), else a BatchEncoding
+        with input_ids and attention_mask (return_dict=True, the default in transformers 5), else the ids.
+
+        A list of conversations gives one row each. The text is encoded without adding BOS/EOS: the
+        templates write their own. continue_final_message cuts the text right after the last message.
+        """
+        from .. import conversation as chat
+        if isinstance(conversation, (list, tuple)) and not conversation:
+            raise ValueError("Cannot apply chat template to an empty conversation. Provide at least one message.")
+        if any(callable(t) for t in tools or []):
+            raise TypeError("tools must be JSON schemas (dicts); turning Python functions into schemas is not "
+                            "supported")
+        if continue_final_message and add_generation_prompt:
+            raise ValueError("continue_final_message and add_generation_prompt are not compatible.")
+        batched = isinstance(conversation[0], (list, tuple))
+        rendered = []
+        for conv in (conversation if batched else [conversation]):
+            text = chat.apply_chat_template(self, list(conv), add_generation_prompt=add_generation_prompt,
+                                            tokenize=False, chat_template=chat_template, tools=tools,
+                                            documents=documents, **kwargs)
+            if continue_final_message:
+                text = hf_api.cut_after_final_message(text, conv[-1]["content"])
+            rendered.append(text)
+        if not tokenize:
+            return rendered if batched else rendered[0]
+        out = self(rendered if batched else rendered[0], add_special_tokens=False, padding=padding,
+                   truncation=truncation, max_length=max_length, return_tensors=return_tensors,
+                   **(tokenizer_kwargs or {}))
+        return out if return_dict else out["input_ids"]
+
+    # saving: still hf_api's functions (folded into the class in a later change)
     save_vocabulary = hf_api.save_vocabulary
     save_pretrained = hf_api.save_pretrained
-    add_bos_token, add_eos_token = hf_api.alias("add_bos", bool), hf_api.alias("add_eos", bool)
-    bos_token_id, eos_token_id = hf_api.alias("bos_id"), hf_api.alias("eos_id")
-    unk_token_id, pad_token_id = hf_api.alias("unk_id"), hf_api.alias("pad_id")
-    bos_token = hf_api.special_token_property("bos")
-    eos_token = hf_api.special_token_property("eos")
-    unk_token = hf_api.special_token_property("unk")
-    pad_token = hf_api.special_token_property("pad")
-    all_special_ids = property(hf_api.all_special_ids)
-    all_special_tokens = property(lambda self: [self.id_to_piece(i) for i in self.all_special_ids])
-    special_tokens_map = property(hf_api.special_tokens_map)
