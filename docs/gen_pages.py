@@ -64,7 +64,7 @@ READING_ORDER = [
     ("tinyllama_ref/tokenizer/gguf_vocab.py", "Tokenizer: vocabularies from GGUF files"),
     ("tinyllama_ref/tokenizer/loaders.py", "Tokenizer: loading any tokenizer file"),
     ("tinyllama_ref/tokenizer/hf_api.py", "Tokenizer: Hugging Face's API (its types, call steps, saving)"),
-    ("tinyllama_ref/tokenizer/padding.py", "Tokenizer: padding and truncating rows of ids"),
+    ("tinyllama_ref/padding.py", "Padding and truncating rows of ids"),
     ("tinyllama_ref/formats/paths.py", "File formats: what a path holds"),
     ("tinyllama_ref/errors.py", "File formats: checkpoint errors"),
     ("tinyllama_ref/atomic.py", "File formats: files written whole or not at all"),

@@ -139,7 +139,5 @@ def test_formats_and_tokenizer_do_not_import_each_other():
     assert sorted((a, b) for a in folders for b in folders[a] if a < b and a in folders.get(b, ())) == []
 
 
-@pytest.mark.xfail(strict=True, reason="formats -> config -> generation -> tokenizer.padding -> formats: config reads "
-                                       "SAMPLING_RULES from generation, which pads with tokenizer/padding.py")
 def test_no_cycle_through_top_level_modules_either():
     assert cycles(folder_graph(import_graph())) == []

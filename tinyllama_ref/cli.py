@@ -73,10 +73,10 @@ _positive_int = _number(int, lambda v: v >= 0, "a non-negative integer")
 
 def _sampling_value(name: str, kind):
     """An argparse type for a sampling flag: parse `kind` from the text, then check it by SamplingParams'
-    rule (generation.SAMPLING_RULES), so the flag is refused with the words the Python API uses."""
+    rule (config.SAMPLING_RULES), so the flag is refused with the words the Python API uses."""
 
     def parse(text: str):
-        from .generation import SAMPLING_RULES, check_sampling_value
+        from .config import SAMPLING_RULES, check_sampling_value
 
         try:
             v = kind(text)
@@ -121,7 +121,7 @@ def _add_sampling_args(p: argparse.ArgumentParser) -> None:
 
 def _sampling_args(args) -> dict:
     """The sampling flags given on the command line, by SamplingParams' field names."""
-    from .generation import SAMPLING_RULES
+    from .config import SAMPLING_RULES
 
     return {name: getattr(args, name) for name in SAMPLING_RULES if getattr(args, name) is not None}
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .generation import SAMPLING_RULES
+import numpy as np
 
 ROPE_TYPES = ("default", "linear", "dynamic", "yarn", "longrope", "llama3")
 ACTIVATIONS = ("silu", "swish", "relu", "gelu", "gelu_new", "gelu_pytorch_tanh")
@@ -283,9 +283,42 @@ def _validate_rope(c: LlamaConfig) -> None:
 GENERATION_FIELDS = ("max_new_tokens", "temperature", "top_k", "top_p", "repetition_penalty")  # the ones used
 
 
+def _is_int(v) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
+
+
+# What each sampling argument must be, in one table: SamplingParams, the CLI's flags and the check of
+# generation_config.json all read it, so a value is refused with the same words wherever it comes from.
+SAMPLING_RULES = {  # name: (is the value acceptable?, what it must be)
+    "max_new_tokens": (lambda v: _is_int(v) and v >= 0, "a non-negative integer"),
+    "temperature": (lambda v: _is_number(v) and v >= 0, "a non-negative number"),
+    "top_k": (lambda v: _is_int(v) and v >= 0, "a non-negative integer"),
+    "top_p": (lambda v: _is_number(v) and 0 < v <= 1, "a number in (0, 1]"),
+    "repetition_penalty": (lambda v: _is_number(v) and v > 0, "a positive number"),
+    "seed": (lambda v: v is None or _is_int(v) and v >= 0, "a non-negative integer (or None)"),
+}
+
+
+def check_sampling_value(name: str, value):
+    """The value, if SAMPLING_RULES accepts it; else a ValueError naming the argument.
+
+    >>> check_sampling_value("temperature", -1.0)
+    Traceback (most recent call last):
+    ValueError: temperature=-1.0 must be a non-negative number
+    """
+    ok, what = SAMPLING_RULES[name]
+    if not ok(value):
+        raise ValueError(f"{name}={value!r} must be {what}")
+    return value
+
+
 def check_generation_config(g, source: str) -> dict:
     """A generation_config.json's contents, checked: an object whose sampling fields are in range (by
-    SamplingParams' rules, generation.SAMPLING_RULES) and whose do_sample is true or false."""
+    SamplingParams' rules, SAMPLING_RULES) and whose do_sample is true or false."""
     if not isinstance(g, dict):
         raise ConfigError(f"{source}: expected a JSON object, got {type(g).__name__}")
     rules = {name: SAMPLING_RULES[name] for name in GENERATION_FIELDS}

@@ -21,8 +21,9 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from . import backend as B
+from .config import SAMPLING_RULES, check_sampling_value
 from .kv_cache import KVCache
-from .tokenizer.padding import pad_rows
+from .padding import pad_rows
 
 NEG_INF = -np.inf
 
@@ -91,39 +92,6 @@ def _softmax(z: np.ndarray) -> np.ndarray:
     z = z - z.max(axis=-1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(axis=-1, keepdims=True)
-
-
-def _is_int(v) -> bool:
-    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
-
-
-def _is_number(v) -> bool:
-    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
-
-
-# What each sampling argument must be, in one table: SamplingParams, the CLI's flags and the check of
-# generation_config.json all read it, so a value is refused with the same words wherever it comes from.
-SAMPLING_RULES = {  # name: (is the value acceptable?, what it must be)
-    "max_new_tokens": (lambda v: _is_int(v) and v >= 0, "a non-negative integer"),
-    "temperature": (lambda v: _is_number(v) and v >= 0, "a non-negative number"),
-    "top_k": (lambda v: _is_int(v) and v >= 0, "a non-negative integer"),
-    "top_p": (lambda v: _is_number(v) and 0 < v <= 1, "a number in (0, 1]"),
-    "repetition_penalty": (lambda v: _is_number(v) and v > 0, "a positive number"),
-    "seed": (lambda v: v is None or _is_int(v) and v >= 0, "a non-negative integer (or None)"),
-}
-
-
-def check_sampling_value(name: str, value):
-    """The value, if SAMPLING_RULES accepts it; else a ValueError naming the argument.
-
-    >>> check_sampling_value("temperature", -1.0)
-    Traceback (most recent call last):
-    ValueError: temperature=-1.0 must be a non-negative number
-    """
-    ok, what = SAMPLING_RULES[name]
-    if not ok(value):
-        raise ValueError(f"{name}={value!r} must be {what}")
-    return value
 
 
 @dataclass

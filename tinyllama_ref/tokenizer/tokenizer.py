@@ -20,7 +20,7 @@ import numpy as np
 
 from . import hf_api
 from .hf_api import AddedToken, BatchEncoding  # noqa: F401 - defined with the API they belong to; re-exported
-from .padding import pad_rows, truncate_longest_first
+from ..padding import pad_rows, truncate_longest_first
 
 
 class TokenizerError(ValueError):
