@@ -40,10 +40,11 @@ from typing import Mapping
 
 import numpy as np
 
+from .atomic import replacing
 from .backend import to_numpy
+from .errors import CheckpointError
 from .model import forward
-from .formats.safetensors import (CheckpointError, read_safetensors, read_safetensors_header, replacing,
-                                 write_safetensors)
+from .formats.safetensors import read_safetensors, read_safetensors_header, write_safetensors
 
 LAYER_ORDER = ["input_layernorm", "self_attn.q", "self_attn.k", "self_attn.v", "self_attn.q_rope",
                "self_attn.k_rope", "self_attn.probs", "self_attn.context", "self_attn.o_proj", "attn_residual",
