@@ -81,7 +81,7 @@ def apply_rope(x, cos, sin):
 
     Rotations compose, so $\langle R_m q, R_n k\rangle = \langle q, R_{n-m} k\rangle$: the score of a
     query and a key depends only on their offset. (Meta and llama.cpp pair $x_{2i}$ with $x_{2i+1}$
-    instead; `formats/gguf.py` permutes the weights between the two layouts.)
+    instead; `formats/qk_permutation.py` permutes the weights between the two layouts.)
     x [b, heads, s, d]; cos, sin [b, s, d] broadcast over the heads.
     """
     cos, sin = cos[:, None].astype(x.dtype, copy=False), sin[:, None].astype(x.dtype, copy=False)
