@@ -9,11 +9,8 @@ inputs), and parameter dicts keyed by the checkpoint's own names (`q_proj`, `gat
 Weights keep PyTorch's `nn.Linear` layout [out, in], so a linear layer is $x W^\top$.
 Shapes: b = batch, s = new tokens, t = tokens attended to (cache + new), h = query heads,
 g = key/value heads, d = head_dim, D = hidden_size, F = intermediate_size, V = vocab_size.
-There is one decoder layer and one forward. The variants live in modules of their own and are chosen
-from the config once, when a model is built (`model.layer_ops`): RoPE scalings hand in their
-frequencies, the others hand in operations (`LayerOps`: the projections, the activation, fused kernels,
-an observer) that this code calls where the paper has them. `model.forward` checks the inputs, runs
-`forward` (or `transformer` under another head) and returns what transformers returns.
+One decoder layer and one forward run for every model: the variants, in modules of their own, hand in
+their RoPE frequencies or operations (`LayerOps`) chosen once when a model is built (`model.layer_ops`).
 """
 from __future__ import annotations
 
@@ -201,11 +198,8 @@ PAPER = LayerOps()  # the model exactly as written above
 
 
 def self_attention(p: dict, x, cos, sin, mask_bias, config, cache=None, layer: int = 0, ops: LayerOps = PAPER):
-    """Grouped-query self-attention with RoPE and a KV cache: [b, s, D] -> [b, s, D].
-
-    With a cache (`kv_cache.KVCache`), this step's keys and values are appended to the layer's own and
-    the queries attend to every key filled so far (t = cached + new).
-    """
+    """Grouped-query self-attention with RoPE: [b, s, D] -> [b, s, D]. With a cache (`kv_cache.KVCache`),
+    the new keys and values are appended to the layer's, and the queries attend to all t of them."""
     d = config.head_dim
     q = split_heads(ops.column_linear(x, p["q_proj"]), d)  # [b, h, s, d]
     k = split_heads(ops.column_linear(x, p["k_proj"]), d)  # [b, g, s, d]
@@ -274,11 +268,8 @@ def transformer(params: dict, config, input_ids, position_ids=None, attention_ma
 
 
 def lm_head(params: dict, x, logits_to_keep=0):
-    r"""Next-token scores $x W_\text{lm}^\top$: one per vocabulary entry; softmax gives the next token.
-
-    [b, s, D] -> [b, s_kept, V] for every position (0), the last k (int k), or the given indices,
-    as transformers' `logits_to_keep` (generation needs only the last).
-    """
+    r"""Next-token scores $x W_\text{lm}^\top$, one per vocabulary entry: [b, s, D] -> [b, s_kept, V] for every
+    position (0), the last k (int k) or given indices, as transformers' `logits_to_keep`."""
     if isinstance(logits_to_keep, (int, np.integer)):
         x = x if logits_to_keep == 0 else x[:, -int(logits_to_keep):]
     else:
