@@ -208,8 +208,8 @@ def observed(ops: llama.LayerOps, trace: dict | None, hidden_states: bool, atten
     dict it records into; `ops` itself when nothing was asked for."""
     if trace is None and not hidden_states and not attentions:
         return ops, {}
-    wanted = None if trace is not None else (
-        ({"embed_tokens", "output", "norm"} if hidden_states else set()) | ({"self_attn.probs"} if attentions else set()))
+    wanted = None if trace is not None else ({"embed_tokens", "output", "norm"} if hidden_states else set()) | (
+        {"self_attn.probs"} if attentions else set())
     seen = trace if trace is not None else {}
     return dataclasses.replace(ops, observe=recorder(seen, wanted)), seen
 

@@ -1,6 +1,6 @@
 """What Hugging Face's tokenizer API on our Tokenizer shares: the types it returns (`AddedToken`,
 `BatchEncoding`), the steps of `tok(texts, padding=..., truncation=...)` that need no tokenizer (its
-options, its inputs, its result), and saving a directory transformers can load.
+options, its inputs, its result), and the files `Tokenizer.save_pretrained` and `convert` write.
 
 The methods themselves (`__call__`, `add_special_tokens`, `apply_chat_template`, ...) are in
 `Tokenizer`'s class body under HF's names and with HF's argument names, and give what transformers gives
@@ -174,39 +174,17 @@ def cut_after_final_message(rendered: str, final: str) -> str:
 
 
 # --- saving -------------------------------------------------------------------------------------------
-def special_tokens_map(tok) -> dict:
-    """tok.special_tokens_map, under the name save_pretrained reads it by (until saving joins the class)."""
-    return tok.special_tokens_map
-
-
-def _write(path: Path, data: bytes | str) -> str:
+def write_file(path: Path, data: bytes | str) -> str:
+    """Write text (UTF-8) or bytes through a temporary file and a rename; the path written, as a str."""
     from ..atomic import replacing
     with replacing(path) as f:
         f.write(data.encode("utf-8") if isinstance(data, str) else data)
     return str(path)
 
 
-def _json(obj) -> str:
+def json_text(obj) -> str:
+    """JSON as the tokenizer files are written: indented, UTF-8 kept, a final newline."""
     return json.dumps(obj, indent=2, ensure_ascii=False) + "\n"
-
-
-def save_vocabulary(tok, save_directory, filename_prefix: str | None = None) -> tuple[str, ...]:
-    """The vocabulary file(s): a SentencePiece model's tokenizer.model (the bytes it was read from); for
-    byte-level BPE, vocab.json and merges.txt (GPT-2's files). Returns their paths."""
-    directory = Path(save_directory)
-    if not directory.is_dir():
-        raise NotADirectoryError(f"save_vocabulary: {directory} is not a directory")
-    prefix = f"{filename_prefix}-" if filename_prefix else ""
-    serialized = getattr(tok.model, "serialized", None)
-    if serialized is not None:
-        return (_write(directory / f"{prefix}tokenizer.model", serialized),)
-    if hasattr(tok.model, "merges"):
-        vocab = json.dumps(tok.model.piece_to_id, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
-        merges = "#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in tok.model.merges)
-        return (_write(directory / f"{prefix}vocab.json", vocab),
-                _write(directory / f"{prefix}merges.txt", merges))
-    raise NotImplementedError(f"save_vocabulary: {tok.source} was not read from a tokenizer.model, so there are "
-                              "no SentencePiece bytes to write back")
 
 
 def _added_entry(t, read: dict | None = None) -> dict:
@@ -230,7 +208,7 @@ def vocabulary_file(tok) -> tuple[str, bytes | str]:
                                   "or GGUF file, so there is no vocabulary file to write")
     read = {t.get("content"): t for t in spec.get("added_tokens") or []}
     added = [{"id": t.id, **_added_entry(t, read.get(t.content))} for t in sorted(tok.added_tokens, key=lambda t: t.id)]
-    return "tokenizer.json", _json({**spec, "added_tokens": added})
+    return "tokenizer.json", json_text({**spec, "added_tokens": added})
 
 
 def tokenizer_config(tok, chat_template_inline: bool = False) -> dict:
@@ -238,7 +216,7 @@ def tokenizer_config(tok, chat_template_inline: bool = False) -> dict:
     of it, for `save_pretrained` and `convert`. `chat_template_inline`: the template goes in this file
     (as converters write it), not in chat_template.jinja beside it (as transformers 5 saves it)."""
     is_sp = getattr(tok.model, "serialized", None) is not None
-    named = special_tokens_map(tok)
+    named = tok.special_tokens_map
     config = {
         "add_bos_token": tok.add_bos, "add_eos_token": tok.add_eos,
         "added_tokens_decoder": {str(t.id): _added_entry(t) for t in sorted(tok.added_tokens, key=lambda t: t.id)},
@@ -254,25 +232,3 @@ def tokenizer_config(tok, chat_template_inline: bool = False) -> dict:
     if chat_template_inline and tok.chat_template:
         config["chat_template"] = tok.chat_template
     return config
-
-
-def save_pretrained(tok, save_directory, filename_prefix: str | None = None, **kwargs) -> tuple[str, ...]:
-    """Write a tokenizer directory that transformers' AutoTokenizer and our load_tokenizer both read back
-    to the same ids: tokenizer.model (SentencePiece) or tokenizer.json (byte-level BPE, or a GGUF
-    vocabulary), then tokenizer_config.json, special_tokens_map.json and chat_template.jinja (where
-    transformers 5 keeps the template). Every file is written atomically."""
-    directory = Path(save_directory)
-    if directory.is_file():
-        raise NotADirectoryError(f"save_pretrained: {directory} is a file, not a directory")
-    directory.mkdir(parents=True, exist_ok=True)
-    prefix = f"{filename_prefix}-" if filename_prefix else ""
-    name, vocabulary = vocabulary_file(tok)
-    files = [_write(directory / f"{prefix}{name}", vocabulary),
-             _write(directory / f"{prefix}tokenizer_config.json", _json(tokenizer_config(tok)))]
-    special_map = dict(special_tokens_map(tok))
-    if tok.extra_special_tokens:
-        special_map["additional_special_tokens"] = list(tok.extra_special_tokens)
-    files.append(_write(directory / f"{prefix}special_tokens_map.json", _json(special_map)))
-    if tok.chat_template:
-        files.append(_write(directory / "chat_template.jinja", tok.chat_template))
-    return tuple(files)

@@ -13,8 +13,10 @@ vocabularies) and adds what Hugging Face's tokenizers add around it:
 """
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -519,6 +521,43 @@ class Tokenizer:
                    **(tokenizer_kwargs or {}))
         return out if return_dict else out["input_ids"]
 
-    # saving: still hf_api's functions (folded into the class in a later change)
-    save_vocabulary = hf_api.save_vocabulary
-    save_pretrained = hf_api.save_pretrained
+    def save_vocabulary(self, save_directory, filename_prefix: str | None = None) -> tuple[str, ...]:
+        """The vocabulary file(s): a SentencePiece model's tokenizer.model (the bytes it was read from); for
+        byte-level BPE, vocab.json and merges.txt (GPT-2's files). Returns their paths."""
+        directory = Path(save_directory)
+        if not directory.is_dir():
+            raise NotADirectoryError(f"save_vocabulary: {directory} is not a directory")
+        prefix = f"{filename_prefix}-" if filename_prefix else ""
+        serialized = getattr(self.model, "serialized", None)
+        if serialized is not None:
+            return (hf_api.write_file(directory / f"{prefix}tokenizer.model", serialized),)
+        if hasattr(self.model, "merges"):
+            vocab = json.dumps(self.model.piece_to_id, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+            merges = "#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in self.model.merges)
+            return (hf_api.write_file(directory / f"{prefix}vocab.json", vocab),
+                    hf_api.write_file(directory / f"{prefix}merges.txt", merges))
+        raise NotImplementedError(f"save_vocabulary: {self.source} was not read from a tokenizer.model, so there "
+                                  "are no SentencePiece bytes to write back")
+
+    def save_pretrained(self, save_directory, filename_prefix: str | None = None, **kwargs) -> tuple[str, ...]:
+        """Write a tokenizer directory that transformers' AutoTokenizer and our load_tokenizer both read back
+        to the same ids: tokenizer.model (SentencePiece) or tokenizer.json (byte-level BPE, or a GGUF
+        vocabulary), then tokenizer_config.json, special_tokens_map.json and chat_template.jinja (where
+        transformers 5 keeps the template). Every file is written atomically."""
+        directory = Path(save_directory)
+        if directory.is_file():
+            raise NotADirectoryError(f"save_pretrained: {directory} is a file, not a directory")
+        directory.mkdir(parents=True, exist_ok=True)
+        prefix = f"{filename_prefix}-" if filename_prefix else ""
+        name, vocabulary = hf_api.vocabulary_file(self)
+        config = hf_api.json_text(hf_api.tokenizer_config(self))
+        files = [hf_api.write_file(directory / f"{prefix}{name}", vocabulary),
+                 hf_api.write_file(directory / f"{prefix}tokenizer_config.json", config)]
+        special_map = dict(self.special_tokens_map)
+        if self.extra_special_tokens:
+            special_map["additional_special_tokens"] = list(self.extra_special_tokens)
+        files.append(hf_api.write_file(directory / f"{prefix}special_tokens_map.json",
+                                       hf_api.json_text(special_map)))
+        if self.chat_template:
+            files.append(hf_api.write_file(directory / "chat_template.jinja", self.chat_template))
+        return tuple(files)
