@@ -14,6 +14,8 @@ model the same vocabulary written as a `tokenizer.json` (the `tokenizers` librar
 """
 from __future__ import annotations
 
+from functools import partial
+
 from ..formats.gguf_file import GGUFError, read_gguf_file
 from .gguf_pretokenizers import PreTokenizer, gguf_pre_tokenizer
 from .hf_bpe import BYTE_TO_CHAR, MergesBPE
@@ -78,7 +80,7 @@ def tokenizer_from_gguf_metadata(meta: dict, source: str = "<gguf metadata>") ->
     else:
         raise NotImplementedError(f"{source}: tokenizer.ggml.model = {kind!r} is not supported "
                                   "(only 'llama' SentencePiece BPE and 'gpt2' byte-level BPE)")
-    model.spec = tokenizer_json(meta, source)  # what save_pretrained writes for it
+    model.spec = partial(tokenizer_json, meta, source)  # what save_pretrained writes: made only when saved
     added = [AddedToken(t, i, special=types[i] != USER_DEFINED)
              for i, t in enumerate(tokens) if int(types[i]) in special_types]
     bos, eos = token_id("bos"), token_id("eos")

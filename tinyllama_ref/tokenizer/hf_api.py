@@ -203,6 +203,7 @@ def vocabulary_file(tok) -> tuple[str, bytes | str]:
     if serialized is not None:
         return "tokenizer.model", serialized
     spec = getattr(tok.model, "spec", None)
+    spec = spec() if callable(spec) else spec  # a GGUF vocabulary's is made now, not at every load
     if spec is None:
         raise NotImplementedError(f"save_pretrained: {tok.source} was read from no tokenizer.model, tokenizer.json "
                                   "or GGUF file, so there is no vocabulary file to write")

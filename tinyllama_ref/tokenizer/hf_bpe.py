@@ -87,7 +87,8 @@ class MergesBPE:
     ignore_merges: bool = False
     decoder: list = field(default_factory=list)  # [("replace", a, b) | ("byte_fallback",) | ("fuse",) | ("strip", c, n) | ("byte_level",) | ("metaspace", r, prepend)]
     source: str = "<memory>"
-    spec: dict | None = field(default=None, repr=False)  # the tokenizer.json it was read from, for saving it back
+    spec: object = field(default=None, repr=False)  # the tokenizer.json it was read from, for saving it back
+    # (a dict; for a GGUF vocabulary, a function that makes it when saved)
     piece_to_id: dict = field(default_factory=dict, repr=False)
     ranks: dict = field(default_factory=dict, repr=False)
     word_cache: dict = field(default_factory=dict, repr=False)

@@ -75,7 +75,7 @@ class SentencePieceBPE:
     word_cache: dict | None = field(default=None, repr=False)
     has_unused: bool = False
     serialized: bytes | None = field(default=None, repr=False)  # the tokenizer.model bytes, saved back unchanged
-    spec: dict | None = field(default=None, repr=False)  # a GGUF vocabulary's tokenizer.json, saved in their place
+    spec: object = field(default=None, repr=False)  # a GGUF vocabulary's tokenizer.json (a function making it)
 
     def __post_init__(self):
         where = self.source
