@@ -10,6 +10,7 @@ from .errors import CheckpointError
 from .generation import GenerationStats, SamplingParams, generate, generate_batch, stream
 from .kv_cache import KVCache
 from .mask_view import visualize_mask
+from .optim import AdamW, clip_grad_norm, cosine_with_warmup
 from .model import InputError, Model, ModelOutput, build_model, forward, load
 from .perplexity import perplexity
 from .quantize import QuantizationError
@@ -20,4 +21,4 @@ __version__ = "0.1.0"
 __all__ = ["load", "build_model", "forward", "Model", "ModelOutput", "KVCache", "LlamaConfig",
            "ConfigError", "CheckpointError", "InputError", "generate", "stream", "generate_batch",
            "GenerationStats", "SamplingParams", "Tokenizer", "load_tokenizer", "chat",
-           "visualize_mask", "perplexity", "QuantizationError"]
+           "visualize_mask", "perplexity", "QuantizationError", "AdamW", "clip_grad_norm", "cosine_with_warmup"]
