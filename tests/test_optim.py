@@ -7,7 +7,6 @@ schedule (where the docstring says they agree).
 """
 import hashlib
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
