@@ -231,3 +231,24 @@ def test_bad_grads_are_named():
     with pytest.raises(TypeError, match="parameter model.norm.weight is ndarray int64"):
         AdamW({"model": {"norm": {"weight": np.arange(3)}}})
 
+
+
+def test_a_training_loop_fits_one_batch():
+    """value_and_grad -> clip_grad_norm -> schedule -> AdamW.step on a tiny tied float64 model: the
+    loss on the batch it trains on falls from 5.9 to under 0.1 in 30 steps."""
+    from tinyllama_ref.formats.checkpoint import random_tensors
+
+    config = tl.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                            num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)
+    model = tl.build_model(config, random_tensors(config, std=0.3), dtype="float64")
+    ids = np.random.default_rng(0).integers(0, 64, (2, 16))
+    opt = AdamW(model.params, no_decay=lambda n, a: a.ndim < 2)
+    losses = []
+    for step in range(30):
+        loss, grads = tl.value_and_grad(model, ids, ids)
+        clip_grad_norm(grads, 1.0)
+        opt.lr = cosine_with_warmup(step, 30, 3, 1e-2, 1e-3)
+        opt.step(grads)
+        losses.append(float(loss))
+    assert losses[0] > 5 and losses[-1] < 0.1, losses
+    assert float(model(ids, labels=ids).loss) < 0.1
