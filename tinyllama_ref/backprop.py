@@ -22,7 +22,7 @@ import numpy as np
 
 from . import llama
 from .backend import xp_of
-from .llama import compute_dtype, merge_heads, rotate_half, silu, split_heads
+from .llama import compute_dtype, merge_heads, rotate_half, split_heads
 
 # What the backward reads from the tape: dump names (`parity.py`), a layer's without "layers.N.".
 LAYER_TAPE = ("input_layernorm", "self_attn.q_rope", "self_attn.k_rope", "self_attn.v", "self_attn.probs",
@@ -45,19 +45,18 @@ def cross_entropy_backward(logits, labels, ignore_index: int = -100):
     xp = xp_of(logits)
     targets = xp.concatenate([labels[:, 1:], xp.full_like(labels[:, :1], ignore_index)], axis=1)  # [b, s]
     keep = targets != ignore_index
-    n = int(keep.sum())
-    z = logits.astype(compute_dtype(logits.dtype))
+    n = keep.sum()  # stays on the device: no read back
+    z = logits.astype(compute_dtype(logits.dtype), copy=False)
     z = z - z.max(axis=-1, keepdims=True)
     e = xp.exp(z)
     total = e.sum(axis=-1, keepdims=True)
     safe = xp.where(keep, targets, 0)[..., None]  # ignored rows pick column 0, then weigh nothing
     picked = xp.take_along_axis(z, safe, axis=-1)[..., 0] - xp.log(total[..., 0])  # log p of the target
-    if n == 0:
-        return xp.asarray(z.dtype.type("nan")), xp.zeros_like(logits)
-    loss = -(picked * keep).sum() / n
-    d_logits = e / total  # softmax
+    loss = -(picked * keep).sum() / n  # NaN when every target is ignored, as in torch
+    d_logits = e
+    d_logits /= total  # the softmax, in place of the exponentials
     d_logits.reshape(-1, d_logits.shape[-1])[xp.arange(keep.size), safe.reshape(-1)] -= 1  # minus the one-hot
-    d_logits *= (keep / n)[..., None].astype(d_logits.dtype)
+    d_logits *= (keep / xp.maximum(n, 1))[..., None].astype(d_logits.dtype)
     return loss, d_logits.astype(logits.dtype, copy=False)
 
 
@@ -84,7 +83,7 @@ def rms_norm_backward(x, weight, eps: float, d_y):
     """
     xp = xp_of(x)
     acc = compute_dtype(x.dtype)
-    x32, dy = x.astype(acc), d_y.astype(acc)
+    x32, dy = x.astype(acc, copy=False), d_y.astype(acc, copy=False)
     r = 1 / xp.sqrt(xp.mean(x32 * x32, axis=-1, keepdims=True) + eps)  # [..., 1]
     n = x32 * r
     d_w = (dy * n).reshape(-1, x.shape[-1]).sum(axis=0)
@@ -116,7 +115,9 @@ def linear_backward(x, p: dict, d_y):
 def softmax_backward(probs, d_probs):
     r"""With $p = \mathrm{softmax}(z)$ along the last axis: $\bar z = p \odot (\bar p - \sum_j \bar p_j p_j)$
     (the Jacobian $\mathrm{diag}(p) - p p^\top$ applied to $\bar p$). Masked entries have $p = 0$, so get 0."""
-    return probs * (d_probs - (d_probs * probs).sum(axis=-1, keepdims=True))
+    d_scores = d_probs - (d_probs * probs).sum(axis=-1, keepdims=True)
+    d_scores *= probs  # in place: one [b, h, s, t] array fewer
+    return d_scores
 
 
 def scaled_dot_product_attention_backward(q, k, v, probs, d_out, scale: float):
@@ -134,7 +135,8 @@ def scaled_dot_product_attention_backward(q, k, v, probs, d_out, scale: float):
     qg, d_og = q.reshape(b, g, (h // g) * s, d), d_out.reshape(b, g, (h // g) * s, d)
     pg = probs.reshape(b, g, (h // g) * s, t)  # [b, g, rep*s, t]
     d_v = pg.swapaxes(-1, -2) @ d_og  # [b, g, t, d]
-    d_scores = softmax_backward(pg, d_og @ v.swapaxes(-1, -2)) * q.dtype.type(scale)  # [b, g, rep*s, t]
+    d_scores = softmax_backward(pg, d_og @ v.swapaxes(-1, -2))  # [b, g, rep*s, t]
+    d_scores *= q.dtype.type(scale)
     d_q = (d_scores @ k).reshape(b, h, s, d)
     d_k = d_scores.swapaxes(-1, -2) @ qg  # [b, g, t, d]
     return d_q, d_k, d_v
@@ -142,9 +144,10 @@ def scaled_dot_product_attention_backward(q, k, v, probs, d_out, scale: float):
 
 def silu_mul_backward(gate, up, d_y):
     r"""$y = \mathrm{SiLU}(g) \odot u$: $\;\bar u = \bar y \odot \mathrm{SiLU}(g)$, $\;\bar g = \bar y \odot u \odot
-    \sigma(g)\,(1 + g\,(1 - \sigma(g)))$, the derivative of $g\,\sigma(g)$. Returns ($\bar g$, $\bar u$)."""
+    (\sigma(g) + \mathrm{SiLU}(g)\,(1 - \sigma(g)))$, the derivative of $g\,\sigma(g)$. Returns ($\bar g$, $\bar u$)."""
     sig = 1 / (1 + xp_of(gate).exp(-gate))
-    return d_y * up * sig * (1 + gate * (1 - sig)), d_y * silu(gate)
+    silu_g = gate * sig
+    return d_y * up * (sig + silu_g * (1 - sig)), d_y * silu_g
 
 
 def self_attention_backward(p: dict, tape: dict, x_norm, cos, sin, config, d_out):
@@ -255,7 +258,8 @@ def value_and_grad(model, input_ids, labels, attention_mask=None, checkpoint: bo
     ids = model.as_input(input_ids)
     mask = None if attention_mask is None else model.as_input(attention_mask, "attention_mask")
     ids, mask, positions, _, furthest = check_inputs(config, ids, mask, None, None, xp)
-    labels = check_labels(model.as_input(labels, "labels"), 0, *ids.shape, xp, config.vocab_size)
+    labels = model.as_input(labels, "labels")  # checked where it is (host labels: no device read), then moved
+    labels = xp.asarray(check_labels(labels, 0, *ids.shape, xp_of(labels), config.vocab_size))
     rope = model.rope.for_positions(positions, furthest)
 
     tape = {}
