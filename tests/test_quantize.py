@@ -350,7 +350,7 @@ def test_model_level_errors_name_the_argument_or_the_tensor():
     tensors = random_tensors(CONFIG)
     with pytest.raises(Q.QuantizationError, match=r"model\.layers\.0\.self_attn\.q_proj\.weight: group_size 128 "
                                                  r"does not divide its input size 64.*e\.g\. 64 or 32"):
-        tl.build_model(CONFIG, tensors, quantize="int4")
+        tl.build_model(CONFIG, tensors, quantize="int4", group_size=128)
     with pytest.raises(ValueError, match="quantize must be None, 'int8' or 'int4', got 'int3'"):
         tl.build_model(CONFIG, tensors, quantize="int3")
     for bad in (0, -32, 2.5, True):
@@ -365,8 +365,23 @@ def test_cli_generate_and_info_with_quantize(capsys):
     assert capsys.readouterr().out.startswith("In the beginning")
     assert main(["info", "--quantize", "int8"]) == 0
     assert "weights:    4.5 MiB as loaded (int8 layers)" in capsys.readouterr().out
-    assert main(["generate", "In", "-n", "2", "--quantize", "int4"]) == 1  # 128 does not divide 192
+    assert main(["generate", "In", "-n", "2", "--quantize", "int4", "--group-size", "128"]) == 1  # given: kept
     assert "group_size 128 does not divide its input size 192" in capsys.readouterr().err
+
+
+def test_int4_without_a_group_size_takes_the_largest_of_128_64_32_that_divides_each_weight(capsys):
+    """torchao's 128 divides neither the bundled model's width (192) nor SmolLM2's (576): the default works on both."""
+    assert [Q.default_group_size(n) for n in (192, 512, 576, 1536, 96, 4096)] == [64, 128, 64, 128, 32, 128]
+    with pytest.raises(Q.QuantizationError, match=r"^w: none of the default int4 group sizes 128, 64, 32 divides "
+                                                 r"its input size 48; give a group_size that does, e.g. 48 or 24$"):
+        Q.quantize_int4(np.ones((2, 48), np.float32), name="w")
+    model = tl.load(BUNDLED, quantize="int4")
+    assert Q.group_sizes(model.params) == {64: [(p, 192) for p in ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
+                                                                   "up_proj")], 128: [("down_proj", 512)]}
+    assert main(["generate", "In the beginning", "-n", "2", "--quantize", "int4", "--seed", "0"]) == 0
+    assert main(["info", "--quantize", "int4"]) == 0
+    assert ("int4 groups: the largest of 128, 64, 32 dividing each input: 64 for q_proj, k_proj, v_proj, o_proj, "
+            "gate_proj, up_proj (input 192); 128 for down_proj (input 512)") in capsys.readouterr().out
 
 
 def test_the_benchmark_runs_and_prints_its_table():

@@ -101,8 +101,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                    help="compute dtype (default: float32)")
     p.add_argument("--quantize", choices=["int8", "int4"], default=None,
                    help="keep the layers' linear weights as int8 (per row) or int4 (per group), as torchao")
-    p.add_argument("--group-size", type=_number(int, lambda v: v >= 1, "a positive integer"), default=128,
-                   help="int4: inputs sharing one scale (default: 128, as torchao)")
+    p.add_argument("--group-size", type=_number(int, lambda v: v >= 1, "a positive integer"), default=None,
+                   help="int4: inputs sharing one scale (default: per weight, the largest of 128, 64, 32 that "
+                        "divides its input; info --quantize int4 shows them)")
 
 
 def _add_sampling_args(p: argparse.ArgumentParser) -> None:
@@ -176,9 +177,15 @@ def cmd_info(args) -> int:
     print(f"parameters: {n:,}")
     for dtype, size in (("float32", 4), ("float16", 2), ("bfloat16", 2)):
         print(f"memory:     {dtype:9s} {n * size / 2**20:,.1f} MiB")
-    scheme = f"{args.quantize} layers" + (f", group size {args.group_size}" if args.quantize == "int4" else "")
     print(f"weights:    {model.get_memory_footprint() / 2**20:,.1f} MiB as loaded "
-          f"({scheme if args.quantize else 'float32'})")
+          f"({f'{args.quantize} layers' if args.quantize else 'float32'})")
+    if args.quantize == "int4":
+        from .quantize import group_sizes
+
+        how = "as given" if args.group_size else "the largest of 128, 64, 32 dividing each input"
+        print(f"int4 groups: {how}: " + "; ".join(
+            f"{g} for {', '.join(p for p, _ in projs)} (input {'/'.join(sorted({str(n) for _, n in projs}))})"
+            for g, projs in group_sizes(model.params).items()))
     tensors = flatten(model.params)
     print(f"tensors:    {len(tensors)}")
     shown = [k for k in tensors if ".layers." not in k or ".layers.0." in k]

