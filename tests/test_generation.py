@@ -174,7 +174,7 @@ def test_chat_says_when_an_answer_is_cut_how_fast_it_ran_and_that_a_base_model_i
     assert "not a chat model" in cut                      # the bundled model has no chat template
     assert re.search(r"decode: 4 tokens, [\d.]+ tok/s \| stop: length", cut)
     assert "cut at 4 new tokens" in cut and "--max-new-tokens" in cut
-    free = one_question(None)                             # no limit: the generation config's 64 is not applied
+    free = one_question(0)                                # no limit: neither 512 nor the generation config's 64
     decoded = int(re.search(r"decode: (\d+) tokens", free).group(1))
     assert decoded > 64 or "stop: eos" in free
     assert "cut at" not in free

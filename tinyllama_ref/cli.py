@@ -154,6 +154,11 @@ def cmd_chat(args) -> int:
     from .conversation import chat
 
     model, tokenizer = _load(args)
+    if sys.stdin.isatty():
+        try:  # line editing and history at the prompt, and what was typed when Ctrl-C came
+            import readline  # noqa: F401
+        except ImportError:  # not on every platform; input() works without it
+            pass
     if hasattr(sys.stdin, "reconfigure"):  # a line that is not UTF-8 arrives with surrogates; chat skips it
         sys.stdin.reconfigure(errors="surrogateescape")
     chat(model, tokenizer, system=args.system, **_sampling_args(args))  # chat builds its SamplingParams
@@ -368,7 +373,9 @@ def _add_text_commands(sub) -> None:
     p.add_argument("--stop", action="append", help="stop string (repeatable)")
     p.set_defaults(func=cmd_generate)
 
-    p = sub.add_parser("chat", help="talk to a chat model", description="An interactive chat (Ctrl-D to quit).")
+    p = sub.add_parser("chat", help="talk to a chat model", description="An interactive chat. Ctrl-C stops an "
+                       "answer (it stays in the dialog) and Ctrl-C or Ctrl-D at an empty prompt quits; an answer "
+                       "gets at most 512 new tokens unless --max-new-tokens says otherwise (0: up to the context).")
     _add_model_args(p)
     _add_sampling_args(p)
     p.add_argument("--system", help="system prompt")

@@ -143,19 +143,22 @@ def trim_to_fit(tokenizer, messages, budget: int) -> tuple[list, list[int]]:
 
 
 ANSWER_ROOM = 512  # tokens kept free for an answer when old exchanges are dropped (at most half the context)
+MAX_NEW_TOKENS = ANSWER_ROOM  # an answer's default cap: a greedy loop ends in seconds, not after the whole context
 
 
 def chat(model, tokenizer, system: str | None = None, sampling: SamplingParams | None = None, *, input_fn=input,
          output=None, log=None, **sampling_args) -> list:
     """An interactive chat: read a line, stream the answer, keep the dialog; returns it at the end.
 
-    How to sample: a SamplingParams, or its fields by name, as for `stream`. An answer runs until EOS
-    or the end of the context window unless max_new_tokens is given (the checkpoint's generation_config
-    limit is meant for one-shot generation and is not applied here);
-    after each answer `log` (stderr) gets the speed line `generate` prints, and a line when the
-    answer was cut. Commands: /reset forgets the dialog (keeps the system prompt), /exit or Ctrl-D
-    ends. When the context fills, the oldest exchanges are dropped first, keeping ANSWER_ROOM tokens
-    free for the answer.
+    How to sample: a SamplingParams, or its fields by name, as for `stream`. An answer runs until EOS,
+    MAX_NEW_TOKENS (512) new tokens or the end of the context window; max_new_tokens=N sets the cap and
+    0 lifts it (the checkpoint's generation_config limit is meant for one-shot generation and is not applied
+    here). After each answer `log` (stderr) gets the speed line `generate` prints, and a line when the
+    answer was cut. Ctrl-C during an answer stops it: what was said stays in the dialog, marked
+    `"cut": True` (as an answer cut by the limit or the context is), and the next prompt comes. Ctrl-C or
+    Ctrl-D at an empty prompt, or /exit, ends the session; Ctrl-C over typed text discards the line.
+    /reset forgets the dialog (keeps the system prompt). When the context fills, the oldest exchanges
+    are dropped first, keeping ANSWER_ROOM tokens free for the answer.
     """
     import sys
 
@@ -164,7 +167,8 @@ def chat(model, tokenizer, system: str | None = None, sampling: SamplingParams |
     context = model.config.max_position_embeddings
     max_new_tokens = sampling_args.pop("max_new_tokens", None)
     max_new_tokens = getattr(sampling, "max_new_tokens", None) if max_new_tokens is None else max_new_tokens
-    sp = sampling_for(model, sampling, **sampling_args, max_new_tokens=max_new_tokens or context)
+    max_new_tokens = MAX_NEW_TOKENS if max_new_tokens is None else max_new_tokens or context  # 0: no cap
+    sp = sampling_for(model, sampling, **sampling_args, max_new_tokens=max_new_tokens)
     output, log = output or sys.stdout, log or sys.stderr
     base = [{"role": "system", "content": system}] if system else []
     messages = list(base)
@@ -172,13 +176,18 @@ def chat(model, tokenizer, system: str | None = None, sampling: SamplingParams |
         print(f"note: {tokenizer.source} has no chat template, so this is probably a base model, not a chat "
               f"model: it continues text rather than answering. The prompt uses Llama-2's [INST] format.",
               file=log)
-    budget = context - min(max_new_tokens or ANSWER_ROOM, context // 2)
+    budget = context - min(max_new_tokens, ANSWER_ROOM, context // 2)
     while True:
         try:
             line = input_fn(">>> ")
             line.encode("utf-8")  # bytes that are not UTF-8 come as lone surrogates (or as the error)
         except EOFError:
             print(file=output)
+            break
+        except KeyboardInterrupt:
+            print(file=output)
+            if _typed_text():  # Ctrl-C over a half-typed line discards it, as a shell does
+                continue
             break
         except UnicodeError:
             print("skipped a line that is not valid UTF-8", file=sys.stderr)
@@ -193,19 +202,36 @@ def chat(model, tokenizer, system: str | None = None, sampling: SamplingParams |
             continue
         messages, ids = trim_to_fit(tokenizer, messages + [{"role": "user", "content": line}], budget)
         parts, stats = [], GenerationStats()
-        for delta in stream(model, tokenizer, ids, sp, stats=stats):
-            parts.append(delta)
-            output.write(delta)
-            output.flush()
+        answer = stream(model, tokenizer, ids, sp, stats=stats)
+        try:
+            for delta in answer:
+                parts.append(delta)
+                output.write(delta)
+                output.flush()
+        except KeyboardInterrupt:  # stop this answer, keep the session
+            answer.close()  # ends the decoding loop now, so its timings are right
+            stats.stop_reason = "interrupted"
         print(file=output)
         print(f"prefill: {stats.prompt_tokens} tokens, {stats.prefill_tokens_per_second:.1f} tok/s | "
               f"decode: {stats.new_tokens} tokens, {stats.decode_tokens_per_second:.1f} tok/s | "
               f"stop: {stats.stop_reason}", file=log)
-        if stats.stop_reason == "length":
+        if stats.stop_reason == "interrupted":
+            print("(answer stopped by Ctrl-C; it stays in the dialog, marked as cut. Ctrl-C or Ctrl-D at an empty "
+                  "prompt ends the session)", file=log)
+        elif stats.stop_reason == "length":
             print(f"(the answer was cut at {stats.new_tokens} new tokens: give a larger --max-new-tokens, "
-                  f"or leave it out to let answers run to the end of the context)", file=log)
+                  f"or --max-new-tokens 0 to let answers run to the end of the context)", file=log)
         elif stats.stop_reason == "context":
             print(f"(the answer was cut: the context window of {context} tokens is full; older exchanges are "
                   f"dropped for the next question, or /reset to start over)", file=log)
-        messages.append({"role": "assistant", "content": "".join(parts).strip()})
+        cut = {"cut": True} if stats.stop_reason in ("interrupted", "length", "context") else {}
+        messages.append({"role": "assistant", "content": "".join(parts).strip(), **cut})
     return messages
+
+
+def _typed_text() -> str:
+    """What was typed on the prompt line when Ctrl-C came: readline's buffer where readline is in use, else ''."""
+    import sys
+
+    readline = sys.modules.get("readline")
+    return readline.get_line_buffer() if readline is not None else ""
