@@ -21,7 +21,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -185,24 +184,26 @@ def weight_bytes(model_dir: Path) -> int:
     return 4 * sum(int(np.prod(s)) for k, s in shapes.items() if k not in optional)
 
 
+def bench_cache() -> Path:
+    """Where the benchmarks keep the random checkpoints they make: <cache>/bench ($TINYLLAMA_CACHE moves it)."""
+    from tinyllama_ref.fetch import cache_root
+
+    return cache_root() / "bench"
+
+
 def find_models(names: list[str], cache: Path) -> list[tuple[str, Path]]:
     from tinyllama_ref.cli import default_model_dir
+    from tinyllama_ref.fetch import is_complete, model_dir
 
     found = []
     for name in names:
         if name == "bundled":
             found.append(("bundled", default_model_dir()))
         elif name == "smollm2":
-            try:
-                from tinyllama_ref.fetch import resolve_model_name
-
-                path = resolve_model_name("smollm2")
-            except Exception:  # not fetched / no fetch module
-                path = None
-            if path is None:
+            if not is_complete(model_dir("smollm2")):  # a benchmark does not download 540 MB unasked
                 print("smollm2: not fetched (run `tinyllama-ref fetch smollm2`), skipped", file=sys.stderr)
             else:
-                found.append(("smollm2-135m", Path(path)))
+                found.append(("smollm2-135m", model_dir("smollm2")))
         elif name == "tinyllama-1.1b":
             found.append(("tinyllama-1.1b-shape", make_random_checkpoint(TINYLLAMA_1B, cache / "tinyllama-1.1b")))
         else:
@@ -230,7 +231,7 @@ def main() -> None:
     ap.add_argument("--prompt-tokens", type=int, default=128)
     ap.add_argument("--new-tokens", type=int, default=32)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
-    ap.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "tinyllama_ref_bench")
+    ap.add_argument("--cache", type=Path, default=bench_cache())
     ap.add_argument("--no-torch", action="store_true", help="skip the transformers column")
     ap.add_argument("--bandwidth-mib", type=int, default=512, help="size of the bandwidth probe's matrix")
     args = ap.parse_args()

@@ -19,12 +19,11 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from cpu import find_models  # benchmarks/cpu.py: the bundled model, smollm2 if fetched, or a path
+from cpu import bench_cache, find_models  # benchmarks/cpu.py: the bundled model, smollm2 if fetched, or a path
 from timing import last_position, time_greedy  # benchmarks/timing.py, beside this script
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -73,8 +72,9 @@ def measure_model(path: Path, schemes: list, new_tokens: int, rounds: int) -> di
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", nargs="+", default=["bundled", "smollm2"])
-    ap.add_argument("--group-sizes", type=int, nargs="+", default=[64, 32],
-                    help="int4 group sizes (default 64 32: torchao's 128 divides neither 192 nor 576, the widths)")
+    ap.add_argument("--group-sizes", nargs="+", default=["auto", "32"],
+                    help="int4 group sizes: numbers, or auto (per weight, the largest of 128, 64, 32 dividing its "
+                         "input: tl.load's default); default: auto 32")
     ap.add_argument("--new-tokens", type=int, default=32)
     ap.add_argument("--rounds", type=int, default=3, help="decode timings per scheme, the best kept")
     args = ap.parse_args()
@@ -82,8 +82,8 @@ def main() -> None:
     print(f"machine: {os.cpu_count()} cores, BLAS threads: {threads}; int4 group sizes {args.group_sizes}; "
           f"decode: {args.new_tokens} greedy tokens, best of {args.rounds}")
     rows = []
-    for label, path in find_models(args.models, Path(tempfile.gettempdir()) / "tinyllama_ref_bench"):
-        schemes = [(None, 0), ("int8", 0)] + [("int4", g) for g in args.group_sizes]
+    for label, path in find_models(args.models, bench_cache()):
+        schemes = [(None, 0), ("int8", 0)] + [("int4", None if g == "auto" else int(g)) for g in args.group_sizes]
         results = measure_model(path, schemes, args.new_tokens, args.rounds)
         rows.append((label, results))
         print(f"{label}: done", file=sys.stderr)
@@ -91,15 +91,21 @@ def main() -> None:
     print()
     print(f"{'model':14s} {'weights':9s} {'MiB':>8s} {'vs f32':>7s} {'decode tok/s':>12s} {'vs f32':>7s} "
           f"{'max|Δlogits|':>12s} {'perplexity':>10s} {'Δppl':>7s} {'same greedy':>11s}")
+    notes = []
     for label, results in rows:
         base = results[(None, 0)]
         for (scheme, group), r in results.items():
-            name = f"int4 g{group}" if scheme == "int4" else scheme or "float32"
+            name = (f"int4 g{group}" if group else "int4 auto") if scheme == "int4" else scheme or "float32"
             delta = float(np.abs(r["logits"] - base["logits"]).max())
             same = sum(a == b for a, b in zip(r["tokens"], base["tokens"]))
             print(f"{label:14s} {name:9s} {r['bytes'] / 2**20:8.1f} {r['bytes'] / base['bytes']:6.2f}x "
                   f"{r['decode_tok_s']:12.1f} {r['decode_tok_s'] / base['decode_tok_s']:6.2f}x {delta:12.2e} "
                   f"{r['ppl']:10.3f} {r['ppl'] - base['ppl']:+7.3f} {same:>5d}/{len(base['tokens']):<5d}")
+            if scheme == "int4" and delta == 0:
+                notes.append(f"{label} {name}: max|Δlogits| is exactly 0 because the weights already lie on this "
+                             f"grid: a Q4_1 GGUF stores blocks of 32 weights on 16 levels from their minimum to "
+                             f"their maximum, which is what int4 with groups of 32 computes, so it gives them back")
+    print("\n".join(notes))
     counts = ", ".join(f"{label} {results[(None, 0)]['text_tokens']}" for label, results in rows)
     print(f"\nperplexity text: Psalm 23 (KJV), tokens: {counts}; max|Δlogits| over the prompt {PROMPT!r}.")
 

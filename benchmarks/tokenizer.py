@@ -20,9 +20,11 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tinyllama_ref.fetch import TEST_MEMBERS, member_path  # noqa: E402
 from tinyllama_ref.tokenizer.sp_model import load_sentencepiece_model  # noqa: E402
 
-DEFAULT_MODEL = Path.home() / ".cache/tinyllama_ref/mistral/mistral_common/data/tokenizer.model.v1"
+MISTRAL = "mistral-common==1.13.1"
+DEFAULT_MODEL = member_path(MISTRAL, TEST_MEMBERS[MISTRAL])  # the tests' copy, under $TINYLLAMA_CACHE
 
 
 def benchmark_text(n_bytes: int) -> tuple[str, str]:
@@ -61,7 +63,7 @@ def main():
     parser.add_argument("--mb", type=float, default=5.0)
     args = parser.parse_args()
     if not args.model.exists():
-        sys.exit(f"{args.model} not found: run the tokenizer tests once (they fetch it), or pass --model")
+        sys.exit(f"{args.model} not found: `tinyllama-ref fetch test-data` downloads it, or pass --model")
     import sentencepiece as spm
 
     text, source = benchmark_text(int(args.mb * 1e6))

@@ -43,7 +43,10 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = REPO / "tinyllama_ref" / "assets" / "kjv-llama"
 DEFAULT_GOLDEN = REPO / "tests" / "fixtures" / "bundled_golden.npz"
-DEFAULT_WORK = Path.home() / ".cache" / "tinyllama_ref" / "bundled_train"
+sys.path.insert(0, str(REPO))  # this checkout's package, installed or not
+from tinyllama_ref.fetch import cache_root  # noqa: E402
+
+DEFAULT_WORK = cache_root() / "bundled_train"  # $TINYLLAMA_CACHE moves it, as every cached file
 
 # The whole corpus as `bible` prints it (bible-kjv 4.38); checked so that a different text is noticed.
 KJV_RAW_SHA256 = "6f74f5589333c56c263963e6347dba662bae2d96861302e690aaae0b4a855eda"
