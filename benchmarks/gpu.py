@@ -23,6 +23,7 @@ them and runs this with the GPU tests.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
@@ -230,6 +231,32 @@ def targets(results, parity, dtype) -> list[str]:
     return lines
 
 
+PEERS = {"torch": "pip install torch (the CUDA build on a GPU machine)", "transformers": "pip install -e '.[parity]'"}
+
+
+def missing_requirement(cpu_smoke: bool) -> str | None:
+    """What this script lacks, in one line (CuPy and a GPU, unless --cpu-smoke; torch; transformers), or None."""
+    import importlib
+
+    if not cpu_smoke:
+        from tinyllama_ref.backend import get_module
+
+        try:
+            get_module("cupy")
+        except RuntimeError as e:
+            return f"{e} (python benchmarks/gpu.py --cpu-smoke tests the script on a CPU)"
+    for module, install in PEERS.items():
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            return f"{module} is not installed, and the peers need it: {install}"
+    import torch
+
+    if not cpu_smoke and not torch.cuda.is_available():
+        return f"torch {torch.__version__} sees no CUDA GPU (a CPU build?): install torch's CUDA build"
+    return None
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shapes", nargs="+", default=["llama2-7b", "tinyllama-1.1b", "smollm2-135m"])
@@ -240,6 +267,8 @@ def main():
     ap.add_argument("--out", type=Path, help="also write the table (Markdown) to this file")
     ap.add_argument("--cpu-smoke", action="store_true", help="run the tiny 'smoke' shape on NumPy/torch CPU")
     args = ap.parse_args()
+    if missing := missing_requirement(args.cpu_smoke):
+        sys.exit(f"benchmarks/gpu.py: {missing}")
 
     import numpy as np
     import torch

@@ -16,6 +16,8 @@ cd "$(dirname "$0")/.."
 START=$SECONDS
 DEADLINE=$((START + 470))  # 8 minutes, less a margin for writing the results
 LOG=$(mktemp -d)
+KEEP_LOG=0  # the logs stay in $LOG only when a stage failed after writing them (else $OUT has their copy)
+trap '[ "$KEEP_LOG" = 1 ] || rm -rf "$LOG"' EXIT
 SMOKE=0
 [ "${1:-}" = "--cpu-smoke" ] && SMOKE=1
 
@@ -57,7 +59,7 @@ EOF
 )
   say "installing the package and ${REQS[*]}"
   timeout "$(budget 150 300)" pip install -q -e . "${REQS[@]}" > "$LOG/install.log" 2>&1 \
-    || { tail -20 "$LOG/install.log" >&2; fail "pip install failed or took too long (log above)"; }
+    || { tail -20 "$LOG/install.log" >&2; KEEP_LOG=1; fail "pip install failed or took too long (log above)"; }
 fi
 if [ "$SMOKE" = 0 ]; then
   python -c "from tinyllama_ref.backend import get_module; get_module('cupy')" 2> "$LOG/cupy.log" \
@@ -104,4 +106,4 @@ if [ -n "${OUT:-}" ]; then
   say "wrote $OUT/gpu_check.md"
 fi
 say "done in $((SECONDS - START))s"
-[ "$TESTS_RC" = 0 ] && [ "$BENCH_RC" = 0 ] || fail "tests exit $TESTS_RC, benchmark exit $BENCH_RC (logs in $LOG)"
+[ "$TESTS_RC" = 0 ] && [ "$BENCH_RC" = 0 ] || { KEEP_LOG=1; fail "tests exit $TESTS_RC, benchmark exit $BENCH_RC (logs in $LOG)"; }

@@ -10,6 +10,7 @@ the terminal summary prints one row per case, so `python -m pytest tests/test_go
     case                      max|Δlogits|  ...
     mha                       2.4e-07       ...
 """
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,8 +21,11 @@ import pytest
 
 import tinyllama_ref as tl
 from tinyllama_ref.backend import cupy_available, to_numpy
+from tinyllama_ref.fetch import cache_root
 
 GOLDEN_DIR = Path(__file__).parent / "fixtures" / "golden"
+# torch writes its compile cache to $TMPDIR/torchinductor_<user> when imported; the tests leave nothing there
+os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_root() / "torchinductor"))
 
 PARITY = {}  # {(table, case): {column: value}}, filled by record_parity
 COLUMN_ORDER = ["max|Δlogits|", "max|Δhidden|", "max|Δattn|", "rel|Δloss|"]  # others follow as first recorded

@@ -32,8 +32,8 @@ def table_rows(out: str, impl: str) -> list[list[str]]:
     return [line.split() for line in out.splitlines() if f" {impl} " in f" {line} "]
 
 
-def test_cpu_benchmark_runs_our_column_when_torch_cannot_be_imported(tmp_path):
-    # a sitecustomize that makes `import torch` fail, as on a machine without it
+def without_torch(tmp_path) -> dict:
+    """An environment whose Pythons cannot import torch or transformers, as on a machine without them."""
     (tmp_path / "sitecustomize.py").write_text(
         "import sys\n"
         "class NoTorch:\n"
@@ -41,7 +41,24 @@ def test_cpu_benchmark_runs_our_column_when_torch_cannot_be_imported(tmp_path):
         "        if name.split('.')[0] in ('torch', 'transformers'):\n"
         "            raise ModuleNotFoundError(f'No module named {name!r}')\n"
         "sys.meta_path.insert(0, NoTorch())\n")
-    env = {**__import__("os").environ, "PYTHONPATH": f"{tmp_path}:{REPO}"}
+    return {**__import__("os").environ, "PYTHONPATH": f"{tmp_path}:{REPO}"}
+
+
+def test_the_gpu_benchmark_says_in_one_line_what_is_missing(tmp_path):
+    """No GPU, or no torch: one line on stderr naming it and how to get it, exit 1, no traceback."""
+    runs = [[]] if importlib.util.find_spec("cupy") is None else []  # here no CuPy: the first thing it names
+    runs += [["--cpu-smoke"]]
+    for args in runs:
+        proc = subprocess.run([sys.executable, "benchmarks/gpu.py", *args], cwd=REPO, capture_output=True,
+                              text=True, timeout=120, env=without_torch(tmp_path))
+        assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+        (line,) = proc.stderr.splitlines()
+        assert line.startswith("benchmarks/gpu.py: ")
+        assert ("needs CuPy" in line) if not args else ("torch is not installed" in line and "pip install" in line)
+
+
+def test_cpu_benchmark_runs_our_column_when_torch_cannot_be_imported(tmp_path):
+    env = without_torch(tmp_path)
     proc = subprocess.run([sys.executable, "benchmarks/cpu.py", "--models", "bundled", "--prompt-tokens", "8",
                            "--new-tokens", "4", "--bandwidth-mib", "16"], cwd=REPO, capture_output=True, text=True,
                           timeout=600, env=env)

@@ -7,6 +7,7 @@ import struct
 import tempfile
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from tinyllama_ref.config import ConfigError
@@ -28,8 +29,19 @@ json_values = st.recursive(st.none() | st.booleans() | st.integers(-2**70, 2**70
                            max_leaves=20)
 
 
+FUZZ_DIR: list[Path] = []  # pytest's temporary directory for this module (the fixture below): never $TMPDIR itself
+
+
+@pytest.fixture(scope="module", autouse=True)
+def fuzz_dir(tmp_path_factory):
+    FUZZ_DIR[:] = [tmp_path_factory.mktemp("fuzz")]
+    yield
+    FUZZ_DIR.clear()
+
+
 def in_file(name: str, data: bytes) -> Path:
-    d = Path(tempfile.mkdtemp())
+    """`data` as the file `name`, alone in a fresh directory (a reader may look at its neighbours)."""
+    d = Path(tempfile.mkdtemp(dir=FUZZ_DIR[0]))
     (d / name).write_bytes(data)
     return d / name
 
