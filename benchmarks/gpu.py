@@ -320,7 +320,10 @@ def main():
                          "peak MiB beyond weights": "-" if r["peak_mib"] is None else f"{r['peak_mib']:.0f}",
                          "agreement": agree})
         print(f"{shape}: done", flush=True)
-    note = f"BW limit = weight bytes / {bw:.0f} GB/s (device-to-device copy, read + write)."
+    from tinyllama_ref.fused import path as fused_path
+
+    note = (f"BW limit = weight bytes / {bw:.0f} GB/s (device-to-device copy, read + write).\n"
+            f"fused kernels: {fused_path()}")  # "plain (...)" when a cupy.fuse kernel failed on first use
     checks = targets(summary, parity, dtype)
     print(render(rows, markdown=False))
     print(note)

@@ -91,6 +91,8 @@ BENCH_RC=$?
   echo
   echo "GPU tests (pytest -m gpu): ${TESTS:-no summary}"
   echo
+  echo "Pointwise kernels in the benchmark: $(grep -m1 '^fused kernels: ' "$LOG/bench.log" | cut -d' ' -f3- || true)"
+  echo
   if [ -s "$LOG/bench.md" ]; then cat "$LOG/bench.md"; else
     echo "benchmarks/gpu.py failed (exit $BENCH_RC):"; echo; echo '```'; tail -25 "$LOG/bench.log"; echo '```'; fi
   echo

@@ -130,6 +130,7 @@ def test_gpu_check_plumbing_on_the_cpu(tmp_path):
     assert report == r.stdout and "GPU tests (pytest -m gpu): " in report and " skipped" in report
     assert "| smoke | tinyllama_ref |" in report and "| smoke | transformers sdpa |" in report
     assert "PASS  max|Δlogits| against eager transformers, float32" in report
+    assert "Pointwise kernels in the benchmark: none" in report  # NumPy: no fused kernel ran
 
 
 def test_training_benchmark_prints_its_table():

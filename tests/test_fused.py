@@ -93,3 +93,70 @@ def test_fused_false_runs_the_plain_functions_on_cupy(double, monkeypatch):
     assert is_cupy_array(out.logits) and not calls
     assert (model.ops.rms_norm, model.ops.apply_rope, model.ops.act_mul) == (llama.rms_norm, llama.apply_rope,
                                                                              llama.silu_mul)
+
+
+# -- a fused kernel that fails on first use: the plain kernels, with one warning ----------------------------------
+
+@pytest.fixture
+def fresh_fusion(monkeypatch):
+    """No kernel compiled and no failure yet, as in a new process."""
+    monkeypatch.setitem(fused.FUSION, "compiled", {})
+    monkeypatch.setitem(fused.FUSION, "failed", None)
+
+
+def refuses_to_compile(fn):
+    raise RuntimeError("nvrtc: error: identifier 'x' is undefined")  # what a CUDA compile error looks like
+
+
+def fails_when_run(fn):
+    def kernel(*args):
+        raise TypeError("Invalid type for fusion")
+    return kernel
+
+
+def promotes_to_float64(fn):  # cupy 9400: a Python scalar inside the kernel makes float32 float64
+    def kernel(*args):
+        out = fn(*args)
+        return tuple(o.astype(np.float64) for o in out) if isinstance(out, tuple) else out.astype(np.float64)
+    return kernel
+
+
+def broadcasts_its_outputs(fn):  # cupy 8198 / 8381: a fused function's tuple outputs take one shape
+    def kernel(*args):
+        out = fn(*args)
+        if not isinstance(out, tuple):
+            return out
+        shape = np.broadcast_shapes(*(o.shape for o in out))
+        return tuple(o + o.__class__(np.zeros(shape, o.dtype)) if o.shape != shape else o for o in out)
+    return kernel
+
+
+@pytest.mark.parametrize("fuse", [refuses_to_compile, fails_when_run, promotes_to_float64])
+def test_a_fused_kernel_that_fails_on_first_use_falls_back_to_the_plain_kernels_with_one_warning(
+        double, monkeypatch, fresh_fusion, fuse):
+    monkeypatch.setattr(double, "fuse", fuse)
+    config = tl.LlamaConfig(**CONFIG)
+    tensors = random_tensors(config, std=0.3)
+    ids = np.random.default_rng(3).integers(0, config.vocab_size, (2, 9))
+    with pytest.warns(RuntimeWarning, match="fused kernel .* failed on first use") as caught:
+        logits = tl.build_model(config, tensors, backend="cupy")(ids).logits
+        tl.build_model(config, tensors, backend="cupy")(ids)  # a second model: no second warning
+    assert len([w for w in caught if issubclass(w.category, RuntimeWarning)]) == 1
+    assert np.array_equal(logits.get(), tl.build_model(config, tensors)(ids).logits)  # the book's, to the bit
+    assert fused.path().startswith("plain (a fused kernel failed: ")
+
+
+def test_tuple_outputs_broadcast_to_one_shape_are_caught(double, monkeypatch, fresh_fusion):
+    monkeypatch.setattr(double, "fuse", broadcasts_its_outputs)
+    pair = fused.elementwise_kernel(lambda x, y: (x, x + y))  # cupy 8198's own example
+    x, y = double.asarray(np.array([1.0, 2.0])), double.asarray(np.array([[3.0, 4.0], [5.0, 6.0]]))
+    with pytest.warns(RuntimeWarning, match=r"output shape \(2, 2\), expected \(2,\) \(cupy 8198"):
+        first, second = pair(x, y)
+    assert first.shape == (2,) and second.shape == (2, 2)
+
+
+def test_the_path_that_ran_is_told(double, fresh_fusion):
+    assert fused.path() == "none"
+    config = tl.LlamaConfig(**CONFIG)
+    tl.build_model(config, random_tensors(config), backend="cupy")([[1, 2, 3]])
+    assert fused.path() == "fused (3 kernels)"
