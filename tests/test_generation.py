@@ -286,6 +286,18 @@ def test_a_test_data_download_says_what_and_how_big(tmp_path, monkeypatch, capsy
     assert capsys.readouterr().err == ""
 
 
+@pytest.mark.parametrize("threads", ["1", "2"])
+def test_info_shows_numpys_blas_and_its_threads(threads):
+    import os
+
+    run = subprocess.run([sys.executable, "-m", "tinyllama_ref.cli", "info"], capture_output=True, text=True,
+                         timeout=300, env={**os.environ, "OPENBLAS_NUM_THREADS": threads, "OMP_NUM_THREADS": ""})
+    (line,) = [x for x in run.stdout.splitlines() if x.startswith("blas:")]
+    if "openblas" in line:  # NumPy's wheels; a NumPy built on another BLAS names it instead
+        assert f", {threads} thread(s) from OPENBLAS_NUM_THREADS={threads}" in line
+        assert ("OPENBLAS_NUM_THREADS=1 can decode several times faster" in line) == (threads != "1")
+
+
 def test_fetch_offers_the_test_data():
     assert "test-data" in run_cli("fetch", "--help").stdout
 

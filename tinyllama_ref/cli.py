@@ -191,6 +191,7 @@ def cmd_info(args) -> int:
         print(f"int4 groups: {how}: " + "; ".join(
             f"{g} for {', '.join(p for p, _ in projs)} (input {'/'.join(sorted({str(n) for _, n in projs}))})"
             for g, projs in group_sizes(model.params).items()))
+    print(f"blas:       {blas_threads()}")
     tensors = flatten(model.params)
     print(f"tensors:    {len(tensors)}")
     shown = [k for k in tensors if ".layers." not in k or ".layers.0." in k]
@@ -199,6 +200,26 @@ def cmd_info(args) -> int:
     if c.num_hidden_layers > 1:
         print(f"  ... and the same for layers 1-{c.num_hidden_layers - 1}")
     return 0
+
+
+def blas_threads() -> str:
+    """NumPy's BLAS and its thread count (threadpoolctl reads the loaded library), and when to lower it."""
+    import numpy as np
+
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:  # a dependency, but an install may lack it: say what is known
+        config = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
+        return f"{config.get('name', '?')} {config.get('version', '')} (threads: pip install threadpoolctl to see)"
+    pools = [p for p in threadpool_info() if p["user_api"] == "blas"]
+    if not pools:
+        return "no BLAS library loaded by NumPy was found"
+    p = pools[0]
+    where = next((f" from {v}={os.environ[v]}" for v in ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "OMP_NUM_THREADS")
+                  if os.environ.get(v)), " (its default)")
+    hint = ("; where the cores are busy, OPENBLAS_NUM_THREADS=1 can decode several times faster "
+            "(docs/guides/performance.md)") if p["num_threads"] > 1 else ""
+    return f"{p['internal_api']} {p.get('version') or ''}, {p['num_threads']} thread(s){where}{hint}"
 
 
 def cmd_tokenize(args) -> int:
