@@ -304,7 +304,8 @@ def cmd_golden(args) -> int:
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.force:
         raise CLIError(f"{out} exists and is not empty: choose another --out, or pass --force to write into it")
     pack = write_pack(out, args.cases, progress=lambda name, size: print(f"{name:18s} {size / 1024:8.1f} KiB"))
-    print(f"{'total':18s} {pack['bytes'] / 1024:8.1f} KiB in {len(pack['cases'])} cases; manifest: "
+    print(f"{'total':18s} {pack['bytes'] / 1024:8.1f} KiB ({pack['bytes'] / 2**20:.1f} MiB) in {len(pack['cases'])} "
+          f"cases; manifest: "
           f"{out / 'manifest.json'}")
     return 0
 

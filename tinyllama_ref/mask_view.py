@@ -112,7 +112,7 @@ def visualize_mask(model_or_config, tokenizer, text, past: int = 0, pad_left: in
     for k, ids in enumerate(rows):
         n_pad = width - len(ids)
         labels = [PAD_LABEL] * n_pad + [tokenizer.id_to_piece(i) for i in ids]
-        facts = [f"text {k + 1} of {len(rows)}: {len(ids)} tokens"]
+        facts = [f"text {k + 1} of {len(rows)}: {len(ids)} token{'s' * (len(ids) != 1)}"]
         if n_pad:
             facts.append(f"{n_pad} padding on the left (attention_mask 0)")
         if past:
