@@ -1,0 +1,253 @@
+"""LoRA (`tinyllama_ref/lora.py`): PEFT's files both ways, `tl.load(..., adapter=DIR)`, the adapter's
+gradients, and `tinyllama-ref finetune`.
+
+Parity with PEFT 0.21: an adapter PEFT saved (B random, so not the identity) and loaded by
+`PeftModel.from_pretrained` gives the logits of `tl.load(base, adapter=DIR)` within TOL_LOGITS; and an
+adapter we write loads in PEFT with the same logits. GQA, a tied head and all seven target modules.
+"""
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import tinyllama_ref as tl
+from conftest import needs_transformers, record_parity
+from tinyllama_ref import lora
+from tinyllama_ref.errors import CheckpointError
+from tinyllama_ref.formats.checkpoint import flatten
+from tinyllama_ref.formats.safetensors import read_safetensors, write_safetensors
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
+
+TOL_LOGITS = 1e-4  # max |Δlogits|, float32: PEFT adds x·Aᵀ·Bᵀ·s beside x·Wᵀ, we merge W + s·B·A first
+TINY = dict(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, tie_word_embeddings=True, max_position_embeddings=64)
+IDS = np.random.default_rng(0).integers(0, 64, (2, 9))
+
+PEFT_CASES = {  # name: LoraConfig arguments
+    "all7_gqa_tied": dict(r=4, lora_alpha=8, target_modules=list(lora.LINEARS)),
+    "qv_rslora": dict(r=3, lora_alpha=5, target_modules=["q_proj", "v_proj"], use_rslora=True),
+}
+
+
+def needs_peft():
+    torch, transformers = needs_transformers("comparing with PEFT")
+    peft = pytest.importorskip("peft", reason="comparing with PEFT needs peft (pip install peft==0.21.2)")
+    return torch, transformers, peft
+
+
+def hf_base(tmp_path: Path):
+    """A tiny transformers Llama (GQA, tied head, weights redrawn as the goldens draw them), saved; (model, dir)."""
+    torch, transformers, _ = needs_peft()
+    from make_golden import randomize_weights_
+
+    cfg = transformers.LlamaConfig(**TINY)
+    cfg._attn_implementation = "eager"
+    model = transformers.LlamaForCausalLM(cfg).eval()
+    randomize_weights_(model, 0)
+    model.save_pretrained(tmp_path / "base")
+    return model, tmp_path / "base"
+
+
+def hf_fresh(path: Path):
+    _, transformers, _ = needs_peft()
+    return transformers.AutoModelForCausalLM.from_pretrained(path, attn_implementation="eager").eval()
+
+
+def torch_logits(model) -> np.ndarray:
+    torch, _, _ = needs_peft()
+    with torch.no_grad():
+        return model(torch.from_numpy(IDS)).logits.numpy()
+
+
+@pytest.mark.parametrize("case", PEFT_CASES)
+def test_a_peft_adapter_loads_with_peft_s_logits(case, tmp_path):
+    torch, _, peft = needs_peft()
+    hf, base = hf_base(tmp_path)
+    torch.manual_seed(1)  # init_lora_weights=False: B random too, so the adapter changes the logits
+    peft_model = peft.get_peft_model(hf, peft.LoraConfig(init_lora_weights=False, **PEFT_CASES[case])).eval()
+    peft_model.save_pretrained(tmp_path / "adapter")
+    theirs = torch_logits(peft.PeftModel.from_pretrained(hf_fresh(base), tmp_path / "adapter").eval())
+
+    ours = np.asarray(tl.load(base, adapter=tmp_path / "adapter")(IDS).logits)
+    plain = np.asarray(tl.load(base)(IDS).logits)
+    d = float(np.abs(ours - theirs).max())
+    record_parity(f"PEFT -> ours {case}", "max|Δlogits|", d, table="LoRA parity with PEFT")
+    assert d <= TOL_LOGITS, f"{case}: max |Δlogits| = {d:.3g} > {TOL_LOGITS}"
+    assert float(np.abs(plain - theirs).max()) > 100 * TOL_LOGITS  # the adapter does change the logits
+
+
+@pytest.mark.parametrize("case", PEFT_CASES)
+def test_our_adapter_loads_in_peft_with_our_logits(case, tmp_path):
+    _, _, peft = needs_peft()
+    _, base = hf_base(tmp_path)
+    kw = PEFT_CASES[case]
+    spec = lora.LoraSpec(r=kw["r"], lora_alpha=kw["lora_alpha"], target_modules=tuple(kw["target_modules"]),
+                         use_rslora=kw.get("use_rslora", False))
+    adapter = random_adapter(tl.load(base), spec)
+    lora.save_adapter(tmp_path / "ours", adapter, spec, base_model_name_or_path=str(base))
+
+    theirs = torch_logits(peft.PeftModel.from_pretrained(hf_fresh(base), tmp_path / "ours").eval())
+    ours = np.asarray(tl.load(base, adapter=tmp_path / "ours")(IDS).logits)
+    d = float(np.abs(ours - theirs).max())
+    record_parity(f"ours -> PEFT {case}", "max|Δlogits|", d, table="LoRA parity with PEFT")
+    assert d <= TOL_LOGITS, f"{case}: max |Δlogits| = {d:.3g} > {TOL_LOGITS}"
+    # the merged params of the training path are the loaded ones
+    merged = lora.merged_params(tl.load(base).params, adapter, spec.scaling)
+    assert np.abs(np.asarray(tl.build_model(tl.load(base).config, flatten(merged))(IDS).logits) - ours).max() < 1e-6
+
+
+def test_our_config_has_the_fields_peft_writes(tmp_path):
+    """adapter_config.json: PEFT's fields, and PEFT reads back our values."""
+    torch, _, peft = needs_peft()
+    hf, base = hf_base(tmp_path)
+    kw = PEFT_CASES["qv_rslora"]
+    peft.get_peft_model(hf, peft.LoraConfig(task_type="CAUSAL_LM", **kw)).save_pretrained(tmp_path / "theirs")
+    spec = lora.LoraSpec(r=3, lora_alpha=5, target_modules=("q_proj", "v_proj"), use_rslora=True)
+    lora.save_adapter(tmp_path / "ours", lora.init_adapter(tl.load(base).params, spec), spec)
+    ours = json.loads((tmp_path / "ours" / lora.CONFIG_NAME).read_text())
+    theirs = json.loads((tmp_path / "theirs" / lora.CONFIG_NAME).read_text())
+    assert ours.keys() == theirs.keys()
+    assert {k: v for k, v in ours.items() if k != "target_modules"} == {
+        k: v for k, v in theirs.items() if k != "target_modules"}  # PEFT writes its set of targets in any order
+    assert sorted(ours["target_modules"]) == sorted(theirs["target_modules"])
+    back = peft.LoraConfig.from_pretrained(tmp_path / "ours")
+    assert (back.r, back.lora_alpha, back.use_rslora, set(back.target_modules)) == (3, 5, True, {"q_proj", "v_proj"})
+    assert read_safetensors(tmp_path / "ours" / lora.WEIGHTS_NAME).keys() == read_safetensors(
+        tmp_path / "theirs" / lora.WEIGHTS_NAME).keys()  # PEFT's key names
+
+
+def random_adapter(model, spec, seed=2):
+    """An adapter with B drawn too (not the identity), A as `init_adapter` draws it."""
+    adapter = lora.init_adapter(model.params, spec, seed=seed)
+    rng = np.random.default_rng(seed)
+    for k, v in adapter.items():
+        if ".lora_B." in k:
+            adapter[k] = (0.1 * rng.standard_normal(v.shape)).astype(v.dtype)
+    return adapter
+
+
+# -- without torch ---------------------------------------------------------------------------------
+
+def tiny_model(**overrides):
+    config = tl.LlamaConfig(**{**TINY, **overrides})
+    from tinyllama_ref.formats.checkpoint import random_tensors
+
+    return tl.build_model(config, random_tensors(config, std=0.2))
+
+
+def test_init_draws_pytorch_s_kaiming_uniform_and_zero_b():
+    model = tiny_model(hidden_size=64, intermediate_size=96)
+    spec = lora.LoraSpec(r=8, target_modules=("q_proj", "down_proj"))
+    adapter = lora.init_adapter(model.params, spec, seed=0)
+    assert sorted(adapter) == sorted(f"model.layers.{i}.{m}.lora_{p}.weight" for i in range(2)
+                                     for m in ("self_attn.q_proj", "mlp.down_proj") for p in "AB")
+    a_q, a_down = adapter["model.layers.0.self_attn.q_proj.lora_A.weight"], adapter[
+        "model.layers.0.mlp.down_proj.lora_A.weight"]
+    assert a_q.shape == (8, 64) and a_down.shape == (8, 96) and a_q.dtype == np.float32
+    assert np.abs(a_q).max() <= 1 / math.sqrt(64) and np.abs(a_q).max() > 0.9 / math.sqrt(64)  # U(±1/sqrt(in))
+    assert np.abs(a_down).max() <= 1 / math.sqrt(96)
+    assert all(not v.any() for k, v in adapter.items() if ".lora_B." in k)
+    assert all(np.array_equal(v, lora.init_adapter(model.params, spec, seed=0)[k]) for k, v in adapter.items())
+    ids = np.arange(10)[None] % 64  # B = 0: the same logits
+    merged = tl.build_model(model.config, flatten(lora.merged_params(model.params, adapter, spec.scaling)))
+    assert np.array_equal(np.asarray(merged(ids).logits), np.asarray(model(ids).logits))
+
+
+def test_merge_keeps_the_base_and_the_tie():
+    model = tiny_model()
+    spec = lora.LoraSpec(r=2, target_modules=lora.LINEARS)
+    adapter = random_adapter(model, spec)
+    before = {k: np.array(v) for k, v in flatten(model.params).items()}
+    merged = lora.merged_params(model.params, adapter, spec.scaling)
+    assert all(np.array_equal(v, before[k]) for k, v in flatten(model.params).items())
+    assert merged["lm_head"]["weight"] is merged["model"]["embed_tokens"]["weight"]
+    w = merged["model"]["layers"][1]["mlp"]["up_proj"]["weight"]
+    a, b = (adapter[f"model.layers.1.mlp.up_proj.lora_{p}.weight"] for p in "AB")
+    assert np.allclose(w, before["model.layers.1.mlp.up_proj.weight"] + spec.scaling * b @ a)
+
+
+def saved_adapter(tmp_path, **spec_kw):
+    model = tiny_model()
+    spec = lora.LoraSpec(**{"r": 2, **spec_kw})
+    return lora.save_adapter(tmp_path / "adapter", random_adapter(model, spec), spec), model
+
+
+def save_base(tmp_path):
+    model = tiny_model()
+    return model.save_pretrained(tmp_path / "base")
+
+
+def edit_config(adapter_dir, **fields):
+    path = adapter_dir / lora.CONFIG_NAME
+    path.write_text(json.dumps({**json.loads(path.read_text()), **fields}))
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"peft_type": "IA3"}, "peft_type is 'IA3'; only LoRA"),
+    ({"use_dora": True}, "use_dora = True is not supported: DoRA"),
+    ({"bias": "lora_only"}, "bias is 'lora_only'"),
+    ({"modules_to_save": ["lm_head"]}, "modules_to_save = ['lm_head'] is not supported"),
+    ({"rank_pattern": {"q_proj": 4}}, "rank_pattern"),
+    ({"target_modules": ["q_proj", "c_attn"]}, "target module(s) 'c_attn': a Llama model has no such linear"),
+    ({"r": 3}, "are not [r, in] and [out, r] with r = 3"),
+])
+def test_adapter_options_we_cannot_merge_are_refused_in_one_line(tmp_path, fields, message):
+    adapter_dir, _ = saved_adapter(tmp_path)
+    base = save_base(tmp_path)
+    edit_config(adapter_dir, **fields)
+    with pytest.raises(CheckpointError, match=r"adapter_config\.json|adapter_model") as e:
+        tl.load(base, adapter=adapter_dir)
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_missing_files_and_foreign_keys_are_named(tmp_path):
+    adapter_dir, model = saved_adapter(tmp_path, target_modules=("q_proj", "v_proj"))
+    base = save_base(tmp_path)
+    with pytest.raises(CheckpointError, match="is not a directory"):
+        tl.load(base, adapter=tmp_path / "nowhere")
+    weights = adapter_dir / lora.WEIGHTS_NAME
+    tensors = read_safetensors(weights)
+    key = "base_model.model.model.layers.1.self_attn.v_proj.lora_B.weight"
+
+    write_safetensors(weights, {**tensors, key: np.zeros((5, 2), np.float32)})  # v_proj is [16, 32]
+    with pytest.raises(CheckpointError, match=r"layers\.1\.self_attn\.v_proj: lora_B @ lora_A is \(5, 32\) but "
+                                              r"the model's model\.layers\.1\.self_attn\.v_proj\.weight is \(16, 32\)"):
+        tl.load(base, adapter=adapter_dir)
+    write_safetensors(weights, {k: v for k, v in tensors.items() if k != key})
+    with pytest.raises(CheckpointError, match=r"layers\.1\.self_attn\.v_proj has no lora_B\.weight"):
+        tl.load(base, adapter=adapter_dir)
+    extra = "base_model.model.model.layers.7.self_attn.q_proj"  # the model has 2 layers
+    write_safetensors(weights, {**tensors, f"{extra}.lora_A.weight": np.zeros((2, 32), np.float32),
+                                f"{extra}.lora_B.weight": np.zeros((32, 2), np.float32)})
+    with pytest.raises(CheckpointError, match=r"layers\.7\.self_attn\.q_proj adapts a module this model does not"):
+        tl.load(base, adapter=adapter_dir)
+    write_safetensors(weights, {**tensors, "base_model.model.lm_head.lora_magnitude_vector": np.zeros(64, np.float32)})
+    with pytest.raises(CheckpointError, match="lm_head.lora_magnitude_vector' is not a LoRA weight"):
+        tl.load(base, adapter=adapter_dir)
+    weights.unlink()
+    with pytest.raises(CheckpointError, match="no adapter_model.safetensors"):
+        tl.load(base, adapter=adapter_dir)
+    (adapter_dir / lora.CONFIG_NAME).unlink()
+    with pytest.raises(CheckpointError, match="no adapter_config.json"):
+        tl.load(base, adapter=adapter_dir)
+
+
+def test_loaded_adapter_equals_the_merged_params_and_survives_quantize_and_float64(tmp_path):
+    adapter_dir, model = saved_adapter(tmp_path, target_modules=("q_proj", "up_proj"))
+    base = tmp_path / "base"
+    model.save_pretrained(base)
+    spec, adapter = lora.read_adapter(adapter_dir)
+    assert spec.target_modules == ("q_proj", "up_proj") and spec.scaling == 8 / 2
+    merged = tl.build_model(model.config, flatten(lora.merged_params(model.params, adapter, spec.scaling)))
+    want = np.asarray(merged(IDS).logits)
+    got = np.asarray(tl.load(base, adapter=adapter_dir)(IDS).logits)
+    assert np.abs(got - want).max() < 1e-6
+    wide = np.asarray(tl.load(base, adapter=adapter_dir, dtype="float64")(IDS).logits)
+    assert wide.dtype == np.float64 and np.abs(wide - want).max() < 1e-4
+    assert tl.load(base, adapter=adapter_dir, quantize="int8")(IDS).logits.shape == want.shape
