@@ -45,6 +45,7 @@ READING_ORDER = [
     ("tinyllama_ref/tensor_parallel.py", "pretraining_tp: projections in slices"),
     ("tinyllama_ref/heads.py", "Heads: next token, classification, none"),
     ("tinyllama_ref/losses.py", "Losses"),
+    ("tinyllama_ref/backprop.py", "Volume 2: backpropagation, by hand"),
     ("tinyllama_ref/model.py", "The edge: inputs, variants, outputs, loading"),
     ("tinyllama_ref/resize.py", "Resizing the vocabulary: rows for new tokens"),
     ("tinyllama_ref/fused.py", "Fused kernels: the pointwise steps on CuPy"),

@@ -4,6 +4,7 @@
     model = tl.load("path/to/checkpoint")          # HF directory or .gguf file
     out = model([[1, 15043, 3186]])               # out.logits: [batch, seq, vocab]
 """
+from .backprop import value_and_grad
 from .config import ConfigError, LlamaConfig
 from .conversation import chat
 from .errors import CheckpointError
@@ -20,4 +21,4 @@ __version__ = "0.1.0"
 __all__ = ["load", "build_model", "forward", "Model", "ModelOutput", "KVCache", "LlamaConfig",
            "ConfigError", "CheckpointError", "InputError", "generate", "stream", "generate_batch",
            "GenerationStats", "SamplingParams", "Tokenizer", "load_tokenizer", "chat",
-           "visualize_mask", "perplexity", "QuantizationError"]
+           "visualize_mask", "perplexity", "QuantizationError", "value_and_grad"]

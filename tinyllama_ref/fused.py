@@ -31,9 +31,8 @@ import functools
 import numpy as np
 
 from .backend import xp_of
-from .llama import silu
+from .llama import compute_dtype, silu
 
-F32 = np.float32
 
 
 def elementwise_kernel(fn):
@@ -62,9 +61,9 @@ def _rms_scale(x32, variance, weight, eps):
 
 def rms_norm(x, weight, eps: float):
     """`llama.rms_norm` with everything after the mean of squares in one kernel (output in weight's dtype)."""
-    x32 = x.astype(F32)
+    x32 = x.astype(compute_dtype(x.dtype))  # float32, or float64 for a float64 model
     variance = xp_of(x).mean(x32 * x32, axis=-1, keepdims=True)  # [..., 1]
-    return _rms_scale(x32, variance, weight, F32(eps))
+    return _rms_scale(x32, variance, weight, x32.dtype.type(eps))
 
 
 @elementwise_kernel

@@ -25,6 +25,12 @@ from .backend import xp_of
 F32 = np.float32
 
 
+def compute_dtype(dtype):
+    """The dtype of the sensitive steps (RMSNorm, RoPE's tables, softmax, the loss): float32 for float32 and
+    float16 models, as transformers does, and float64 for a float64 model, so that it is float64 throughout."""
+    return np.promote_types(dtype, F32)
+
+
 def embed(p: dict, input_ids):
     """Token embedding: row `i` of the [V, D] table `embed_tokens` is token i's vector. [b, s] -> [b, s, D]"""
     return p["embed_tokens"]["weight"][input_ids]
@@ -33,12 +39,12 @@ def embed(p: dict, input_ids):
 def rms_norm(x, weight, eps: float):
     r"""RMSNorm (Zhang & Sennrich 2019): $y = w \odot x / \sqrt{\mathrm{mean}(x^2) + \epsilon}$.
 
-    No mean subtraction and no bias. Computed in float32 whatever the input dtype, as the reference does.
+    No mean subtraction and no bias. Computed in float32 (float64 for float64), as the reference does.
     """
     xp = xp_of(x)
-    x32 = x.astype(F32)
+    x32 = x.astype(compute_dtype(x.dtype))
     variance = xp.mean(x32 * x32, axis=-1, keepdims=True)
-    return weight * (x32 / xp.sqrt(variance + F32(eps))).astype(x.dtype)
+    return weight * (x32 / xp.sqrt(variance + eps)).astype(x.dtype)
 
 
 def rope_frequencies(theta: float, head_dim: int) -> np.ndarray:
@@ -51,15 +57,16 @@ def rope_frequencies(theta: float, head_dim: int) -> np.ndarray:
     return (F32(1.0) / np.power(F32(theta), exponents)).astype(F32)
 
 
-def rope_cos_sin(inv_freq, position_ids, attention_factor: float = 1.0):
-    r"""cos and sin of $m\,\theta_i$ for each position: [b, s] -> two [b, s, d] arrays.
+def rope_cos_sin(inv_freq, position_ids, attention_factor: float = 1.0, dtype=F32):
+    r"""cos and sin of $m\,\theta_i$ for each position: [b, s] -> two [b, s, d] arrays, in `dtype` (float32).
 
     The frequencies are repeated ([θ0..θ(d/2-1), θ0..θ(d/2-1)]) to match the rotate-half pairing.
     """
     xp = xp_of(position_ids)
-    freqs = position_ids[..., None].astype(F32) * xp.asarray(inv_freq, dtype=F32)  # [b, s, d/2]
+    freqs = position_ids[..., None].astype(dtype) * xp.asarray(inv_freq).astype(dtype)  # [b, s, d/2]
     emb = xp.concatenate([freqs, freqs], axis=-1)  # [b, s, d]
-    return xp.cos(emb) * F32(attention_factor), xp.sin(emb) * F32(attention_factor)
+    factor = np.dtype(dtype).type(attention_factor)
+    return xp.cos(emb) * factor, xp.sin(emb) * factor
 
 
 def rotate_half(x):
@@ -121,9 +128,9 @@ def attention_mask_bias(attention_mask, q_len: int, kv_len: int, past_len: int):
 
 
 def softmax(scores, axis: int = -1):
-    """Numerically stable softmax in float32 (subtract the row maximum before exp)."""
+    """Numerically stable softmax in float32 or float64 (subtract the row maximum before exp)."""
     xp = xp_of(scores)
-    s = scores.astype(F32)
+    s = scores.astype(compute_dtype(scores.dtype))
     e = xp.exp(s - s.max(axis=axis, keepdims=True))
     return e / e.sum(axis=axis, keepdims=True)
 
@@ -153,7 +160,7 @@ def scaled_dot_product_attention(q, k, v, mask_bias, scale: float):
     g, t = k.shape[1], k.shape[2]
     qg = q.reshape(b, g, (h // g) * s, d)  # [b, g, rep*s, d]
     scores = (qg @ k.swapaxes(-1, -2)) * q.dtype.type(scale)  # [b, g, rep*s, t]
-    scores = scores.reshape(b, g, h // g, s, t).astype(F32) + mask_bias[:, :, None]  # mask: every head
+    scores = scores.reshape(b, g, h // g, s, t).astype(compute_dtype(q.dtype)) + mask_bias[:, :, None]  # every head
     probs = softmax(scores).astype(q.dtype)  # [b, g, rep, s, t]
     out = probs.reshape(b, g, (h // g) * s, t) @ v  # [b, g, rep*s, d]
     return out.reshape(b, h, s, d), probs.reshape(b, h, s, t)
@@ -239,6 +246,14 @@ def decoder_layer(p: dict, x, cos, sin, mask_bias, config, cache=None, layer: in
     return output
 
 
+def rope_tables(config, position_ids, rope=None, dtype=F32):
+    """cos and sin [b, s, d] for every layer, made once per forward in the model's dtype; `rope` = (inv_freq,
+    attention_factor), plain RoPE by default."""
+    inv_freq, attention_factor = rope or (rope_frequencies(config.rope_theta, config.head_dim), 1.0)
+    cos, sin = rope_cos_sin(inv_freq, position_ids, attention_factor, compute_dtype(dtype))
+    return cos.astype(dtype, copy=False), sin.astype(dtype, copy=False)
+
+
 def transformer(params: dict, config, input_ids, position_ids=None, attention_mask=None, cache=None, rope=None,
                 ops: LayerOps = PAPER):
     r"""The hidden states [b, s, D] for token ids [b, s]: embedding, every layer, the final RMSNorm.
@@ -256,9 +271,7 @@ def transformer(params: dict, config, input_ids, position_ids=None, attention_ma
         attention_mask = xp.ones((b, past + s), dtype=np.int64)
     x = ops.embed(params["model"], input_ids)  # [b, s, D]
     ops.observe("", embed_tokens=x)
-    inv_freq, attention_factor = rope or (rope_frequencies(config.rope_theta, config.head_dim), 1.0)
-    cos, sin = rope_cos_sin(inv_freq, position_ids, attention_factor)  # [b, s, d]
-    cos, sin = cos.astype(x.dtype, copy=False), sin.astype(x.dtype, copy=False)  # cast once, not in every layer
+    cos, sin = rope_tables(config, position_ids, rope, x.dtype)  # [b, s, d]
     mask_bias = attention_mask_bias(attention_mask, s, past + s, past)  # [b, 1, s, t]
     for i, layer_params in enumerate(params["model"]["layers"]):
         x = decoder_layer(layer_params, x, cos, sin, mask_bias, config, cache, i, ops)

@@ -1,6 +1,6 @@
 r"""The training losses transformers computes when labels are given: next-token and classification.
 
-All in float32: $-\log \mathrm{softmax}$ is taken after subtracting the row maximum, so it never
+All in float32 (float64 for float64 logits): $-\log \mathrm{softmax}$ is taken after subtracting the row maximum, so it never
 overflows, whatever dtype the logits were computed in.
 """
 from __future__ import annotations
@@ -8,20 +8,21 @@ from __future__ import annotations
 import numpy as np
 
 from .backend import xp_of
+from .llama import compute_dtype
 
 F32 = np.float32
 
 
 def cross_entropy(logits, targets, ignore_index: int = -100):
-    r"""Mean of $-\log \mathrm{softmax}(z_n)_{y_n}$ over rows whose target is not `ignore_index` (float32).
+    r"""Mean of $-\log \mathrm{softmax}(z_n)_{y_n}$ over rows whose target is not `ignore_index` (float32 or 64).
 
     logits [n, C], targets [n] -> scalar. NaN when every target is ignored, as in torch.
     """
     xp = xp_of(logits)
     keep = targets != ignore_index
-    z, y = logits[keep].astype(F32), targets[keep]
+    z, y = logits[keep].astype(compute_dtype(logits.dtype)), targets[keep]
     if y.shape[0] == 0:
-        return xp.asarray(F32("nan"))
+        return xp.asarray(z.dtype.type("nan"))
     z = z - z.max(axis=-1, keepdims=True)
     logp = z - xp.log(xp.exp(z).sum(axis=-1, keepdims=True))
     return -logp[xp.arange(y.shape[0]), y].mean()
