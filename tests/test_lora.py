@@ -251,3 +251,124 @@ def test_loaded_adapter_equals_the_merged_params_and_survives_quantize_and_float
     wide = np.asarray(tl.load(base, adapter=adapter_dir, dtype="float64")(IDS).logits)
     assert wide.dtype == np.float64 and np.abs(wide - want).max() < 1e-4
     assert tl.load(base, adapter=adapter_dir, quantize="int8")(IDS).logits.shape == want.shape
+
+
+# -- gradients -------------------------------------------------------------------------------------
+
+TOL_GRAD32 = 1e-4  # float32: max |Δ| / max |ref| per LoRA tensor, against torch autograd through PEFT
+TOL_LOSS32 = 1e-6  # float32: relative |Δloss|
+
+
+def peft_grads(peft_model, ids, labels):
+    """torch autograd through PEFT: (loss, {our adapter key: gradient})."""
+    torch, _, _ = needs_peft()
+    peft_model.zero_grad()
+    loss = peft_model(torch.from_numpy(ids), labels=torch.from_numpy(labels)).loss
+    loss.backward()
+    return loss.item(), {n.removeprefix(lora.PREFIX).replace(".default.", "."): p.grad.numpy().copy()
+                         for n, p in peft_model.named_parameters() if p.requires_grad}
+
+
+def test_adapter_gradients_equal_torch_autograd_through_peft(tmp_path):
+    torch, _, peft = needs_peft()
+    hf, base = hf_base(tmp_path)
+    torch.manual_seed(3)
+    peft_model = peft.get_peft_model(hf, peft.LoraConfig(init_lora_weights=False, r=4, lora_alpha=8,
+                                                          target_modules=list(lora.LINEARS)))
+    peft_model.save_pretrained(tmp_path / "adapter")
+    spec, adapter = lora.read_adapter(tmp_path / "adapter")
+    adapter = {k: np.array(v) for k, v in adapter.items()}
+    ids = IDS
+    labels = ids.copy()
+    labels[0, :3] = -100
+
+    loss_ref, ref = peft_grads(peft_model, ids, labels)
+    model = tl.load(base)
+    loss, grads = lora.value_and_grad(model, adapter, spec, ids, labels)
+    assert ref.keys() == grads.keys() == adapter.keys()
+    assert abs(float(loss) - loss_ref) <= TOL_LOSS32 * abs(loss_ref)
+    worst = 0.0
+    for k in ref:
+        assert grads[k].shape == ref[k].shape and grads[k].dtype == np.float32, k
+        err = float(np.abs(grads[k] - ref[k]).max() / np.abs(ref[k]).max())
+        assert err <= TOL_GRAD32, f"{k}: max |Δ| / max |ref| = {err:.3g} > {TOL_GRAD32}"
+        worst = max(worst, err)
+    record_parity("gradients float32 (all 7 targets)", "max|Δ|/max|ref|", worst, table="LoRA parity with PEFT")
+
+
+def test_adamw_steps_on_the_adapter_follow_peft_and_torch_and_leave_the_base_alone(tmp_path):
+    """Five AdamW steps on A and B, ours and torch.optim.AdamW on PEFT's: the same losses; base weights untouched."""
+    torch, _, peft = needs_peft()
+    from tinyllama_ref.optim import AdamW
+
+    hf, base = hf_base(tmp_path)
+    torch.manual_seed(4)
+    peft_model = peft.get_peft_model(hf, peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj",
+                                                                                           "down_proj"]))
+    peft_model.save_pretrained(tmp_path / "adapter")  # PEFT's own init: B = 0, so step 1 moves B alone
+    spec, adapter = lora.read_adapter(tmp_path / "adapter")
+    adapter = {k: np.array(v) for k, v in adapter.items()}
+    model = tl.load(base)
+    before = {k: np.array(v) for k, v in flatten(model.params).items()}
+    ours_opt = AdamW(adapter, lr=1e-2, weight_decay=0.01)
+    torch_opt = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=1e-2,
+                                  weight_decay=0.01)
+    batches = lora.windows(np.random.default_rng(5).integers(0, 64, 200), 12, 2, seed=6)
+    ours, theirs = [], []
+    for _ in range(5):
+        ids, labels = next(batches)
+        loss, grads = lora.value_and_grad(model, adapter, spec, ids, labels)
+        ours_opt.step(grads)
+        ours.append(float(loss))
+        torch_opt.zero_grad()
+        loss_t = peft_model(torch.from_numpy(ids), labels=torch.from_numpy(labels)).loss
+        loss_t.backward()
+        torch_opt.step()
+        theirs.append(loss_t.item())
+    d = max(abs(a - b) / abs(b) for a, b in zip(ours, theirs))
+    record_parity("5 AdamW steps float32", "rel|Δloss|", d, table="LoRA parity with PEFT")
+    assert d <= TOL_GRAD32, f"losses {ours} vs torch {theirs}"
+    assert ours[-1] < ours[0] - 0.1  # it learns
+    assert all(np.array_equal(v, before[k]) for k, v in flatten(model.params).items())  # frozen base
+    for k, p in peft_model.named_parameters():
+        if p.requires_grad:
+            want = p.detach().numpy()
+            got = adapter[k.removeprefix(lora.PREFIX).replace(".default.", ".")]
+            assert np.abs(got - want).max() <= TOL_GRAD32 * np.abs(want).max(), k
+
+
+# -- tinyllama-ref finetune ------------------------------------------------------------------------
+
+TEXT = ("Twinkle, twinkle, little star, how I wonder what you are! Up above the world so high, like a diamond in "
+        "the sky. When the blazing sun is gone, when he nothing shines upon, then you show your little light, "
+        "twinkle, twinkle, all the night.\n") * 10
+
+
+def test_finetune_cli_learns_writes_a_loadable_adapter_and_merges_to_the_same_logits(tmp_path, capsys):
+    from tinyllama_ref import cli
+
+    data = tmp_path / "stars.txt"
+    data.write_text(TEXT)
+    args = ["finetune", "--data", str(data), "--lora-rank", "4", "--steps", "12", "--seq-len", "32",
+            "--batch-size", "2", "--lr", "1e-2", "--target-modules", "q_proj,v_proj,up_proj"]
+    assert cli.main(args + ["--out", str(tmp_path / "adapter")]) == 0
+    out, err = capsys.readouterr()
+    losses = [float(line.rsplit(" ", 1)[1]) for line in err.splitlines() if line.startswith("step ")]
+    assert len(losses) == 12 and out.splitlines()[-1] == f"loss: {losses[-1]:.4f}"
+    assert losses[-1] < losses[0] - 1.0, losses  # it learns the rhyme
+    config = json.loads((tmp_path / "adapter" / lora.CONFIG_NAME).read_text())
+    assert (config["r"], config["lora_alpha"], sorted(config["target_modules"])) == (
+        4, 4, ["q_proj", "up_proj", "v_proj"])
+
+    bundled = cli.default_model_dir()
+    ids = tl.load_tokenizer(bundled).encode("Twinkle, twinkle, little star")
+    adapted = np.asarray(tl.load(bundled, adapter=tmp_path / "adapter")([ids]).logits)
+    assert np.abs(adapted - np.asarray(tl.load(bundled)([ids]).logits)).max() > 0.1
+
+    assert cli.main(args + ["--merge", "--out", str(tmp_path / "merged")]) == 0
+    merged = tl.load(tmp_path / "merged")
+    assert np.abs(np.asarray(merged([ids]).logits) - adapted).max() <= 1e-5  # the same seed, the same training
+    assert tl.load_tokenizer(tmp_path / "merged").encode("Twinkle, twinkle") == tl.load_tokenizer(bundled).encode(
+        "Twinkle, twinkle")
+    assert cli.main(args + ["--out", str(tmp_path / "adapter")]) == 1  # not empty: refused without --force
+    assert "is not empty" in capsys.readouterr().err

@@ -1,5 +1,5 @@
 """The `tinyllama-ref` command line: generate, chat, info, tokenize, convert, fetch, dump, compare, golden,
-mask, perplexity.
+mask, perplexity, finetune.
 
 Habits borrowed from llama.cpp's tools: the generated text streams to stdout, timings go to stderr,
 and a mistake (a missing model, a bad flag value) is one line on stderr with a non-zero exit.
@@ -47,7 +47,7 @@ def _load(args, progress: bool = True):
 
     path = resolve_model(args.model)
     model = tl.load(path, backend=args.backend, dtype=args.dtype, progress=progress and sys.stderr.isatty(),
-                    quantize=args.quantize, group_size=args.group_size,
+                    quantize=args.quantize, group_size=args.group_size, adapter=args.adapter,
                     fused=os.environ.get("TINYLLAMA_FUSED", "1") != "0")  # CuPy's fused kernels: on unless =0
     tokenizer = tl.load_tokenizer(path)
     return model, tokenizer
@@ -91,7 +91,7 @@ def _sampling_value(name: str, kind):
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
-    """Which checkpoint to load, and how: --model, --backend, --dtype, --quantize, --group-size."""
+    """Which checkpoint to load, and how: --model, --backend, --dtype, --quantize, --group-size, --adapter."""
     p.add_argument("--model", "-m", help="checkpoint directory, .gguf file, or fetched name "
                                          "(default: the bundled model)")
     p.add_argument("--backend", choices=["numpy", "cupy"], default=None,
@@ -102,6 +102,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                    help="keep the layers' linear weights as int8 (per row) or int4 (per group), as torchao")
     p.add_argument("--group-size", type=_number(int, lambda v: v >= 1, "a positive integer"), default=128,
                    help="int4: inputs sharing one scale (default: 128, as torchao)")
+    p.add_argument("--adapter", help="a PEFT LoRA adapter directory, merged into the weights as they load")
 
 
 def _add_sampling_args(p: argparse.ArgumentParser) -> None:
@@ -163,7 +164,7 @@ def cmd_info(args) -> int:
     from .formats.checkpoint import flatten
 
     path = resolve_model(args.model)
-    model = tl.load(path, dtype="float32", quantize=args.quantize, group_size=args.group_size)
+    model = tl.load(path, dtype="float32", quantize=args.quantize, group_size=args.group_size, adapter=args.adapter)
     c = model.config
     n = model.num_parameters()
     print(f"model:      {path}")
@@ -322,6 +323,19 @@ def cmd_perplexity(args) -> int:
     return 0
 
 
+def cmd_finetune(args) -> int:
+    from .lora import LoraSpec, finetune
+
+    spec = LoraSpec(r=args.lora_rank, lora_alpha=args.lora_alpha if args.lora_alpha is not None else args.lora_rank,
+                    target_modules=tuple(t.strip() for t in args.target_modules.split(",") if t.strip()))
+    losses = finetune(resolve_model(args.model), args.data, args.out, spec, steps=args.steps, lr=args.lr,
+                      seq_len=args.seq_len, batch_size=args.batch_size, seed=args.seed, merge=args.merge,
+                      force=args.force, progress=sys.stderr.isatty())
+    print(f"wrote {'the merged model' if args.merge else 'the adapter'} to {args.out}", file=sys.stderr)
+    print(f"loss: {losses[-1]:.4f}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The `tinyllama-ref` parser: one subcommand per cmd_* function, added in the order `--help` lists them."""
     parser = argparse.ArgumentParser(prog="tinyllama-ref", description="A NumPy reference implementation of "
@@ -329,7 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for add_commands in (_add_text_commands, _add_inspection_commands, _add_conversion_commands,
-                         _add_parity_commands, _add_analysis_commands):
+                         _add_parity_commands, _add_analysis_commands, _add_training_commands):
         add_commands(sub)
     return parser
 
@@ -436,6 +450,27 @@ def _add_analysis_commands(sub) -> None:
     p.add_argument("--stride", type=_positive_int, default=None, help="tokens between window starts (default: "
                                                                       "max-length)")
     p.set_defaults(func=cmd_perplexity)
+
+
+def _add_training_commands(sub) -> None:
+    """finetune: a LoRA adapter trained on a text file."""
+    p = sub.add_parser("finetune", help="train a LoRA adapter on a text file", description="Train a LoRA adapter "
+                       "(PEFT's format) on the text in --data; the last stdout line is the last step's loss.")
+    p.add_argument("--model", "-m", help="checkpoint directory, .gguf file, or fetched name (default: the bundled "
+                                         "model)")
+    p.add_argument("--data", required=True, help="a UTF-8 text file")
+    p.add_argument("--out", required=True, help="the adapter directory (with --merge: the merged checkpoint)")
+    p.add_argument("--lora-rank", type=_number(int, lambda v: v >= 1, "a positive integer"), required=True)
+    p.add_argument("--lora-alpha", type=float, default=None, help="the scale is alpha / rank (default: the rank)")
+    p.add_argument("--target-modules", default="q_proj,v_proj", help="comma-separated (default: q_proj,v_proj)")
+    p.add_argument("--steps", type=_number(int, lambda v: v >= 1, "a positive integer"), default=100)
+    p.add_argument("--lr", type=_number(float, lambda v: v > 0, "a positive number"), default=1e-3)
+    p.add_argument("--seq-len", type=_number(int, lambda v: v >= 2, "an integer >= 2"), default=128)
+    p.add_argument("--batch-size", type=_number(int, lambda v: v >= 1, "a positive integer"), default=4)
+    p.add_argument("--seed", type=_positive_int, default=0)
+    p.add_argument("--merge", action="store_true", help="write the merged model instead of the adapter")
+    p.add_argument("--force", action="store_true", help="write into --out even if it is not empty")
+    p.set_defaults(func=cmd_finetune)
 
 
 def main(argv: list[str] | None = None) -> int:

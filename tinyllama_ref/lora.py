@@ -200,14 +200,15 @@ def windows(ids, seq_len: int, batch_size: int, seed: int = 0) -> Iterator[tuple
 
 def train_steps(value_and_grad_fn: Callable, optimizer, batches: Iterable, steps: int,
                 schedule: Callable[[int], float] | None = None, max_grad_norm: float | None = None,
-                progress: bool = True, log=None) -> list[float]:
+                progress: bool = True, log_every: int | None = None) -> list[float]:
     """Run `steps` optimizer steps; the losses, one per step.
 
     Each step takes (input_ids, labels) from `batches`, gets `loss, grads = value_and_grad_fn(input_ids,
     labels)` (grads shaped as the optimizer's params), clips them to `max_grad_norm` if given, sets
     `optimizer.lr = schedule(step)` if given, and calls `optimizer.step(grads)`. Full training passes
     `tl.value_and_grad` on the model and `AdamW(model.params)`; LoRA passes `lora.value_and_grad` and
-    `AdamW(adapter)`. `progress` shows a bar on stderr with the loss; `log(step, loss)` is called each step.
+    `AdamW(adapter)`. `progress` shows a bar on stderr with the loss; `log_every` writes a line
+    "step N/steps: loss X" on stderr every that many steps.
     """
     from tqdm.auto import tqdm
 
@@ -226,8 +227,8 @@ def train_steps(value_and_grad_fn: Callable, optimizer, batches: Iterable, steps
         optimizer.step(grads)
         losses.append(float(loss))
         bar.set_postfix(loss=f"{losses[-1]:.4f}")
-        if log is not None:
-            log(step, losses[-1])
+        if log_every and (step == 0 or (step + 1) % log_every == 0):
+            bar.write(f"step {step + 1}/{steps}: loss {losses[-1]:.4f}", file=sys.stderr)
     return losses
 
 
@@ -235,7 +236,8 @@ def train_steps(value_and_grad_fn: Callable, optimizer, batches: Iterable, steps
 
 def peft_config(spec: LoraSpec, base_model_name_or_path: str | None = None) -> dict:
     """adapter_config.json as PEFT 0.21 writes it for this spec (every field, PEFT's defaults elsewhere)."""
-    return {**PEFT_DEFAULTS, "r": int(spec.r), "lora_alpha": spec.lora_alpha, "use_rslora": spec.use_rslora,
+    alpha = int(spec.lora_alpha) if float(spec.lora_alpha).is_integer() else float(spec.lora_alpha)  # 8, not 8.0
+    return {**PEFT_DEFAULTS, "r": int(spec.r), "lora_alpha": alpha, "use_rslora": spec.use_rslora,
             "target_modules": list(spec.target_modules), "base_model_name_or_path": base_model_name_or_path}
 
 
@@ -354,3 +356,44 @@ def apply_adapter(tensors: Mapping[str, np.ndarray], adapter_dir: str | Path, dt
                                   f"model's {name} is {tuple(w.shape)}")
         out[name] = np.asarray(w, work) + spec.scaling * (np.asarray(b, work) @ np.asarray(a, work))  # W + s·B·A
     return out
+
+
+# -- tinyllama-ref finetune ------------------------------------------------------------------------
+
+def finetune(model_path: str | Path, data_file: str | Path, out_dir: str | Path, spec: LoraSpec, steps: int = 100,
+             lr: float = 1e-3, seq_len: int = 128, batch_size: int = 4, seed: int = 0, merge: bool = False,
+             force: bool = False, progress: bool = True) -> list[float]:
+    """Train a LoRA adapter on a text file and write it; the losses, one per step.
+
+    The text is tokenized once with the model's tokenizer; each step draws `batch_size` windows of
+    `seq_len` tokens (`windows`) and takes one AdamW step on A and B (weight decay 0, as transformers'
+    Trainer). Writes the adapter in PEFT's format to `out_dir`, or with `merge` the merged model as a
+    checkpoint directory (config, weights, tokenizer) that `tl.load` and transformers read.
+    """
+    from .model import load
+    from .optim import AdamW
+    from .tokenizer import load_tokenizer
+
+    out = check_output_dir(out_dir, force)  # before any work
+    data_file = Path(data_file)
+    try:
+        text = data_file.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{data_file}: not UTF-8 text ({e})") from None
+    model, tokenizer = load(model_path), load_tokenizer(model_path)
+    if seq_len > model.config.max_position_embeddings:
+        raise ValueError(f"seq_len {seq_len} is longer than the model's context "
+                         f"({model.config.max_position_embeddings})")
+    ids = tokenizer.encode(text)
+    adapter = init_adapter(model.params, spec, seed)
+    optimizer = AdamW(adapter, lr=lr, weight_decay=0.0)
+    losses = train_steps(lambda x, y: value_and_grad(model, adapter, spec, x, y), optimizer,
+                         windows(ids, seq_len, batch_size, seed), steps, progress=progress,
+                         log_every=max(1, steps // 10))
+    if merge:
+        model.params = merged_params(model.params, adapter, spec.scaling)
+        model.save_pretrained(out)
+        tokenizer.save_pretrained(out)
+    else:
+        save_adapter(out, adapter, spec, base_model_name_or_path=str(model_path), force=force)
+    return losses
