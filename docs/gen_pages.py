@@ -46,6 +46,7 @@ READING_ORDER = [
     ("tinyllama_ref/heads.py", "Heads: next token, classification, none"),
     ("tinyllama_ref/losses.py", "Losses"),
     ("tinyllama_ref/backprop.py", "Volume 2: backpropagation, by hand"),
+    ("tinyllama_ref/optim.py", "Volume 2: the optimiser, AdamW"),
     ("tinyllama_ref/lora.py", "Volume 2: LoRA adapters"),
     ("tinyllama_ref/model.py", "The edge: inputs, variants, outputs, loading"),
     ("tinyllama_ref/resize.py", "Resizing the vocabulary: rows for new tokens"),

@@ -106,6 +106,9 @@ def _device_function(fn, name: str):
         return _wrap(fn(*args, **kwargs))
 
     call.__name__ = name
+    if isinstance(fn, np.ufunc):  # CuPy's ufuncs have NumPy's in-place `at` (cupy.add.at: a scatter-add)
+        call.at = lambda a, indices, *b: fn.at(_operand(a, f"{name}.at"), _index(indices, f"{name}.at"),
+                                               *_operand(list(b), f"{name}.at"))
     return call
 
 

@@ -113,3 +113,14 @@ def test_gpu_check_plumbing_on_the_cpu(tmp_path):
     assert report == r.stdout and "GPU tests (pytest -m gpu): " in report and " skipped" in report
     assert "| smoke | tinyllama_ref |" in report and "| smoke | transformers sdpa |" in report
     assert "PASS  max|Δlogits| against eager transformers, float32" in report
+
+
+def test_training_benchmark_prints_its_table():
+    out = run_script("benchmarks/training.py", "--threads", "1", "--batch-size", "1", "--seq-len", "8", "--repeats", "1")
+    ours, ours_ckpt = [r for r in table_rows(out, "ours") if r[0] == "ours"], table_rows(out, "ours-checkpoint")
+    assert len(ours) == 1 and len(ours_ckpt) == 1
+    assert ours[0][-1] == ours_ckpt[0][-1]  # the same first loss with and without recomputation
+    if HAS_TORCH:
+        (theirs,) = [r for r in table_rows(out, "torch") if r[0] == "torch"]
+        assert abs(float(theirs[-1]) - float(ours[0][-1])) < 1e-3  # same weights, same batch, same loss
+        assert "ratio (torch s/step / ours s/step)" in out

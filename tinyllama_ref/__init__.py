@@ -12,6 +12,7 @@ from .generation import GenerationStats, SamplingParams, generate, generate_batc
 from .kv_cache import KVCache
 from .mask_view import visualize_mask
 from .model import InputError, Model, ModelOutput, build_model, forward, load
+from .optim import AdamW, clip_grad_norm, cosine_with_warmup
 from .perplexity import perplexity
 from .quantize import QuantizationError
 from .tokenizer import Tokenizer, load_tokenizer
@@ -21,4 +22,5 @@ __version__ = "0.1.0"
 __all__ = ["load", "build_model", "forward", "Model", "ModelOutput", "KVCache", "LlamaConfig",
            "ConfigError", "CheckpointError", "InputError", "generate", "stream", "generate_batch",
            "GenerationStats", "SamplingParams", "Tokenizer", "load_tokenizer", "chat",
-           "visualize_mask", "perplexity", "QuantizationError", "value_and_grad"]
+           "visualize_mask", "perplexity", "QuantizationError", "value_and_grad", "AdamW", "clip_grad_norm",
+           "cosine_with_warmup"]

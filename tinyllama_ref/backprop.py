@@ -22,7 +22,7 @@ import numpy as np
 
 from . import llama
 from .backend import xp_of
-from .llama import compute_dtype, merge_heads, rotate_half, silu, split_heads
+from .llama import compute_dtype, merge_heads, rotate_half, split_heads
 
 # What the backward reads from the tape: dump names (`parity.py`), a layer's without "layers.N.".
 LAYER_TAPE = ("input_layernorm", "self_attn.q_rope", "self_attn.k_rope", "self_attn.v", "self_attn.probs",
@@ -45,19 +45,17 @@ def cross_entropy_backward(logits, labels, ignore_index: int = -100):
     xp = xp_of(logits)
     targets = xp.concatenate([labels[:, 1:], xp.full_like(labels[:, :1], ignore_index)], axis=1)  # [b, s]
     keep = targets != ignore_index
-    n = int(keep.sum())
+    n = keep.sum()  # stays on the device: no read back
     z = logits.astype(compute_dtype(logits.dtype))
     z = z - z.max(axis=-1, keepdims=True)
     e = xp.exp(z)
     total = e.sum(axis=-1, keepdims=True)
     safe = xp.where(keep, targets, 0)[..., None]  # ignored rows pick column 0, then weigh nothing
     picked = xp.take_along_axis(z, safe, axis=-1)[..., 0] - xp.log(total[..., 0])  # log p of the target
-    if n == 0:
-        return xp.asarray(z.dtype.type("nan")), xp.zeros_like(logits)
-    loss = -(picked * keep).sum() / n
+    loss = -(picked * keep).sum() / n  # NaN when every target is ignored, as in torch
     d_logits = e / total  # softmax
     d_logits.reshape(-1, d_logits.shape[-1])[xp.arange(keep.size), safe.reshape(-1)] -= 1  # minus the one-hot
-    d_logits *= (keep / n)[..., None].astype(d_logits.dtype)
+    d_logits *= (keep / xp.maximum(n, 1))[..., None].astype(d_logits.dtype)
     return loss, d_logits.astype(logits.dtype, copy=False)
 
 
@@ -84,7 +82,7 @@ def rms_norm_backward(x, weight, eps: float, d_y):
     """
     xp = xp_of(x)
     acc = compute_dtype(x.dtype)
-    x32, dy = x.astype(acc), d_y.astype(acc)
+    x32, dy = x.astype(acc, copy=False), d_y.astype(acc, copy=False)
     r = 1 / xp.sqrt(xp.mean(x32 * x32, axis=-1, keepdims=True) + eps)  # [..., 1]
     n = x32 * r
     d_w = (dy * n).reshape(-1, x.shape[-1]).sum(axis=0)
@@ -142,9 +140,10 @@ def scaled_dot_product_attention_backward(q, k, v, probs, d_out, scale: float):
 
 def silu_mul_backward(gate, up, d_y):
     r"""$y = \mathrm{SiLU}(g) \odot u$: $\;\bar u = \bar y \odot \mathrm{SiLU}(g)$, $\;\bar g = \bar y \odot u \odot
-    \sigma(g)\,(1 + g\,(1 - \sigma(g)))$, the derivative of $g\,\sigma(g)$. Returns ($\bar g$, $\bar u$)."""
+    (\sigma(g) + \mathrm{SiLU}(g)\,(1 - \sigma(g)))$, the derivative of $g\,\sigma(g)$. Returns ($\bar g$, $\bar u$)."""
     sig = 1 / (1 + xp_of(gate).exp(-gate))
-    return d_y * up * sig * (1 + gate * (1 - sig)), d_y * silu(gate)
+    silu_g = gate * sig
+    return d_y * up * (sig + silu_g * (1 - sig)), d_y * silu_g
 
 
 def self_attention_backward(p: dict, tape: dict, x_norm, cos, sin, config, d_out):
@@ -255,7 +254,8 @@ def value_and_grad(model, input_ids, labels, attention_mask=None, checkpoint: bo
     ids = model.as_input(input_ids)
     mask = None if attention_mask is None else model.as_input(attention_mask, "attention_mask")
     ids, mask, positions, _, furthest = check_inputs(config, ids, mask, None, None, xp)
-    labels = check_labels(model.as_input(labels, "labels"), 0, *ids.shape, xp, config.vocab_size)
+    labels = model.as_input(labels, "labels")  # checked where it is (host labels: no device read), then moved
+    labels = xp.asarray(check_labels(labels, 0, *ids.shape, xp_of(labels), config.vocab_size))
     rope = model.rope.for_positions(positions, furthest)
 
     tape = {}

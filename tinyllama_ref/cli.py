@@ -1,5 +1,5 @@
 """The `tinyllama-ref` command line: generate, chat, info, tokenize, convert, fetch, dump, compare, golden,
-mask, perplexity, finetune.
+mask, perplexity, train, finetune.
 
 Habits borrowed from llama.cpp's tools: the generated text streams to stdout, timings go to stderr,
 and a mistake (a missing model, a bad flag value) is one line on stderr with a non-zero exit.
@@ -7,6 +7,7 @@ and a mistake (a missing model, a bad flag value) is one line on stderr with a n
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from pathlib import Path
@@ -323,6 +324,23 @@ def cmd_perplexity(args) -> int:
     return 0
 
 
+def cmd_train(args) -> int:
+    from .train import TrainSettings, train_from_text
+
+    if not Path(args.text_file).is_file():
+        raise CLIError(f"{args.text_file}: no such text file")
+    settings = TrainSettings(**{k: getattr(args, k) for k in ("steps", "batch_size", "seq_len", "lr", "seed")
+                                if getattr(args, k) is not None})
+    if settings.warmup_steps >= settings.steps:  # a short run warms up over its first twentieth
+        settings = dataclasses.replace(settings, warmup_steps=max(1, settings.steps // 20))
+    record = train_from_text(args.text_file, args.out, settings, default_model_dir(), args.model_config,
+                             progress=sys.stderr.isatty(), log=lambda line: print(line, file=sys.stderr))
+    print(f"wrote {args.out} ({record['tokens_per_second']:.0f} tokens/s"
+          + (f", validation loss {record['val_loss']:.4f})" if "val_loss" in record else ")"))
+    print(f"loss: {record['train_loss'][-1]:.4f}")
+    return 0
+
+
 def cmd_finetune(args) -> int:
     from .lora import LoraSpec, finetune
 
@@ -453,7 +471,24 @@ def _add_analysis_commands(sub) -> None:
 
 
 def _add_training_commands(sub) -> None:
-    """finetune: a LoRA adapter trained on a text file."""
+    """train: a new model, in NumPy, on a text file; finetune: a LoRA adapter trained on one."""
+    p = sub.add_parser("train", help="train a model from scratch on a text file", description="Train a new model "
+                       "(the bundled model's config and tokenizer) on TEXT_FILE with the NumPy backward passes, "
+                       "and write it as a Hugging Face checkpoint. Blank lines separate documents; windows start "
+                       "at a line.")
+    p.add_argument("text_file", metavar="TEXT_FILE", help="a UTF-8 text file")
+    p.add_argument("--out", "-o", required=True, help="the checkpoint directory to write")
+    p.add_argument("--steps", type=_number(int, lambda v: v >= 1, "a positive integer"), required=True)
+    p.add_argument("--model-config", default="bundled", help="'bundled' (default) or a config.json")
+    p.add_argument("--seq-len", type=_number(int, lambda v: v >= 1, "a positive integer"), default=None,
+                   help="tokens per window (default: 256)")
+    p.add_argument("--batch-size", type=_number(int, lambda v: v >= 1, "a positive integer"), default=None,
+                   help="windows per step (default: 8)")
+    p.add_argument("--lr", type=_number(float, lambda v: 0 < v < 1, "a learning rate in (0, 1)"), default=None,
+                   help="peak learning rate (default: 3e-3; warmup, then cosine decay to a tenth)")
+    p.add_argument("--seed", type=_positive_int, default=None, help="seeds the weights and the batches (default: 0)")
+    p.set_defaults(func=cmd_train)
+
     p = sub.add_parser("finetune", help="train a LoRA adapter on a text file", description="Train a LoRA adapter "
                        "(PEFT's format) on the text in --data; the last stdout line is the last step's loss.")
     p.add_argument("--model", "-m", help="checkpoint directory, .gguf file, or fetched name (default: the bundled "

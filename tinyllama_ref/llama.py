@@ -42,9 +42,9 @@ def rms_norm(x, weight, eps: float):
     No mean subtraction and no bias. Computed in float32 (float64 for float64), as the reference does.
     """
     xp = xp_of(x)
-    x32 = x.astype(compute_dtype(x.dtype))
+    x32 = x.astype(compute_dtype(x.dtype), copy=False)
     variance = xp.mean(x32 * x32, axis=-1, keepdims=True)
-    return weight * (x32 / xp.sqrt(variance + eps)).astype(x.dtype)
+    return weight * (x32 / xp.sqrt(variance + eps)).astype(x.dtype, copy=False)
 
 
 def rope_frequencies(theta: float, head_dim: int) -> np.ndarray:
@@ -130,9 +130,10 @@ def attention_mask_bias(attention_mask, q_len: int, kv_len: int, past_len: int):
 def softmax(scores, axis: int = -1):
     """Numerically stable softmax in float32 or float64 (subtract the row maximum before exp)."""
     xp = xp_of(scores)
-    s = scores.astype(compute_dtype(scores.dtype))
+    s = scores.astype(compute_dtype(scores.dtype), copy=False)
     e = xp.exp(s - s.max(axis=axis, keepdims=True))
-    return e / e.sum(axis=axis, keepdims=True)
+    e /= e.sum(axis=axis, keepdims=True)  # in place: one [b, h, s, t] array fewer
+    return e
 
 
 def repeat_kv(x, n_rep: int):
@@ -160,8 +161,8 @@ def scaled_dot_product_attention(q, k, v, mask_bias, scale: float):
     g, t = k.shape[1], k.shape[2]
     qg = q.reshape(b, g, (h // g) * s, d)  # [b, g, rep*s, d]
     scores = (qg @ k.swapaxes(-1, -2)) * q.dtype.type(scale)  # [b, g, rep*s, t]
-    scores = scores.reshape(b, g, h // g, s, t).astype(compute_dtype(q.dtype)) + mask_bias[:, :, None]  # every head
-    probs = softmax(scores).astype(q.dtype)  # [b, g, rep, s, t]
+    scores = scores.reshape(b, g, h // g, s, t).astype(compute_dtype(q.dtype), copy=False) + mask_bias[:, :, None]  # every head
+    probs = softmax(scores).astype(q.dtype, copy=False)  # [b, g, rep, s, t]
     out = probs.reshape(b, g, (h // g) * s, t) @ v  # [b, g, rep*s, d]
     return out.reshape(b, h, s, d), probs.reshape(b, h, s, t)
 

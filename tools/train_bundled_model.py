@@ -9,6 +9,7 @@ anyone can rebuild the same files:
     OMP_NUM_THREADS=2 python3 tools/train_bundled_model.py      # 12 min on 2 idle CPU cores (up to ~40 when shared)
     python3 tools/train_bundled_model.py --golden-only          # rewrite the test golden only
     python3 tools/train_bundled_model.py --smoke --out /tmp/smoke/kjv-llama   # 1-2 minute check of the pipeline
+    OMP_NUM_THREADS=2 python3 tools/train_bundled_model.py --engine numpy --out /tmp/np/kjv-llama  # the same in NumPy
 
 With the same packages and 2 threads, two runs write byte-identical files (checked with --smoke);
 other CPUs or thread counts may round differently.
@@ -275,24 +276,61 @@ def train(data, t, threads):
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), t["grad_clip"])
         opt.step()
-        recent.append(loss.item())
-        log["steps"].append(step)
-        log["train_loss"].append(round(loss.item(), 4))
-        log["lr"].append(lr_at(step, t))
-        if step % 10 == 0 or step == t["steps"] - 1:
-            elapsed = time.time() - start
-            tok_s = (step + 1) * log["tokens_per_step"] / elapsed
-            print(f"step {step:5d}  loss {np.mean(recent):.4f}  lr {lr_at(step, t):.2e}  {elapsed:7.1f}s  {tok_s:6.0f} tok/s", flush=True)
-            recent = []
-        if (step + 1) % t["eval_every"] == 0 or step == t["steps"] - 1:
-            v = val_loss()
-            log["val"].append({"step": step, "val_loss": round(v, 4)})
-            print(f"step {step:5d}  val loss {v:.4f}", flush=True)
+        record_step(log, recent, step, loss.item(), lr_at(step, t), t, start, val_loss)
+    finish_log(log, start, n_params, t)
+    return model, log
+
+
+def record_step(log, recent, step, loss, lr, t, start, val_loss):
+    """Log one step (every 10th printed, with tokens/s) and, every eval_every steps, the validation loss."""
+    recent.append(loss)
+    log["steps"].append(step)
+    log["train_loss"].append(round(loss, 4))
+    log["lr"].append(lr)
+    if step % 10 == 0 or step == t["steps"] - 1:
+        elapsed = time.time() - start
+        tok_s = (step + 1) * log["tokens_per_step"] / elapsed
+        print(f"step {step:5d}  loss {np.mean(recent):.4f}  lr {lr:.2e}  {elapsed:7.1f}s  {tok_s:6.0f} tok/s", flush=True)
+        recent.clear()
+    if (step + 1) % t["eval_every"] == 0 or step == t["steps"] - 1:
+        v = val_loss()
+        log["val"].append({"step": step, "val_loss": round(v, 4)})
+        print(f"step {step:5d}  val loss {v:.4f}", flush=True)
+
+
+def finish_log(log, start, n_params, t):
     log["train_seconds"] = round(time.time() - start, 1)
     log["final_train_loss_last50_mean"] = round(float(np.mean(log["train_loss"][-50:])), 4)
     log["final_val_loss"] = log["val"][-1]["val_loss"]
     log["n_params"] = n_params
     log["tokens_seen"] = t["steps"] * log["tokens_per_step"]
+
+
+def train_numpy(data, t, threads):
+    """`train` with tinyllama_ref's NumPy backward passes and AdamW instead of PyTorch: the same batches (the
+    same generator and seeds), schedule, clipping, weight decay rule and validation batches. BLAS threads come
+    from OMP_NUM_THREADS / OPENBLAS_NUM_THREADS, set before NumPy loads (the docstring's command line does)."""
+    import tinyllama_ref as tl
+    from tinyllama_ref.config import LlamaConfig as ConfigOfOurs
+    from tinyllama_ref.train import TrainSettings, fit, initial_tensors, keep_freed_memory, mean_loss
+
+    keep_freed_memory()
+    config = ConfigOfOurs.from_dict(dict(MODEL_CONFIG, architectures=["LlamaForCausalLM"], model_type="llama"))
+    model = tl.build_model(config, initial_tensors(config, SEED))
+    n_params = model.num_parameters()
+    print(f"parameters: {n_params:,} (NumPy, {os.environ.get('OPENBLAS_NUM_THREADS') or os.environ.get('OMP_NUM_THREADS')} "
+          f"BLAS threads; --threads {threads} is torch's)", flush=True)
+    settings = TrainSettings(**{k: t[k] for k in ("steps", "batch_size", "lr", "min_lr", "warmup_steps", "weight_decay",
+                                                  "betas", "grad_clip")}, seq_len=SEQ_LEN, seed=SEED)
+    rng = np.random.default_rng(SEED)
+    val_rng = np.random.default_rng(SEED + 1)
+    whole = lambda x, y: np.concatenate([x, y[:, -1:]], axis=1)  # noqa: E731  [B, SEQ_LEN + 1]: y[i] = x[i + 1]
+    val_batches = [whole(*sample_batch(*data["val"], t["batch_size"], val_rng)) for _ in range(t["eval_batches"])]
+    log = {"steps": [], "train_loss": [], "lr": [], "val": [], "tokens_per_step": t["batch_size"] * SEQ_LEN}
+    start, recent = time.time(), []
+    fit(model, lambda: whole(*sample_batch(*data["train"], t["batch_size"], rng)), settings,
+        lambda step, loss, lr: record_step(log, recent, step, loss, lr, t, start, lambda: mean_loss(model, val_batches)))
+    finish_log(log, start, n_params, t)
     return model, log
 
 
@@ -411,10 +449,13 @@ def main():
     ap.add_argument("--steps", type=int, default=None, help="override the number of training steps")
     ap.add_argument("--smoke", action="store_true", help="30 steps, to check the pipeline in a minute or two")
     ap.add_argument("--golden-only", action="store_true", help="only rewrite the golden from --out")
+    ap.add_argument("--engine", choices=["torch", "numpy"], default="torch", help="train with PyTorch (the shipped "
+                    "model) or with tinyllama_ref's NumPy backward passes (same data, config and schedule)")
     args = ap.parse_args()
     out = args.out.resolve()
-    if args.smoke and out == DEFAULT_OUT:
-        sys.exit("--smoke would overwrite the shipped model: pass --out elsewhere, e.g. /tmp/smoke/kjv-llama")
+    if (args.smoke or args.engine == "numpy") and out == DEFAULT_OUT:
+        sys.exit("--smoke and --engine numpy would overwrite the shipped model: pass --out elsewhere, "
+                 "e.g. /tmp/smoke/kjv-llama")
 
     if not args.golden_only:
         t = dict(SMOKE_TRAIN if args.smoke else TRAIN)
@@ -426,7 +467,7 @@ def main():
         data = encode_corpus(chapters, tokenizer_path)
         for name, (stream, starts) in data.items():
             print(f"{name}: {len(stream):,d} tokens, {len(starts):,d} window starts")
-        model, log = train(data, t, args.threads)
+        model, log = (train if args.engine == "torch" else train_numpy)(data, t, args.threads)
         meta = {
             "kjv_sha256": digest,
             "train_tokens": int(len(data["train"][0])),
@@ -434,7 +475,15 @@ def main():
             "train_config": {k: v for k, v in t.items()},
             "model_config": MODEL_CONFIG,
             "torch_threads": args.threads,
+            "engine": args.engine,
         }
+        if args.engine == "numpy":  # our checkpoint writer; the log beside it; no golden (that is torch's job)
+            from tinyllama_ref.formats.hf_writer import save_pretrained
+
+            save_pretrained(model, out, copies={"tokenizer.model": tokenizer_path})
+            (out.parent / f"{out.name}.training_log.json").write_text(json.dumps(dict(log, **meta)) + "\n")
+            print(f"wrote {out}; final validation loss {log['final_val_loss']}, {log['train_seconds']} s")
+            return
         save_checkpoint(model, tokenizer_path, out, log, meta)
     if args.smoke and args.golden == DEFAULT_GOLDEN:
         args.golden = out / "bundled_golden.npz"  # a smoke run never overwrites the real golden

@@ -171,8 +171,11 @@ def _json(obj) -> str:
 
 
 def save_pretrained(model, save_directory: str | Path, max_shard_size: int | str = "50GB",
-                    safe_serialization: bool = True) -> Path:
+                    safe_serialization: bool = True, *, text_files=None, copies=None) -> Path:
     """Write `model` (a `tinyllama_ref.Model`) as a Hugging Face checkpoint directory; returns its path.
+
+    `text_files` ({name: text}) and `copies` ({name: source path}), such as a tokenizer's files, are written
+    in the same all-or-nothing step (`write_checkpoint_dir`).
 
     `max_shard_size`: transformers 5.x's default "50GB" (4.x's was "5GB"); an int is bytes, a string
     digits and a unit (decimal: "200MB" is 200 * 10**6 bytes). Only safetensors is written:
@@ -198,8 +201,8 @@ def save_pretrained(model, save_directory: str | Path, max_shard_size: int | str
     files = {"config.json": _json(hf_config_dict(config, storage_dtype(config, tensors[first])))}
     if model.generation_config:
         files["generation_config.json"] = _json(model.generation_config)
-    return write_checkpoint_dir(save_directory, files, tensors, bf16=bf16, max_shard_size=max_shard_size,
-                                total_parameters=model.num_parameters())
+    return write_checkpoint_dir(save_directory, {**files, **(text_files or {})}, tensors, bf16=bf16,
+                                max_shard_size=max_shard_size, total_parameters=model.num_parameters(), copies=copies)
 
 
 # -- the directory write -------------------------------------------------------------------------
