@@ -80,6 +80,7 @@ READING_ORDER = [
     ("tinyllama_ref/formats/gguf.py", "File formats: from GGUF to Hugging Face"),
     ("tinyllama_ref/formats/torch_pickle.py", "File formats: PyTorch .pth files without torch"),
     ("tinyllama_ref/formats/meta.py", "File formats: Meta's original checkpoints"),
+    ("tinyllama_ref/formats/peft_lora.py", "File formats: PEFT's LoRA adapters"),
     ("tinyllama_ref/convert.py", "Converting to a Hugging Face checkpoint"),
     ("tinyllama_ref/fetch.py", "Fetching models"),
     ("tinyllama_ref/backend.py", "NumPy and CuPy"),

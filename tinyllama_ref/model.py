@@ -29,7 +29,7 @@ from .kv_cache import KVCache, cache_signature
 from .rope_scaling import RopeTables
 from .tensor_parallel import sliced_linears
 from .formats.checkpoint import build_params, flatten, read_checkpoint_tensors
-from .lora import apply_adapter
+from .formats.peft_lora import apply_adapter
 
 
 class InputError(ValueError):
