@@ -45,9 +45,6 @@ READING_ORDER = [
     ("tinyllama_ref/tensor_parallel.py", "pretraining_tp: projections in slices"),
     ("tinyllama_ref/heads.py", "Heads: next token, classification, none"),
     ("tinyllama_ref/losses.py", "Losses"),
-    ("tinyllama_ref/backprop.py", "Volume 2: backpropagation, by hand"),
-    ("tinyllama_ref/optim.py", "Volume 2: the optimiser, AdamW"),
-    ("tinyllama_ref/lora.py", "Volume 2: LoRA adapters"),
     ("tinyllama_ref/model.py", "The edge: inputs, variants, outputs, loading"),
     ("tinyllama_ref/resize.py", "Resizing the vocabulary: rows for new tokens"),
     ("tinyllama_ref/fused.py", "Fused kernels: the pointwise steps on CuPy"),
@@ -88,7 +85,13 @@ READING_ORDER = [
     ("tinyllama_ref/golden_pack.py", "The conformance pack"),
     ("tinyllama_ref/conversation.py", "Chat"),
     ("tinyllama_ref/cli.py", "The command line"),
+    # Volume 2: training. The backward of every function above, the optimiser, the loop, adapters.
+    ("tinyllama_ref/backprop.py", "Backpropagation, by hand"),
+    ("tinyllama_ref/optim.py", "The optimiser: AdamW, clipping, the schedule"),
+    ("tinyllama_ref/train.py", "Training from scratch"),
+    ("tinyllama_ref/lora.py", "LoRA adapters"),
 ]
+VOLUME_2 = "tinyllama_ref/backprop.py"  # the first chapter of "Read the model, volume 2: backprop"
 
 # Shown after a definition: (file, definition name) -> (asset, caption). An asset ending in .png is a
 # figure drawn at build time (tools/docs_figures.py, the examples); any other name is the printed
@@ -207,7 +210,12 @@ def read_pages(figures: dict, outputs: dict, unavailable: dict) -> None:
     for number, (path, title) in enumerate(chapters, 1):
         page = chapter_page(path)
         write(f"read/{page}", render_chapter(number, path, title, figures, outputs, unavailable))
-        summary.append(f"* [{number}. {title}]({page})")
+        if path == VOLUME_2:  # volume 2 is a section of its own in the navigation and the index
+            summary.append("* Read the model, volume 2: backprop")
+            index_lines.append("\n## Read the model, volume 2: backprop\n\nTraining, in NumPy: the backward of every function of "
+                               "volume 1, checked against torch autograd, then AdamW, the loop and LoRA adapters.\n")
+        indent = "    " if number > 1 and any(p == VOLUME_2 for p, _ in chapters[:number]) else ""
+        summary.append(f"{indent}* [{number}. {title}]({page})")
         index_lines.append(f"{number}. [{title}]({page}) · `{path}`")
     write("read/SUMMARY.md", "\n".join(summary) + "\n")
     model = REPO / "tinyllama_ref" / "llama.py"

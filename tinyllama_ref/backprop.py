@@ -46,14 +46,15 @@ def cross_entropy_backward(logits, labels, ignore_index: int = -100):
     targets = xp.concatenate([labels[:, 1:], xp.full_like(labels[:, :1], ignore_index)], axis=1)  # [b, s]
     keep = targets != ignore_index
     n = keep.sum()  # stays on the device: no read back
-    z = logits.astype(compute_dtype(logits.dtype))
+    z = logits.astype(compute_dtype(logits.dtype), copy=False)
     z = z - z.max(axis=-1, keepdims=True)
     e = xp.exp(z)
     total = e.sum(axis=-1, keepdims=True)
     safe = xp.where(keep, targets, 0)[..., None]  # ignored rows pick column 0, then weigh nothing
     picked = xp.take_along_axis(z, safe, axis=-1)[..., 0] - xp.log(total[..., 0])  # log p of the target
     loss = -(picked * keep).sum() / n  # NaN when every target is ignored, as in torch
-    d_logits = e / total  # softmax
+    d_logits = e
+    d_logits /= total  # the softmax, in place of the exponentials
     d_logits.reshape(-1, d_logits.shape[-1])[xp.arange(keep.size), safe.reshape(-1)] -= 1  # minus the one-hot
     d_logits *= (keep / xp.maximum(n, 1))[..., None].astype(d_logits.dtype)
     return loss, d_logits.astype(logits.dtype, copy=False)
@@ -114,7 +115,9 @@ def linear_backward(x, p: dict, d_y):
 def softmax_backward(probs, d_probs):
     r"""With $p = \mathrm{softmax}(z)$ along the last axis: $\bar z = p \odot (\bar p - \sum_j \bar p_j p_j)$
     (the Jacobian $\mathrm{diag}(p) - p p^\top$ applied to $\bar p$). Masked entries have $p = 0$, so get 0."""
-    return probs * (d_probs - (d_probs * probs).sum(axis=-1, keepdims=True))
+    d_scores = d_probs - (d_probs * probs).sum(axis=-1, keepdims=True)
+    d_scores *= probs  # in place: one [b, h, s, t] array fewer
+    return d_scores
 
 
 def scaled_dot_product_attention_backward(q, k, v, probs, d_out, scale: float):
@@ -132,7 +135,8 @@ def scaled_dot_product_attention_backward(q, k, v, probs, d_out, scale: float):
     qg, d_og = q.reshape(b, g, (h // g) * s, d), d_out.reshape(b, g, (h // g) * s, d)
     pg = probs.reshape(b, g, (h // g) * s, t)  # [b, g, rep*s, t]
     d_v = pg.swapaxes(-1, -2) @ d_og  # [b, g, t, d]
-    d_scores = softmax_backward(pg, d_og @ v.swapaxes(-1, -2)) * q.dtype.type(scale)  # [b, g, rep*s, t]
+    d_scores = softmax_backward(pg, d_og @ v.swapaxes(-1, -2))  # [b, g, rep*s, t]
+    d_scores *= q.dtype.type(scale)
     d_q = (d_scores @ k).reshape(b, h, s, d)
     d_k = d_scores.swapaxes(-1, -2) @ qg  # [b, g, t, d]
     return d_q, d_k, d_v
