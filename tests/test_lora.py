@@ -372,3 +372,48 @@ def test_finetune_cli_learns_writes_a_loadable_adapter_and_merges_to_the_same_lo
         "Twinkle, twinkle")
     assert cli.main(args + ["--out", str(tmp_path / "adapter")]) == 1  # not empty: refused without --force
     assert "is not empty" in capsys.readouterr().err
+
+
+def test_adapter_gradients_equal_finite_differences_in_float64():
+    """No torch: central differences of the float64 loss along a random direction in every A and B."""
+    model = tiny_model()
+    model = tl.build_model(model.config, {k: np.asarray(v) for k, v in flatten(model.params).items()
+                                          if k != "lm_head.weight"}, dtype="float64")
+    spec = lora.LoraSpec(r=3, lora_alpha=6, target_modules=lora.LINEARS)
+    adapter = random_adapter(model, spec)
+    assert all(v.dtype == np.float64 for v in adapter.values())
+    ids = IDS
+    labels = ids.copy()
+    labels[1, :4] = -100
+    loss, grads = lora.value_and_grad(model, adapter, spec, ids, labels)
+    rng = np.random.default_rng(7)
+    h = 1e-6
+    for key in ("model.layers.0.self_attn.k_proj.lora_A.weight", "model.layers.1.mlp.down_proj.lora_B.weight",
+                "model.layers.1.self_attn.o_proj.lora_A.weight", "model.layers.0.mlp.gate_proj.lora_B.weight"):
+        direction = rng.standard_normal(adapter[key].shape)
+
+        def loss_at(t):
+            moved = {**adapter, key: adapter[key] + t * direction}
+            merged = tl.build_model(model.config, flatten(lora.merged_params(model.params, moved, spec.scaling)),
+                                    dtype="float64")
+            return float(merged(ids, labels=labels).loss)
+
+        numeric = (loss_at(h) - loss_at(-h)) / (2 * h)
+        analytic = float((grads[key] * direction).sum())
+        assert abs(numeric - analytic) <= 1e-6 * max(abs(analytic), 1e-3), (key, numeric, analytic)
+
+
+def test_adapter_training_runs_on_the_cupy_double(double):
+    """The same loss and adapter gradients on the CuPy double as on NumPy (arrays stay on the 'device')."""
+    host = tiny_model()
+    tensors = {k: np.asarray(v) for k, v in flatten(host.params).items() if k != "lm_head.weight"}
+    device = tl.build_model(host.config, tensors, backend="cupy")
+    spec = lora.LoraSpec(r=2, target_modules=("q_proj", "up_proj"))
+    host_adapter = random_adapter(host, spec)
+    device_adapter = {k: double.asarray(v) for k, v in host_adapter.items()}
+    loss_h, grads_h = lora.value_and_grad(host, host_adapter, spec, IDS, IDS)
+    loss_d, grads_d = lora.value_and_grad(device, device_adapter, spec, IDS, IDS)
+    assert abs(float(loss_d) - float(loss_h)) <= 1e-5 * abs(float(loss_h))
+    for k, g in grads_h.items():
+        assert isinstance(grads_d[k], double.ndarray), k
+        assert np.abs(double.asnumpy(grads_d[k]) - g).max() <= 1e-4 * np.abs(g).max(), k
