@@ -30,6 +30,14 @@ def _plt():
     return plt
 
 
+def _save(fig, path: Path) -> Path:
+    """Lay out, write as PNG (110 dpi) and close a figure; its path."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    _plt().close(fig)
+    return path
+
+
 def load_example(name: str):
     """Import examples/<name>.py as a module (examples/ is not a package)."""
     spec = importlib.util.spec_from_file_location(f"example_{name}", REPO / "examples" / f"{name}.py")
@@ -95,10 +103,7 @@ def gqa_head_sharing(path: Path, n_heads: int = 8, n_kv_heads: int = 2) -> Path:
     ax.axis("off")
     ax.set_title(f"Grouped-query attention: {n_heads} query heads, {n_kv_heads} key/value heads "
                  f"(query head h reads kv head h // {n_rep})", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def rope_rotation(path: Path, head_dim: int = 64) -> Path:
@@ -127,10 +132,7 @@ def rope_rotation(path: Path, head_dim: int = 64) -> Path:
     ax2.set(xlabel="offset n − m", ylabel="score", title="the same curve from every query position")
     ax2.legend(fontsize=8)
     ax2.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 SIDE_BY_SIDE = REPO / "docs" / "data" / "kjv_training_side_by_side.json"  # tools/train_bundled_model.py --side-by-side
@@ -159,7 +161,4 @@ def training_curves(path: Path, log_path: Path = SIDE_BY_SIDE) -> Path:
     ax.set_ylim(top=min(8.0, ax.get_ylim()[1]))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
