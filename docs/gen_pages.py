@@ -259,6 +259,10 @@ def generate_assets() -> tuple[dict[str, bytes], dict[str, str], dict[str, str]]
         F.gqa_head_sharing(tmp / "gqa_head_sharing.png")
         F.rope_rotation(tmp / "rope_rotation.png")
         F.load_example("rope_variants").plot_rope_variants(tmp / "rope_variants.png")
+        if F.SIDE_BY_SIDE.is_file():
+            F.training_curves(tmp / "training_loss.png")
+        else:
+            unavailable["training_loss.png"] = f"{F.SIDE_BY_SIDE} is missing: tools/train_bundled_model.py --side-by-side"
         try:
             from tinyllama_ref.cli import CLIError, default_model_dir
 

@@ -223,6 +223,8 @@ def transformer_backward(params: dict, config, tape: dict, input_ids, cos, sin, 
         taped = layer_tape(tape, i) if rerun_layer is None else rerun_layer(i, x)
         d_x, layer_grads[i] = decoder_layer_backward(m["layers"][i], taped, x, cos, sin, config, d_x)
     d_embed = embed_backward(input_ids, d_x, m["embed_tokens"]["weight"].shape[0])
+    if config.pad_token_id is not None:  # transformers' embedding has padding_idx: the pad row learns nothing
+        d_embed[config.pad_token_id] = 0
     return {"embed_tokens": {"weight": d_embed}, "layers": layer_grads, "norm": {"weight": g_norm}}
 
 

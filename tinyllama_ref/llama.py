@@ -54,7 +54,8 @@ def rope_frequencies(theta: float, head_dim: int) -> np.ndarray:
     the first pairs, slow for the last. The scaled variants in `rope_scaling.py` replace these.
     """
     exponents = np.arange(0, head_dim, 2, dtype=np.int64).astype(F32) / F32(head_dim)  # 2i/d
-    return (F32(1.0) / np.power(F32(theta), exponents)).astype(F32)
+    powers = np.float64(F32(theta)) ** exponents.astype(np.float64)  # in float64, rounded once: torch's last bit
+    return (F32(1.0) / powers.astype(F32)).astype(F32)
 
 
 def rope_cos_sin(inv_freq, position_ids, attention_factor: float = 1.0, dtype=F32):

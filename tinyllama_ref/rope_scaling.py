@@ -6,7 +6,7 @@ than $L\,\theta_i$; each scaling below changes the $\theta_i$ (and, for yarn and
 cos and sin by an attention factor) so that longer inputs stay in familiar territory. As in
 transformers' `modeling_rope_utils.py`, one registry maps each `rope_type` of the config to a function
 returning `(inv_freq, attention_factor)`, which is all the core consumes. All of it is computed in
-float32 NumPy, whatever the weights' dtype.
+float32 NumPy, whatever the weights' dtype, with torch's roundings (bit for bit for head_dim <= 16).
 """
 from __future__ import annotations
 
@@ -25,6 +25,12 @@ def _exponents(dim: int) -> np.ndarray:
     return np.arange(0, dim, 2, dtype=np.int64).astype(F32) / F32(dim)
 
 
+def _power(base, exponents) -> np.ndarray:
+    """$b^e$ in float32 as torch computes it: the power in float64, rounded once (NumPy's float32 power may
+    differ in the last bit)."""
+    return (np.float64(F32(base)) ** np.asarray(exponents, dtype=F32).astype(np.float64)).astype(F32)
+
+
 def default_inv_freq(p: dict, dim: int, max_pos: int, seq_len: int | None):
     """Original RoPE (Su et al. 2021): no scaling."""
     return rope_frequencies(p["rope_theta"], dim), 1.0
@@ -40,7 +46,10 @@ def dynamic_inv_freq(p: dict, dim: int, max_pos: int, seq_len: int | None):
     $b' = b\,(s\,n/L - (s-1))^{d/(d-2)}$. Within $L$ it is the original RoPE."""
     n = max(seq_len or max_pos, max_pos)
     s = p["factor"]
-    base = p["rope_theta"] * ((s * n / max_pos) - (s - 1)) ** (dim / (dim - 2))
+    if n <= max_pos:
+        return rope_frequencies(p["rope_theta"], dim), 1.0
+    grown = F32(s) * F32(n) / F32(max_pos) - F32(s - 1)  # float32, as transformers computes it (from a tensor)
+    base = F32(p["rope_theta"]) * F32(np.float64(grown) ** (dim / (dim - 2)))
     return rope_frequencies(base, dim), 1.0
 
 
@@ -76,7 +85,7 @@ def yarn_inv_freq(p: dict, dim: int, max_pos: int, seq_len: int | None):
         high += 0.001  # avoid a zero-width ramp
     ramp = np.clip((np.arange(dim // 2, dtype=F32) - F32(low)) / F32(high - low), 0, 1).astype(F32)
     extrapolation = F32(1) - ramp  # 1: keep the original frequency, 0: interpolate
-    pos_freqs = np.power(F32(base), _exponents(dim))
+    pos_freqs = _power(base, _exponents(dim))
     inv_freq = (F32(1) / (F32(s) * pos_freqs)) * (F32(1) - extrapolation) + (F32(1) / pos_freqs) * extrapolation
     return inv_freq.astype(F32), float(attention_factor)
 
@@ -92,7 +101,7 @@ def longrope_inv_freq(p: dict, dim: int, max_pos: int, seq_len: int | None):
     if attention_factor is None:
         attention_factor = 1.0 if s <= 1.0 else math.sqrt(1 + math.log(s) / math.log(orig))
     ext = np.asarray(p["long_factor"] if seq_len and seq_len > orig else p["short_factor"], dtype=F32)
-    inv_freq = F32(1) / (ext * np.power(F32(p["rope_theta"]), _exponents(dim)))
+    inv_freq = F32(1) / (ext * _power(p["rope_theta"], _exponents(dim)))
     return inv_freq.astype(F32), float(attention_factor)
 
 
