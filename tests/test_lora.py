@@ -296,6 +296,40 @@ def test_adapter_gradients_equal_torch_autograd_through_peft(tmp_path):
     record_parity("gradients float32 (all 7 targets)", "max|Δ|/max|ref|", worst, table="LoRA parity with PEFT")
 
 
+TOL_GRAD64, TOL_LOSS64 = 1e-8, 1e-10  # float64: the issue's bounds for every gradient and the loss
+
+
+def test_adapter_gradients_equal_float64_torch_autograd_through_peft(tmp_path):
+    """float64 on both sides: transformers with the float64 steps of tests/torch_grad_reference.py, PEFT's
+    LoRA layers in float64; left padding and ignored labels."""
+    torch, _, peft = needs_peft()
+    import torch_grad_reference as ref
+
+    hf, base = hf_base(tmp_path)
+    torch.manual_seed(8)
+    peft.get_peft_model(hf, peft.LoraConfig(init_lora_weights=False, r=4, lora_alpha=8,
+                                            target_modules=list(lora.LINEARS))).save_pretrained(tmp_path / "adapter")
+    peft_model = peft.PeftModel.from_pretrained(ref.hf_causal_lm(base, "float64"), tmp_path / "adapter",
+                                                is_trainable=True).double()
+    mask = np.ones_like(IDS)
+    mask[1, :3] = 0  # left padding
+    labels = np.where(mask == 1, IDS, -100)
+    loss_ref = ref.model_loss(peft_model, IDS, labels, mask)
+    loss_ref.backward()
+    theirs = {n.removeprefix(lora.PREFIX).replace(".default.", "."): p.grad.numpy()
+              for n, p in peft_model.named_parameters() if p.requires_grad}
+
+    spec, adapter = lora.read_adapter(tmp_path / "adapter")
+    loss, grads = lora.value_and_grad(tl.load(base, dtype="float64"), {k: v.astype(np.float64) for k, v in
+                                                                       adapter.items()}, spec, IDS, labels, mask)
+    assert abs(float(loss) - loss_ref.item()) <= TOL_LOSS64 * abs(loss_ref.item())
+    assert theirs.keys() == grads.keys()
+    worst = max(float(np.abs(grads[k] - g).max() / np.abs(g).max()) for k, g in theirs.items())
+    record_parity("gradients float64 (all 7 targets, left padding)", "max|Δ|/max|ref|", worst,
+                  table="LoRA parity with PEFT")
+    assert worst <= TOL_GRAD64, f"max |Δ| / max |ref| = {worst:.3g} > {TOL_GRAD64}"
+
+
 def test_adamw_steps_on_the_adapter_follow_peft_and_torch_and_leave_the_base_alone(tmp_path):
     """Five AdamW steps on A and B, ours and torch.optim.AdamW on PEFT's: the same losses; base weights untouched."""
     torch, _, peft = needs_peft()

@@ -171,7 +171,8 @@ def finetune(model_path: str | Path, data_file: str | Path, out_dir: str | Path,
     The text is tokenized once with the model's tokenizer; each step draws `batch_size` windows of
     `seq_len` tokens (`windows`) and takes one AdamW step on A and B (weight decay 0, as transformers'
     Trainer). Writes the adapter in PEFT's format to `out_dir`, or with `merge` the merged model as a
-    checkpoint directory (config, weights, tokenizer) that `tl.load` and transformers read.
+    checkpoint directory (config, weights, tokenizer) that `tl.load` and transformers read; it keeps the
+    checkpoint's dtype (a bfloat16 checkpoint's merged weights are rounded to bfloat16).
     """
     from .model import load
     from .optim import AdamW
