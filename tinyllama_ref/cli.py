@@ -344,7 +344,7 @@ def cmd_train(args) -> int:
 def cmd_finetune(args) -> int:
     from .lora import LoraSpec, finetune
 
-    spec = LoraSpec(r=args.lora_rank, lora_alpha=args.lora_alpha if args.lora_alpha is not None else args.lora_rank,
+    spec = LoraSpec(r=args.lora_rank, lora_alpha=args.lora_alpha,
                     target_modules=tuple(t.strip() for t in args.target_modules.split(",") if t.strip()))
     losses = finetune(resolve_model(args.model), args.data, args.out, spec, steps=args.steps, lr=args.lr,
                       seq_len=args.seq_len, batch_size=args.batch_size, seed=args.seed, merge=args.merge,
@@ -496,7 +496,8 @@ def _add_training_commands(sub) -> None:
     p.add_argument("--data", required=True, help="a UTF-8 text file")
     p.add_argument("--out", required=True, help="the adapter directory (with --merge: the merged checkpoint)")
     p.add_argument("--lora-rank", type=_number(int, lambda v: v >= 1, "a positive integer"), required=True)
-    p.add_argument("--lora-alpha", type=float, default=None, help="the scale is alpha / rank (default: the rank)")
+    p.add_argument("--lora-alpha", type=float, default=8, help="the scale is alpha / rank (default: 8, as PEFT's "
+                   "LoraConfig)")
     p.add_argument("--target-modules", default="q_proj,v_proj", help="comma-separated (default: q_proj,v_proj)")
     p.add_argument("--steps", type=_number(int, lambda v: v >= 1, "a positive integer"), default=100)
     p.add_argument("--lr", type=_number(float, lambda v: v > 0, "a positive number"), default=1e-3)
