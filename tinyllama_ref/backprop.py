@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import math
 
-import numpy as np
 
 from . import llama
 from .backend import xp_of

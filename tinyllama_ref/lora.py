@@ -44,6 +44,7 @@ from .formats.checkpoint import check_output_dir, flatten, nest
 from .formats.peft_lora import (CONFIG_NAME, LINEARS, PREFIX, WEIGHTS_NAME, LoraSpec, apply_adapter,  # noqa: F401
                                 pairs, read_adapter, save_adapter)
 
+
 def target_modules(weight_names: Iterable[str], targets: Iterable[str]) -> list[str]:
     """The modules (dotted names without ".weight") whose last part is one of `targets`, in the given order.
 
