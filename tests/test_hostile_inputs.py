@@ -465,3 +465,102 @@ def test_gguf_shape_whose_size_overflows_int64(tmp_path):
     path = raw_gguf(tmp_path / "big.gguf", tensors=[("a", [4, 2**40, 2**40, 2**40], 0, 0)], data=bytes(64))
     with pytest.raises(GGUFError, match="big.gguf: tensor 'a' needs bytes .* it is truncated"):
         read_gguf_file(path)
+
+
+# == round 3 (issue 22): the surfaces added since ==============================================================
+
+from tinyllama_ref.formats.torch_pickle import read_torch_file  # noqa: E402
+from test_meta_checkpoint import tensor_pickle, write_pth  # noqa: E402
+
+
+# -- Meta .pth archives ---------------------------------------------------------------------------------------
+
+def test_a_compressed_storage_is_refused_before_it_is_inflated(tmp_path, monkeypatch):
+    """torch.save stores storages uncompressed; torch.load would inflate a deflated one (here 16 MiB from a
+    16 KiB file; zip64 lets the declared size reach 2^64). We refuse it from the zip's directory instead."""
+    import zipfile
+
+    path = tmp_path / "bomb.pth"
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("archive/data.pkl", tensor_pickle((2048, 2048), (2048, 1), numel=2048 * 2048))
+        z.writestr("archive/data/0", bytes(16 * 2**20), compress_type=zipfile.ZIP_DEFLATED)
+    assert path.stat().st_size < 64 * 1024
+
+    def no_inflating(kind, read=zipfile._get_decompressor):
+        assert kind == zipfile.ZIP_STORED, "a storage was inflated"
+        return read(kind)
+
+    monkeypatch.setattr(zipfile, "_get_decompressor", no_inflating)
+    with pytest.raises(CheckpointError, match=r"bomb.pth: storage 'archive/data/0' is compressed \(\d+ bytes that "
+                                              r"would inflate to 16777216\)"):
+        read_torch_file(path)
+    with zipfile.ZipFile(path, "w") as z:  # the one other entry read whole
+        z.writestr("archive/data.pkl", tensor_pickle((2, 2), (2, 1)))
+        z.writestr("archive/byteorder", bytes(16 * 2**20), compress_type=zipfile.ZIP_DEFLATED)
+    with pytest.raises(CheckpointError, match="archive/byteorder is 16777216 bytes"):
+        read_torch_file(path)
+
+
+def doubling_list(depth: int) -> bytes:
+    """Pickle opcodes leaving a list whose repr has 2**depth leaves: each level holds the one below twice
+    (MARK, BINGET i-1, BINGET i-1, LIST, BINPUT i, POP): 9 bytes a level."""
+    out = b"]q\x000"
+    for i in range(1, depth + 1):
+        out += b"(h" + bytes([i - 1]) + b"h" + bytes([i - 1]) + b"lq" + bytes([i]) + b"0"
+    return out + b"h" + bytes([depth])
+
+
+STORAGE_PID = b"(X\x07\x00\x00\x00storagectorch\nFloatStorage\nX\x01\x00\x00\x000X\x03\x00\x00\x00cpuK\x06tQ"
+
+
+@pytest.mark.parametrize("pkl, match", [
+    (b"\x80\x02" + doubling_list(39) + b"Q.", r"unexpected persistent id \[\[\[\[\.\.\.\]"),
+    (b"\x80\x02ctorch._utils\n_rebuild_tensor_v2\n(" + STORAGE_PID + b"K\x00" + doubling_list(39) + b"h\x27\x89tR.",
+     "not a valid strided view"),
+], ids=["persistent id", "size and stride"])
+def test_a_list_with_2_to_the_39_leaves_is_never_printed(tmp_path, pkl, match):
+    path = write_pth(tmp_path / "t.pth", pkl, {"0": bytes(24)})
+    assert len(pkl) < 500
+    with pytest.raises(CheckpointError, match=match) as e:
+        read_torch_file(path)
+    assert len(str(e.value)) < 500  # bounded (reprlib), where str() would write 2^39 leaves
+
+
+def test_weights_that_reread_one_stored_float_are_refused(tmp_path):
+    """torch.load accepts any strided view (torch.zeros(1).expand(n, n) saves as stride (0, 0)); a weight that
+    reads one element twice is never what a checkpoint holds, and 4 bytes would make a 64 MiB matrix here
+    (16 GiB in the issue) that each matmul copies. Sliced and transposed views still read."""
+    path = write_pth(tmp_path / "t.pth", tensor_pickle((4096, 4096), (0, 0), numel=1), {"0": bytes(4)})
+    with pytest.raises(CheckpointError, match=r"t.pth: storage '0': a tensor of size \(4096, 4096\) with stride "
+                                              r"\(0, 0\) reads some elements more than once"):
+        read_torch_file(path)
+    path = write_pth(tmp_path / "s.pth", tensor_pickle((2, 2), (1, 1), numel=6), {"0": bytes(24)})  # 0 1 / 1 2
+    with pytest.raises(CheckpointError, match="more than once"):
+        read_torch_file(path)
+    path = write_pth(tmp_path / "ok.pth", tensor_pickle((2, 2), (1, 3), offset=1), {"0": bytes(24)})
+    assert read_torch_file(path)[0]["w"].shape == (2, 2)
+
+
+# -- hardening: the unpickler changes nothing of ours; a killed write's leftovers go ------------------------------
+
+@pytest.mark.parametrize("pkl, target", [
+    (b"ctorch\nHalfStorage\n(S'float32'\nS'bogus'\ntb.", "StorageType"),  # through dataclass's __setstate__
+    (b"ctorch._utils\n_rebuild_parameter\n(dS'evil'\nI1\nsb.", "function"),
+    (b"ctorch._utils\n_rebuild_parameter\n(N(dS'__defaults__'\n(I1\nI2\ntstb.", "function"),  # slot state: setattr
+    (b"ctorch._utils\n_rebuild_tensor_v2\n(dS'evil'\nI1\nsb.", "method"),  # its function's __dict__
+    (b"ccollections\nOrderedDict\n(dS'evil'\nI1\nsb.", "type"),
+], ids=["storage type", "function __dict__", "function __defaults__", "bound method", "OrderedDict class"])
+def test_build_cannot_change_what_find_class_hands_out(tmp_path, pkl, target):
+    from tinyllama_ref.formats import torch_pickle as tp
+
+    with pytest.raises(CheckpointError, match=f"the pickle sets the attributes of a {target}; only a state dict's"):
+        read_torch_file(write_pth(tmp_path / "t.pth", pkl))
+    assert tp.ALLOWED_GLOBALS[("torch", "HalfStorage")] == tp.StorageType("HalfStorage", "float16")
+    assert tp.rebuild_parameter.__defaults__ == (False, None) and tp.rebuild_parameter.__dict__ == {}
+    assert tp.SafeUnpickler.rebuild_tensor.__dict__ == {}
+
+
+def test_build_still_gives_a_state_dict_its_metadata(tmp_path):
+    """model.state_dict() is an OrderedDict with a `_metadata` attribute, which torch.save writes with BUILD."""
+    pkl = b"ccollections\nOrderedDict\n)R(dS'_metadata'\n(dsb."
+    assert read_torch_file(write_pth(tmp_path / "t.pth", pkl)) == ({}, set())
