@@ -541,6 +541,38 @@ def test_weights_that_reread_one_stored_float_are_refused(tmp_path):
     assert read_torch_file(path)[0]["w"].shape == (2, 2)
 
 
+# -- GGUF tensors over the same bytes ---------------------------------------------------------------------------
+
+def move_tensor(path, name: str, to: str | None = None, by: int = 0):
+    """Rewrite the data offset of tensor `name` in a GGUF file: to tensor `to`'s offset, or moved by `by` bytes."""
+    raw = bytearray(path.read_bytes())
+
+    def offset_at(n: str) -> int:  # a tensor info: name, n_dims (u32), the dims (u64 each), type (u32), offset (u64)
+        at = raw.rindex(gguf_string(n)) + len(gguf_string(n))
+        return at + 4 + 8 * struct.unpack_from("<I", raw, at)[0] + 4
+
+    old = struct.unpack_from("<Q", raw, offset_at(to or name))[0]
+    struct.pack_into("<Q", raw, offset_at(name), old + by)
+    path.write_bytes(bytes(raw))
+
+
+@pytest.mark.parametrize("move, match", [
+    (dict(to="blk.0.attn_q.weight"), r"tensor 'blk.0.attn_k.weight' is at offset \d+ of the data, but the tensors "
+                                     r"before it end at \d+"),
+    (dict(by=4), r"tensor 'blk.0.attn_k.weight' is at offset \d+ of the data"),
+])
+def test_gguf_tensors_must_follow_each_other(tmp_path, move, match):
+    """As llama.cpp's gguf.cpp ("tensor '%s' has offset %zu, expected %zu"): before, both files loaded, one
+    tensor reading another's bytes (or 4 bytes off), max |Δlogits| 0.009."""
+    path, _ = write_tiny(tmp_path / "tiny.gguf", Q.F32, tied=False)
+    tl.load(path)
+    move_tensor(path, "blk.0.attn_k.weight", **move)
+    from tinyllama_ref.formats.gguf_file import GGUFError
+
+    with pytest.raises(GGUFError, match=match):
+        tl.load(path)
+
+
 # -- hardening: the unpickler changes nothing of ours; a killed write's leftovers go ------------------------------
 
 @pytest.mark.parametrize("pkl, target", [
