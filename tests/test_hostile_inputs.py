@@ -541,6 +541,47 @@ def test_weights_that_reread_one_stored_float_are_refused(tmp_path):
     assert read_torch_file(path)[0]["w"].shape == (2, 2)
 
 
+def meta_dir(path, params: dict | None = None):
+    """Enough of Meta's layout for the path to count as one: params.json and a (tiny) consolidated.00.pth."""
+    path.mkdir(parents=True)
+    base = {"dim": 32, "n_layers": 1, "n_heads": 4, "multiple_of": 16, "norm_eps": 1e-5, "vocab_size": 64}
+    (path / "params.json").write_text(json.dumps({**base, **(params or {})}))
+    write_pth(path / "consolidated.00.pth", tensor_pickle((2, 2), (2, 1)), {"0": bytes(24)})
+    return path
+
+
+@pytest.mark.parametrize("argv", [["info", "--model", "{m}"], ["mask", "hi", "--model", "{m}"],
+                                  ["convert", "{m}", "{out}"]])
+def test_an_infinite_ffn_dim_multiplier_is_a_config_error(tmp_path, capsys, argv):
+    meta = meta_dir(tmp_path / "meta", {"ffn_dim_multiplier": float("inf")})
+    assert "Infinity" in (meta / "params.json").read_text()  # what json.loads reads as float('inf')
+    code, _, err = run_cli([a.format(m=meta, out=tmp_path / "out") for a in argv], capsys)
+    assert code == 1 and len(err.strip().splitlines()) == 1
+    assert "params.json: field 'ffn_dim_multiplier' is inf, expected a positive finite number" in err
+    from tinyllama_ref.formats.meta import read_meta_config
+
+    with pytest.raises(tl.ConfigError, match="ffn_dim_multiplier"):
+        read_meta_config(meta)
+
+
+# -- convert into its own source ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("out", ["meta", "."])
+def test_convert_refuses_an_output_that_is_or_holds_the_input(tmp_path, capsys, out):
+    meta = meta_dir(tmp_path / "meta")
+    (tmp_path / "unrelated.txt").write_text("keep me")
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    code, _, err = run_cli(["convert", meta, tmp_path / out, "--force"], capsys)
+    assert code == 1 and ("is the checkpoint to convert" if out == "meta" else "is a folder holding") in err
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+
+
+def test_convert_refuses_a_folder_holding_the_gguf(tmp_path, capsys):
+    gguf_path, _ = write_tiny(tmp_path / "tiny.gguf", Q.F32)
+    code, _, err = run_cli(["convert", gguf_path, tmp_path, "--force"], capsys)
+    assert code == 1 and "is a folder holding" in err and gguf_path.is_file()
+
+
 # -- GGUF tensors over the same bytes ---------------------------------------------------------------------------
 
 def move_tensor(path, name: str, to: str | None = None, by: int = 0):
