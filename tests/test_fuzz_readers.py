@@ -202,3 +202,37 @@ def test_the_good_pickle_reads():
         z.writestr("archive/data/0", struct.pack("<6f", *range(6)))
     tensors, _ = read_pth(in_file("consolidated.00.pth", buf.getvalue()))
     assert tensors["w"].tolist() == [[0, 1, 2], [3, 4, 5]]
+
+
+# -- manifest.json of a conformance pack ------------------------------------------------------------------------
+
+def case_hashes():
+    from tinyllama_ref.golden_pack import CASE_FILES
+
+    digest = st.sampled_from(["0" * 64, "f" * 63, "g" * 64]) | json_values
+    return st.fixed_dictionaries({name: digest for name in CASE_FILES}) | st.dictionaries(st.text(max_size=8), digest)
+
+
+hashes = case_hashes()
+manifests = st.fixed_dictionaries({
+    "tolerances": st.dictionaries(st.sampled_from(["float32", "float16"]),
+                                  st.fixed_dictionaries({"rtol": json_values | st.floats(), "atol": json_values})
+                                  | json_values, max_size=2) | json_values,
+    "cases": st.fixed_dictionaries({"mha": st.fixed_dictionaries({"sha256": hashes | json_values}) | json_values})
+    | json_values}) | json_values
+
+
+@FUZZ
+@given(manifest=manifests, raw=st.none() | st.binary(max_size=40))
+def test_pack_manifest(manifest, raw):
+    from tinyllama_ref.golden_pack import PackError, check_case_files, read_manifest
+
+    text = json.dumps(manifest).encode() if raw is None else raw
+    path = in_file("manifest.json", text)
+    (path.parent / "mha").mkdir()
+    (path.parent / "mha" / "config.json").write_text("{}")
+
+    def read(p):
+        check_case_files(p.parent / "mha", read_manifest(p.parent / "mha"))
+
+    expect(read, path, PackError)

@@ -614,6 +614,77 @@ def test_gguf_tensors_must_follow_each_other(tmp_path, move, match):
         tl.load(path)
 
 
+# -- the conformance pack and compare ------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def small_pack(tmp_path_factory):
+    from tinyllama_ref.golden_pack import write_pack
+
+    out = tmp_path_factory.mktemp("pack")
+    write_pack(out, ["mha"])
+    return out
+
+
+@pytest.fixture
+def pack_copy(small_pack, tmp_path):
+    import shutil
+
+    return shutil.copytree(small_pack, tmp_path / "pack")
+
+
+def test_a_tampered_reference_is_refused_by_name(pack_copy, capsys):
+    """A pack whose reference logits were scaled by 3: its SHA-256 no longer matches the manifest's."""
+    from tinyllama_ref.parity import load_tensors, save_tensors
+
+    theirs = pack_copy.parent / "theirs.safetensors"
+    ref = load_tensors(pack_copy / "mha" / "prefill.safetensors")
+    save_tensors(theirs, {**ref, "logits": ref["logits"] * 3})
+    save_tensors(pack_copy / "mha" / "prefill.safetensors", {**ref, "logits": ref["logits"] * 3})
+    code, out, err = run_cli(["compare", pack_copy / "mha", theirs, "--input", "prefill"], capsys)
+    assert code == 1 and "prefill.safetensors: its SHA-256 is not the one manifest.json gives" in err
+    assert "agrees" not in out
+
+
+@pytest.mark.parametrize("edit, match", [
+    (lambda m: m["tolerances"]["float32"].update(rtol=1e9), r"'tolerances.float32.rtol' is 1000000000.0, expected a "
+                                                            r"number in \[0, 1\)"),
+    (lambda m: m["tolerances"]["float32"].update(rtol="x"), "'tolerances.float32.rtol' is 'x'"),
+    (lambda m: m["tolerances"]["float32"].pop("atol"), "'tolerances.float32.atol' is None"),
+    (lambda m: m.update(tolerances=None), "field 'tolerances' must be an object"),
+    (lambda m: m["cases"]["mha"]["sha256"].pop("logits.safetensors", None) or m["cases"]["mha"]["sha256"].pop(
+        "batch.safetensors"), "'cases.mha.sha256' must give the SHA-256"),
+    (lambda m: m.update(cases=[1]), "does not list a case 'mha'"),
+])
+def test_a_bad_manifest_is_refused_by_field(pack_copy, capsys, edit, match):
+    manifest = json.loads((pack_copy / "manifest.json").read_text())
+    edit(manifest)
+    (pack_copy / "manifest.json").write_text(json.dumps(manifest))
+    code, _, err = run_cli(["compare", pack_copy / "mha", pack_copy / "mha" / "prefill.safetensors"], capsys)
+    assert code == 1 and "manifest.json" in err and len(err.strip().splitlines()) == 1
+    assert __import__("re").search(match, err), err
+
+
+@pytest.mark.parametrize("array", [np.array([1 + 2j, 3], np.complex64), np.array(["1.0", "2.0"])])
+def test_compare_takes_real_numbers_only(tmp_path, capsys, array):
+    """np.asarray(x, float64) drops an imaginary part and parses strings: both used to "agree"."""
+    np.savez(tmp_path / "odd.npz", x=array)
+    np.savez(tmp_path / "ok.npz", x=np.real(array.astype(complex)).astype(np.float32))
+    code, _, err = run_cli(["compare", tmp_path / "odd.npz", tmp_path / "ok.npz"], capsys)
+    assert code == 1 and f"odd.npz: tensor 'x' is {array.dtype}: a dump holds real numbers only" in err
+
+
+@pytest.mark.parametrize("flag, value", [("--rtol", "inf"), ("--rtol", "nan"), ("--atol", "-1")])
+def test_compare_tolerances_are_finite_and_not_negative(tmp_path, capsys, flag, value):
+    from tinyllama_ref.parity import compare, save_tensors
+
+    save_tensors(tmp_path / "a.safetensors", {"x": np.zeros(3, np.float32)})
+    with pytest.raises(SystemExit) as e:
+        cli.main(["compare", str(tmp_path / "a.safetensors"), str(tmp_path / "a.safetensors"), flag, value])
+    assert e.value.code == 2 and f"{flag}: expected a finite number >= 0" in capsys.readouterr().err
+    with pytest.raises(ValueError, match=rf"{flag[2:]} must be a finite number >= 0, got {value}"):
+        compare({"x": np.zeros(3)}, {"x": np.zeros(3)}, **{flag[2:]: float(value)})
+
+
 # -- hardening: the unpickler changes nothing of ours; a killed write's leftovers go ------------------------------
 
 @pytest.mark.parametrize("pkl, target", [

@@ -416,8 +416,9 @@ def _add_parity_commands(sub) -> None:
                        "(PACK/CASE); THEIRS is then a directory of <input>.safetensors dumps, or one dump.")
     p.add_argument("ours", help="a dump, or a pack's case directory")
     p.add_argument("theirs", help="a dump (.safetensors or .npz), or a directory of them (against a pack case)")
-    p.add_argument("--rtol", type=float, default=None, help="default 1e-3, or the pack's for --dtype")
-    p.add_argument("--atol", type=float, default=None, help="default 1e-4, or the pack's for --dtype")
+    tolerance = _number(float, lambda v: 0 <= v < float("inf"), "a finite number >= 0")  # nan, inf: no test at all
+    p.add_argument("--rtol", type=tolerance, default=None, help="default 1e-3, or the pack's for --dtype")
+    p.add_argument("--atol", type=tolerance, default=None, help="default 1e-4, or the pack's for --dtype")
     p.add_argument("--input", help="against a pack case: which input THEIRS is (default: its file name)")
     p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
                    help="against a pack case: the dtype your implementation computes in (picks the tolerances)")
