@@ -685,6 +685,51 @@ def test_compare_tolerances_are_finite_and_not_negative(tmp_path, capsys, flag, 
         compare({"x": np.zeros(3)}, {"x": np.zeros(3)}, **{flag[2:]: float(value)})
 
 
+# -- perplexity, mask and the tokenizer's arguments ------------------------------------------------------------
+
+@pytest.mark.skipif(not __import__("os").path.exists("/dev/zero"), reason="needs /dev/zero")
+def test_perplexity_of_dev_zero_fails_at_the_first_chunk(capsys):
+    code, _, err = run_cli(["perplexity", "/dev/zero"], capsys)
+    assert code == 1 and "/dev/zero: a NUL byte at byte 0: not a text file" in err
+
+
+def test_perplexity_of_an_endless_pipe_stops_at_the_limit(monkeypatch, capsys):
+    import importlib
+    import io
+
+    perplexity = importlib.import_module("tinyllama_ref.perplexity")  # the module; tl.perplexity is its function
+
+    class Endless(io.RawIOBase):
+        read_bytes = 0
+
+        def readable(self):
+            return True
+
+        def readinto(self, buffer):
+            buffer[:] = b"a" * len(buffer)
+            Endless.read_bytes += len(buffer)
+            return len(buffer)
+
+    monkeypatch.setattr(perplexity, "MAX_TEXT_BYTES", 4 * perplexity.CHUNK)
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BufferedReader(Endless())))
+    code, _, err = run_cli(["perplexity", "-"], capsys)
+    assert code == 1 and "stdin: more than 4 MiB" in err
+    assert Endless.read_bytes <= 6 * perplexity.CHUNK  # the limit and a chunk, with the buffer's read-ahead
+
+
+def test_mask_padding_is_bounded_by_the_context(capsys, bundled):
+    model, tok = bundled
+    code, _, err = run_cli(["mask", "hi", "--pad-left", "20000"], capsys)
+    n = len(tok.encode("hi"))  # BOS and the text
+    assert code == 1 and (f"{n} tokens and pad_left = 20000 make {n + 20000} positions, more than the model's "
+                          f"context (max_position_embeddings = 256)") in err
+    from tinyllama_ref.mask_view import visualize_mask
+
+    assert "Attention Matrix" in visualize_mask(model, tok, "hi", pad_left=256 - n)  # the context, exactly
+    with pytest.raises(ValueError, match="more than the model's context"):
+        visualize_mask(model, tok, "hi", pad_left=257 - n)
+
+
 # -- hardening: the unpickler changes nothing of ours; a killed write's leftovers go ------------------------------
 
 @pytest.mark.parametrize("pkl, target", [

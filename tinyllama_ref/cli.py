@@ -304,12 +304,13 @@ def cmd_mask(args) -> int:
 
 
 def cmd_perplexity(args) -> int:
-    from .perplexity import check_window, perplexity_of_ids, windows
+    from .perplexity import check_window, perplexity_of_ids, read_text, windows
 
-    try:
-        text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise CLIError(f"{args.file}: not UTF-8 text ({e})") from None
+    if args.file == "-":
+        text = read_text(sys.stdin.buffer, "stdin")
+    else:
+        with open(args.file, "rb") as f:
+            text = read_text(f, args.file)
     if not text:
         raise CLIError(f"{args.file}: the text is empty: perplexity needs at least 2 tokens")
     model, tokenizer = _load(args)
