@@ -473,6 +473,27 @@ from tinyllama_ref.formats.torch_pickle import read_torch_file  # noqa: E402
 from test_meta_checkpoint import tensor_pickle, write_pth  # noqa: E402
 
 
+# -- a tokenizer saved over another one ------------------------------------------------------------------------
+
+def test_tokenizer_save_pretrained_removes_another_tokenizers_files(tmp_path, bundled):
+    """What was saved is what loads. Our loader reads tokenizer.model before tokenizer.json, transformers the
+    other way round, so a stale file of the other kind would load instead of the saved one in one of them."""
+    _, sp = bundled
+    bpe = tl.load_tokenizer(write_tokenizer_json(tmp_path, GOOD_TOKENIZER))
+    d = tmp_path / "d"
+    sp.save_pretrained(d)
+    (d / "chat_template.jinja").write_text("{{ 'old' }}")  # another model's template
+    (d / "vocab.json").write_text("{}")
+    bpe.save_pretrained(d)
+    assert sorted(p.name for p in d.iterdir()) == ["special_tokens_map.json", "tokenizer.json",
+                                                   "tokenizer_config.json"]
+    again = tl.load_tokenizer(d)
+    assert again.encode("ab<s>", add_bos=False) == [2, 3] and again.chat_template is None
+    sp.save_pretrained(d)  # and back: the BPE tokenizer.json would be what transformers loads
+    assert not (d / "tokenizer.json").exists()
+    assert tl.load_tokenizer(d).encode("In the beginning") == sp.encode("In the beginning")
+
+
 # -- Meta .pth archives ---------------------------------------------------------------------------------------
 
 def test_a_compressed_storage_is_refused_before_it_is_inflated(tmp_path, monkeypatch):
@@ -728,6 +749,21 @@ def test_mask_padding_is_bounded_by_the_context(capsys, bundled):
     assert "Attention Matrix" in visualize_mask(model, tok, "hi", pad_left=256 - n)  # the context, exactly
     with pytest.raises(ValueError, match="more than the model's context"):
         visualize_mask(model, tok, "hi", pad_left=257 - n)
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    (dict(padding=True, pad_to_multiple_of=-3), ValueError, "pad_to_multiple_of must be >= 0, got -3"),
+    (dict(truncation=True, max_length=-5), ValueError, "max_length must be >= 0, got -5"),
+    (dict(padding="max_length", max_length=-5), ValueError, "max_length must be >= 0"),
+    (dict(padding=True, pad_to_multiple_of=2.5), TypeError, "pad_to_multiple_of must be an integer or None"),
+])
+def test_negative_lengths_in_a_tokenizer_call(bundled, kwargs, error, match):
+    """transformers' fast tokenizer raises OverflowError from Rust for these (TypeError for a float); ours
+    used to give ragged rows and uncut ids."""
+    _, tok = bundled
+    tok.pad_token = tok.eos_token
+    with pytest.raises(error, match=match):
+        tok(["a b c d e f g", "hi"], **kwargs)
 
 
 # -- hardening: the unpickler changes nothing of ours; a killed write's leftovers go ------------------------------
