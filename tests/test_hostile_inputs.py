@@ -789,3 +789,30 @@ def test_build_still_gives_a_state_dict_its_metadata(tmp_path):
     """model.state_dict() is an OrderedDict with a `_metadata` attribute, which torch.save writes with BUILD."""
     pkl = b"ccollections\nOrderedDict\n)R(dS'_metadata'\n(dsb."
     assert read_torch_file(write_pth(tmp_path / "t.pth", pkl)) == ({}, set())
+
+
+def test_a_killed_save_leaves_staging_that_the_next_save_removes(ckpt, tmp_path, caplog):
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "out"
+    script = ("import os, sys\nimport tinyllama_ref as tl\nfrom tinyllama_ref.formats import hf_writer\n"
+              "model = tl.load(sys.argv[1])\nhf_writer.write_safetensors = lambda *a, **k: os._exit(9)  # killed\n"
+              "model.save_pretrained(sys.argv[2])\n")
+    package_root = str(__import__("pathlib").Path(tl.__file__).parent.parent)  # this checkout, not an install
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([package_root, os.environ.get("PYTHONPATH", "")]))
+    with subprocess.Popen([sys.executable, "-c", script, str(ckpt), str(out)], env=env, stderr=subprocess.PIPE) as proc:
+        assert proc.wait(timeout=120) == 9, proc.stderr.read()
+    left = [p for p in tmp_path.iterdir() if p.name.startswith(".out.partial-")]
+    assert [p.name.split("-")[1] for p in left] == [str(proc.pid)] and (left[0] / "config.json").is_file()
+    kept = [tmp_path / f".out.partial-{os.getpid()}-live", tmp_path / f".other.partial-{proc.pid}-x",
+            tmp_path / ".out.partial-nopid"]  # a live write's, another target's, one that names no process
+    for p in kept:
+        p.mkdir()
+    with caplog.at_level("WARNING", logger="tinyllama_ref.formats.hf_writer"):
+        tl.load(ckpt).save_pretrained(out)
+    assert not left[0].exists() and all(p.is_dir() for p in kept)
+    assert f"removed {left[0]}, left by an interrupted write to {out} (process {proc.pid}, no longer running)" \
+        in caplog.text
+    assert tl.load(out).config.num_hidden_layers == tl.load(ckpt).config.num_hidden_layers
