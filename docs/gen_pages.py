@@ -77,6 +77,7 @@ READING_ORDER = [
     ("tinyllama_ref/formats/gguf.py", "File formats: from GGUF to Hugging Face"),
     ("tinyllama_ref/formats/torch_pickle.py", "File formats: PyTorch .pth files without torch"),
     ("tinyllama_ref/formats/meta.py", "File formats: Meta's original checkpoints"),
+    ("tinyllama_ref/formats/peft_lora.py", "File formats: PEFT's LoRA adapters"),
     ("tinyllama_ref/convert.py", "Converting to a Hugging Face checkpoint"),
     ("tinyllama_ref/fetch.py", "Fetching models"),
     ("tinyllama_ref/backend.py", "NumPy and CuPy"),
@@ -88,6 +89,7 @@ READING_ORDER = [
     ("tinyllama_ref/backprop.py", "Backpropagation, by hand"),
     ("tinyllama_ref/optim.py", "The optimiser: AdamW, clipping, the schedule"),
     ("tinyllama_ref/train.py", "Training from scratch"),
+    ("tinyllama_ref/lora.py", "LoRA adapters"),
 ]
 VOLUME_2 = "tinyllama_ref/backprop.py"  # the first chapter of "Read the model, volume 2: backprop"
 
@@ -257,6 +259,10 @@ def generate_assets() -> tuple[dict[str, bytes], dict[str, str], dict[str, str]]
         F.gqa_head_sharing(tmp / "gqa_head_sharing.png")
         F.rope_rotation(tmp / "rope_rotation.png")
         F.load_example("rope_variants").plot_rope_variants(tmp / "rope_variants.png")
+        if F.SIDE_BY_SIDE.is_file():
+            F.training_curves(tmp / "training_loss.png")
+        else:
+            unavailable["training_loss.png"] = f"{F.SIDE_BY_SIDE} is missing: tools/train_bundled_model.py --side-by-side"
         try:
             from tinyllama_ref.cli import CLIError, default_model_dir
 

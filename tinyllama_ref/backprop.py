@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import math
 
-import numpy as np
 
 from . import llama
 from .backend import xp_of
@@ -61,6 +60,11 @@ def cross_entropy_backward(logits, labels, ignore_index: int = -100):
 
 
 # ---------------------------------------------------------------- the blocks of a layer, in the book's order
+
+
+def sub_tape(tape: dict, prefix: str) -> dict:
+    """The tape's entries under `prefix` ("layers.3.", "mlp."), named without it."""
+    return {k[len(prefix):]: v for k, v in tape.items() if k.startswith(prefix)}
 
 
 def embed_backward(input_ids, d_x, vocab_size: int):
@@ -181,14 +185,12 @@ def decoder_layer_backward(p: dict, tape: dict, x, cos, sin, config, d_out):
     $f$'s own: $\bar x = \bar y + J_f^\top \bar y$. `tape` holds the layer's names without "layers.N.";
     x is the layer's input. Returns ($\bar x$, the layer's parameter gradients, shaped as its params)."""
     eps = config.rms_norm_eps
-    d_mid, g_mlp = swiglu_mlp_backward(p["mlp"], {k[4:]: v for k, v in tape.items() if k.startswith("mlp.")},
-                                       tape["post_attention_layernorm"], d_out)
+    d_mid, g_mlp = swiglu_mlp_backward(p["mlp"], sub_tape(tape, "mlp."), tape["post_attention_layernorm"], d_out)
     d_attn_residual, g_post = rms_norm_backward(tape["attn_residual"], p["post_attention_layernorm"]["weight"], eps,
                                                 d_mid)
     d_attn_residual = d_attn_residual + d_out
-    attn_tape = {k[10:]: v for k, v in tape.items() if k.startswith("self_attn.")}
-    d_norm, g_attn = self_attention_backward(p["self_attn"], attn_tape, tape["input_layernorm"], cos, sin, config,
-                                             d_attn_residual)
+    d_norm, g_attn = self_attention_backward(p["self_attn"], sub_tape(tape, "self_attn."), tape["input_layernorm"],
+                                             cos, sin, config, d_attn_residual)
     d_x, g_in = rms_norm_backward(x, p["input_layernorm"]["weight"], eps, d_norm)
     grads = {"self_attn": g_attn, "mlp": g_mlp, "input_layernorm": {"weight": g_in},
              "post_attention_layernorm": {"weight": g_post}}
@@ -203,12 +205,6 @@ def lm_head_backward(params: dict, x, d_logits):
 # ---------------------------------------------------------------- the whole model
 
 
-def layer_tape(tape: dict, i: int) -> dict:
-    """Layer i's entries of the tape, under their names without "layers.i."."""
-    prefix = f"layers.{i}."
-    return {k[len(prefix):]: v for k, v in tape.items() if k.startswith(prefix)}
-
-
 def transformer_backward(params: dict, config, tape: dict, input_ids, cos, sin, d_hidden, rerun_layer=None):
     r"""From $\bar h$ (the final norm's output) back to the embedding: the final norm, every layer in reverse,
     the scatter-add. `rerun_layer(i, x)` (gradient checkpointing) gives layer i's tape again. Returns the
@@ -220,7 +216,7 @@ def transformer_backward(params: dict, config, tape: dict, input_ids, cos, sin, 
     layer_grads = [None] * n_layers
     for i in reversed(range(n_layers)):
         x = layer_input(i)
-        taped = layer_tape(tape, i) if rerun_layer is None else rerun_layer(i, x)
+        taped = sub_tape(tape, f"layers.{i}.") if rerun_layer is None else rerun_layer(i, x)
         d_x, layer_grads[i] = decoder_layer_backward(m["layers"][i], taped, x, cos, sin, config, d_x)
     d_embed = embed_backward(input_ids, d_x, m["embed_tokens"]["weight"].shape[0])
     if config.pad_token_id is not None:  # transformers' embedding has padding_idx: the pad row learns nothing
@@ -280,7 +276,7 @@ def value_and_grad(model, input_ids, labels, attention_mask=None, checkpoint: bo
         def rerun(i, x):
             layer_taped.clear()
             llama.decoder_layer(params["model"]["layers"][i], x, cos, sin, mask_bias, config, None, i, layer_ops)
-            return layer_tape(layer_taped, i)
+            return sub_tape(layer_taped, f"layers.{i}.")
 
     grads = {"model": transformer_backward(params, config, tape, ids, cos, sin, d_hidden, rerun)}
     if params["lm_head"]["weight"] is params["model"]["embed_tokens"]["weight"]:  # tied: one array, one gradient

@@ -1,5 +1,5 @@
 """The `tinyllama-ref` command line: generate, chat, info, tokenize, convert, fetch, dump, compare, golden,
-mask, perplexity, train.
+mask, perplexity, train, finetune.
 
 Habits borrowed from llama.cpp's tools: the generated text streams to stdout, timings go to stderr,
 and a mistake (a missing model, a bad flag value) is one line on stderr with a non-zero exit.
@@ -48,7 +48,7 @@ def _load(args, progress: bool = True):
 
     path = resolve_model(args.model)
     model = tl.load(path, backend=args.backend, dtype=args.dtype, progress=progress and sys.stderr.isatty(),
-                    quantize=args.quantize, group_size=args.group_size,
+                    quantize=args.quantize, group_size=args.group_size, adapter=args.adapter,
                     fused=os.environ.get("TINYLLAMA_FUSED", "1") != "0")  # CuPy's fused kernels: on unless =0
     tokenizer = tl.load_tokenizer(path)
     return model, tokenizer
@@ -92,7 +92,7 @@ def _sampling_value(name: str, kind):
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
-    """Which checkpoint to load, and how: --model, --backend, --dtype, --quantize, --group-size."""
+    """Which checkpoint to load, and how: --model, --backend, --dtype, --quantize, --group-size, --adapter."""
     p.add_argument("--model", "-m", help="checkpoint directory, .gguf file, or fetched name "
                                          "(default: the bundled model)")
     p.add_argument("--backend", choices=["numpy", "cupy"], default=None,
@@ -104,6 +104,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--group-size", type=_number(int, lambda v: v >= 1, "a positive integer"), default=None,
                    help="int4: inputs sharing one scale (default: per weight, the largest of 128, 64, 32 that "
                         "divides its input; info --quantize int4 shows them)")
+    p.add_argument("--adapter", help="a PEFT LoRA adapter directory, merged into the weights as they load")
 
 
 def _add_sampling_args(p: argparse.ArgumentParser) -> None:
@@ -170,7 +171,7 @@ def cmd_info(args) -> int:
     from .formats.checkpoint import flatten
 
     path = resolve_model(args.model)
-    model = tl.load(path, dtype="float32", quantize=args.quantize, group_size=args.group_size)
+    model = tl.load(path, dtype="float32", quantize=args.quantize, group_size=args.group_size, adapter=args.adapter)
     c = model.config
     n = model.num_parameters()
     print(f"model:      {path}")
@@ -338,12 +339,13 @@ def cmd_mask(args) -> int:
 
 
 def cmd_perplexity(args) -> int:
-    from .perplexity import check_window, perplexity_of_ids, windows
+    from .perplexity import check_window, perplexity_of_ids, read_text, windows
 
-    try:
-        text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise CLIError(f"{args.file}: not UTF-8 text ({e})") from None
+    if args.file == "-":
+        text = read_text(sys.stdin.buffer, "stdin")
+    else:
+        with open(args.file, "rb") as f:
+            text = read_text(f, args.file)
     if not text:
         raise CLIError(f"{args.file}: the text is empty: perplexity needs at least 2 tokens")
     model, tokenizer = _load(args)
@@ -371,6 +373,19 @@ def cmd_train(args) -> int:
     print(f"wrote {args.out} ({record['tokens_per_second']:.0f} tokens/s"
           + (f", validation loss {record['val_loss']:.4f})" if "val_loss" in record else ")"))
     print(f"loss: {record['train_loss'][-1]:.4f}")
+    return 0
+
+
+def cmd_finetune(args) -> int:
+    from .lora import LoraSpec, finetune
+
+    spec = LoraSpec(r=args.lora_rank, lora_alpha=args.lora_alpha,
+                    target_modules=tuple(t.strip() for t in args.target_modules.split(",") if t.strip()))
+    losses = finetune(resolve_model(args.model), args.data, args.out, spec, steps=args.steps, lr=args.lr,
+                      seq_len=args.seq_len, batch_size=args.batch_size, seed=args.seed, merge=args.merge,
+                      force=args.force, progress=sys.stderr.isatty())
+    print(f"wrote {'the merged model' if args.merge else 'the adapter'} to {args.out}", file=sys.stderr)
+    print(f"loss: {losses[-1]:.4f}")
     return 0
 
 
@@ -452,8 +467,9 @@ def _add_parity_commands(sub) -> None:
                        "(PACK/CASE); THEIRS is then a directory of <input>.safetensors dumps, or one dump.")
     p.add_argument("ours", help="a dump, or a pack's case directory")
     p.add_argument("theirs", help="a dump (.safetensors or .npz), or a directory of them (against a pack case)")
-    p.add_argument("--rtol", type=float, default=None, help="default 1e-3, or the pack's for --dtype")
-    p.add_argument("--atol", type=float, default=None, help="default 1e-4, or the pack's for --dtype")
+    tolerance = _number(float, lambda v: 0 <= v < float("inf"), "a finite number >= 0")  # nan, inf: no test at all
+    p.add_argument("--rtol", type=tolerance, default=None, help="default 1e-3, or the pack's for --dtype")
+    p.add_argument("--atol", type=tolerance, default=None, help="default 1e-4, or the pack's for --dtype")
     p.add_argument("--input", help="against a pack case: which input THEIRS is (default: its file name)")
     p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
                    help="against a pack case: the dtype your implementation computes in (picks the tolerances)")
@@ -493,7 +509,7 @@ def _add_analysis_commands(sub) -> None:
 
 
 def _add_training_commands(sub) -> None:
-    """train: a new model, in NumPy, on a text file."""
+    """train: a new model, in NumPy, on a text file; finetune: a LoRA adapter trained on one."""
     p = sub.add_parser("train", help="train a model from scratch on a text file", description="Train a new model "
                        "(the bundled model's config and tokenizer) on TEXT_FILE with the NumPy backward passes, "
                        "and write it as a Hugging Face checkpoint. Blank lines separate documents; windows start "
@@ -510,6 +526,25 @@ def _add_training_commands(sub) -> None:
                    help="peak learning rate (default: 3e-3; warmup, then cosine decay to a tenth)")
     p.add_argument("--seed", type=_positive_int, default=None, help="seeds the weights and the batches (default: 0)")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("finetune", help="train a LoRA adapter on a text file", description="Train a LoRA adapter "
+                       "(PEFT's format) on the text in --data; the last stdout line is the last step's loss.")
+    p.add_argument("--model", "-m", help="checkpoint directory, .gguf file, or fetched name (default: the bundled "
+                                         "model)")
+    p.add_argument("--data", required=True, help="a UTF-8 text file")
+    p.add_argument("--out", required=True, help="the adapter directory (with --merge: the merged checkpoint)")
+    p.add_argument("--lora-rank", type=_number(int, lambda v: v >= 1, "a positive integer"), required=True)
+    p.add_argument("--lora-alpha", type=float, default=8, help="the scale is alpha / rank (default: 8, as PEFT's "
+                   "LoraConfig)")
+    p.add_argument("--target-modules", default="q_proj,v_proj", help="comma-separated (default: q_proj,v_proj)")
+    p.add_argument("--steps", type=_number(int, lambda v: v >= 1, "a positive integer"), default=100)
+    p.add_argument("--lr", type=_number(float, lambda v: v > 0, "a positive number"), default=1e-3)
+    p.add_argument("--seq-len", type=_number(int, lambda v: v >= 2, "an integer >= 2"), default=128)
+    p.add_argument("--batch-size", type=_number(int, lambda v: v >= 1, "a positive integer"), default=4)
+    p.add_argument("--seed", type=_positive_int, default=0)
+    p.add_argument("--merge", action="store_true", help="write the merged model instead of the adapter")
+    p.add_argument("--force", action="store_true", help="write into --out even if it is not empty")
+    p.set_defaults(func=cmd_finetune)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -29,6 +29,7 @@ from .kv_cache import KVCache, cache_signature
 from .rope_scaling import RopeTables
 from .tensor_parallel import sliced_linears
 from .formats.checkpoint import build_params, flatten, read_checkpoint_tensors
+from .formats.peft_lora import apply_adapter
 
 
 class InputError(ValueError):
@@ -379,7 +380,8 @@ def build_model(config: LlamaConfig, tensors: Mapping[str, np.ndarray], backend:
     """A Model from a config and HF-named tensors (from safetensors, GGUF, or built in memory).
 
     quantize: None, "int8" or "int4" (`quantize.py`: torchao's int8_weight_only / int4_weight_only, with
-    `group_size` inputs per int4 scale; None: per weight, the largest of 128, 64, 32 dividing its input). fused: on CuPy, run the pointwise steps as fused kernels (`fused.py`).
+    `group_size` inputs per int4 scale; None: per weight, the largest of 128, 64, 32 dividing its input).
+    fused: on CuPy, run the pointwise steps as fused kernels (`fused.py`).
     """
     Q.check_arguments(quantize, group_size)  # before any tensor is converted
     name = B.resolve_backend(backend)
@@ -392,7 +394,8 @@ def build_model(config: LlamaConfig, tensors: Mapping[str, np.ndarray], backend:
 
 
 def load(path: str | Path, backend: str | None = None, dtype: str = "float32", progress: bool = False,
-         quantize: str | None = None, group_size: int | None = None, fused: bool = True) -> Model:
+         quantize: str | None = None, group_size: int | None = None, fused: bool = True,
+         adapter: str | Path | None = None) -> Model:
     """Load a Hugging Face checkpoint directory (config.json + safetensors), a GGUF file, or Meta's
     original checkpoint directory (params.json + consolidated.*.pth, read without torch).
 
@@ -400,6 +403,7 @@ def load(path: str | Path, backend: str | None = None, dtype: str = "float32", p
     quantize: None, "int8" or "int4" weight-only quantization of the layers' linear weights (`quantize.py`);
     group_size: int4's inputs per scale (None: per weight, the largest of 128, 64, 32 dividing its input).
     fused: on CuPy, the pointwise steps as fused kernels (`fused.py`); False runs the book's functions there.
+    adapter: a PEFT LoRA adapter directory, merged into the weights before they are converted (`lora.py`).
     """
     Q.check_arguments(quantize, group_size)  # before any tensor is read (a GGUF file's are decoded as they are)
     path = Path(path).expanduser()
@@ -415,6 +419,7 @@ def load(path: str | Path, backend: str | None = None, dtype: str = "float32", p
     if read is not None:
         config_dict, tensors, _ = read(path)
         config = LlamaConfig.from_dict(config_dict, source=str(path))
+        tensors = tensors if adapter is None else apply_adapter(tensors, adapter, dtype)
         model = build_model(config, tensors, backend, dtype, str(path), bar, quantize, group_size, fused)
         model.generation_config = {k: config_dict[k] for k in ("bos_token_id", "eos_token_id")
                                    if config_dict.get(k) is not None}
@@ -423,6 +428,7 @@ def load(path: str | Path, backend: str | None = None, dtype: str = "float32", p
         raise FileNotFoundError(f"{path} is neither a checkpoint directory nor a .gguf file")
     config = LlamaConfig.from_json(path / "config.json")
     tensors = read_checkpoint_tensors(path)
+    tensors = tensors if adapter is None else apply_adapter(tensors, adapter, dtype)
     model = build_model(config, tensors, backend, dtype, str(path), bar, quantize, group_size, fused)
     gen = path / "generation_config.json"
     if gen.is_file():

@@ -159,8 +159,9 @@ def quantize_params(params: dict, scheme: str, group_size: int | None = None) ->
     """The parameter tree with every decoder-layer linear weight quantized, one weight at a time.
 
     The embedding, the norms, the biases and the head stay float (transformers' `TorchAoConfig`
-    defaults). int4 with group_size None: each weight its `default_group_size`. Each float weight is replaced as soon as it is quantized, so the quantized model never
-    holds two copies of the whole model. Returns the same (mutated) tree.
+    defaults). int4 with group_size None: each weight its `default_group_size`. Each float weight is
+    replaced as soon as it is quantized, so the quantized model never holds two copies of the whole
+    model. Returns the same (mutated) tree.
     """
     for i, layer in enumerate(params["model"]["layers"]):
         for block, names in LINEARS.items():

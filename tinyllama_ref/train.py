@@ -14,7 +14,6 @@ from __future__ import annotations
 import ctypes
 import dataclasses
 import json
-import math
 import sys
 import time
 from dataclasses import dataclass

@@ -6,6 +6,7 @@ built, so a figure always shows what the current code computes:
     causal_padding_mask(path)   attention_mask_bias for a left-padded batch, and one decoding step
     gqa_head_sharing(path)      which key/value head each query head reads (from repeat_kv)
     rope_rotation(path)         q·k after RoPE depends only on the offset between positions
+    training_curves(path)       the bundled model trained twice, PyTorch and NumPy, from the run's own log
 
 The RoPE-variants and attention-map figures are the examples' own (examples/rope_variants.py,
 examples/attention_map.py), so the docs show exactly what the examples draw.
@@ -27,6 +28,14 @@ def _plt():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def _save(fig, path: Path) -> Path:
+    """Lay out, write as PNG (110 dpi) and close a figure; its path."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    _plt().close(fig)
+    return path
 
 
 def load_example(name: str):
@@ -94,10 +103,7 @@ def gqa_head_sharing(path: Path, n_heads: int = 8, n_kv_heads: int = 2) -> Path:
     ax.axis("off")
     ax.set_title(f"Grouped-query attention: {n_heads} query heads, {n_kv_heads} key/value heads "
                  f"(query head h reads kv head h // {n_rep})", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def rope_rotation(path: Path, head_dim: int = 64) -> Path:
@@ -126,7 +132,33 @@ def rope_rotation(path: Path, head_dim: int = 64) -> Path:
     ax2.set(xlabel="offset n − m", ylabel="score", title="the same curve from every query position")
     ax2.legend(fontsize=8)
     ax2.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
+
+
+SIDE_BY_SIDE = REPO / "docs" / "data" / "kjv_training_side_by_side.json"  # tools/train_bundled_model.py --side-by-side
+
+
+def training_curves(path: Path, log_path: Path = SIDE_BY_SIDE) -> Path:
+    """Training loss (mean of 25 steps) and validation loss of the same run in PyTorch and in NumPy."""
+    import json
+
+    plt = _plt()
+    record = json.loads(log_path.read_text(encoding="utf-8"))
+    fig, ax = plt.subplots(figsize=(8, 4.2))
+    for engine, colour, label in (("torch", "tab:orange", "PyTorch (transformers)"), ("numpy", "tab:blue", "NumPy (tinyllama_ref)")):
+        r = record[engine]
+        loss = np.asarray(r["train_loss"], dtype=float)
+        window = min(25, len(loss))
+        smooth = np.convolve(loss, np.ones(window) / window, mode="valid")
+        ax.plot(np.arange(window - 1, len(loss)), smooth, color=colour, lw=1.4,
+                label=f"{label}: {r['train_seconds']:.0f} s, {r['tokens_per_second']:.0f} tokens/s")
+        ax.plot([v["step"] for v in r["val"]], [v["val_loss"] for v in r["val"]], "o--", color=colour, ms=4, lw=0.8,
+                label=f"validation, final {r['final_val_loss']:.4f}")
+    ax.set_xlabel("step (8 windows of 256 tokens)")
+    ax.set_ylabel("cross-entropy (nats)")
+    ax.set_title(f"The bundled model trained twice on the same batches ({record['threads']} threads, {record['machine']})",
+                 fontsize=10)
+    ax.set_ylim(top=min(8.0, ax.get_ylim()[1]))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)

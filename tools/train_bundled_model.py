@@ -31,6 +31,7 @@ import hashlib
 import json
 import math
 import os
+import platform
 import re
 import shutil
 import subprocess
@@ -443,6 +444,35 @@ def show_samples(out):
     print("sampled:", tok.decode(sampled[0], skip_special_tokens=True))
 
 
+def side_by_side(args):
+    """PyTorch, then NumPy, on the same batches and schedule, each in a fresh process with the same threads;
+    both logs and the comparison written to args.side_by_side (JSON)."""
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), OPENBLAS_NUM_THREADS=str(args.threads))
+    logs = {}
+    for engine in ("torch", "numpy"):
+        out = args.work / "side_by_side" / engine / "kjv-llama"
+        cmd = [sys.executable, __file__, "--engine", engine, "--out", str(out), "--work", str(args.work),
+               "--threads", str(args.threads), "--no-golden"] + (["--steps", str(args.steps)] if args.steps else [])
+        print("$", " ".join(cmd), flush=True)
+        subprocess.run(cmd, env=env, check=True)
+        logs[engine] = json.loads((out.parent / f"{out.name}.training_log.json").read_text())
+    keep = ("train_loss", "val", "train_seconds", "final_val_loss", "final_train_loss_last50_mean", "tokens_seen")
+    record = {engine: {k: log[k] for k in keep} for engine, log in logs.items()}
+    for engine, log in record.items():
+        log["tokens_per_second"] = round(log["tokens_seen"] / log["train_seconds"], 1)
+    record["threads"] = args.threads
+    record["machine"] = f"{os.cpu_count()} CPUs, {platform.processor() or platform.machine()}"
+    record["wall_time_ratio_numpy_over_torch"] = round(record["numpy"]["train_seconds"] / record["torch"]["train_seconds"], 3)
+    record["val_loss_difference_numpy_minus_torch"] = round(record["numpy"]["final_val_loss"] - record["torch"]["final_val_loss"], 4)
+    args.side_by_side.parent.mkdir(parents=True, exist_ok=True)
+    args.side_by_side.write_text(json.dumps(record) + "\n")
+    for engine in ("torch", "numpy"):
+        r = record[engine]
+        print(f"{engine:6s} validation loss {r['final_val_loss']:.4f}  {r['train_seconds']:7.1f} s  "
+              f"{r['tokens_per_second']:7.0f} tokens/s")
+    print(f"wall time numpy/torch: {record['wall_time_ratio_numpy_over_torch']:.3f}; wrote {args.side_by_side}")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="checkpoint directory to write")
@@ -452,9 +482,16 @@ def main():
     ap.add_argument("--steps", type=int, default=None, help="override the number of training steps")
     ap.add_argument("--smoke", action="store_true", help="30 steps, to check the pipeline in a minute or two")
     ap.add_argument("--golden-only", action="store_true", help="only rewrite the golden from --out")
+    ap.add_argument("--no-golden", action="store_true", help="train and save only: no golden, no samples")
     ap.add_argument("--engine", choices=["torch", "numpy"], default="torch", help="train with PyTorch (the shipped "
                     "model) or with tinyllama_ref's NumPy backward passes (same data, config and schedule)")
+    ap.add_argument("--side-by-side", type=Path, metavar="JSON", help="train with both engines, one after the "
+                    "other, each in its own process, into --work; write both logs and the comparison to JSON "
+                    "(docs/data/kjv_training_side_by_side.json draws the guide's loss curves)")
     args = ap.parse_args()
+    if args.side_by_side:
+        side_by_side(args)
+        return
     out = args.out.resolve()
     if (args.smoke or args.engine == "numpy") and out == DEFAULT_OUT:
         sys.exit("--smoke and --engine numpy would overwrite the shipped model: pass --out elsewhere, "
@@ -488,6 +525,8 @@ def main():
             print(f"wrote {out}; final validation loss {log['final_val_loss']}, {log['train_seconds']} s")
             return
         save_checkpoint(model, tokenizer_path, out, log, meta)
+    if args.no_golden:
+        return
     if args.smoke and args.golden == DEFAULT_GOLDEN:
         args.golden = out / "bundled_golden.npz"  # a smoke run never overwrites the real golden
     write_golden(out, args.golden)

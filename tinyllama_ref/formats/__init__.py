@@ -10,6 +10,7 @@
     gguf                 a GGUF file's config and tensors in Hugging Face names and layouts
     torch_pickle         PyTorch .pth files (torch.save's zip archives) read without torch, running nothing
     meta                 Meta's original checkpoints (params.json + consolidated.*.pth) in Hugging Face terms
+    peft_lora            PEFT's LoRA adapter directory (adapter_config.json, adapter_model.safetensors)
     protobuf             the protobuf wire format
     sentencepiece_file   SentencePiece's tokenizer.model: its fields, BOS/EOS ids
 
