@@ -1,7 +1,7 @@
 """`tinyllama-ref chat` at a real terminal (a pseudo-terminal): Ctrl-C stops an answer and keeps the session.
 
-The CLI runs in a child process whose controlling terminal is the pty, so Ctrl-C typed there is the
-kernel's SIGINT to it, as at a keyboard. Its answers are slowed (50 ms a piece) so that a Ctrl-C lands
+The CLI runs in a child process, in a session of its own whose controlling terminal is the pty, so
+Ctrl-C typed there is the kernel's SIGINT to it, as at a keyboard. Its answers are slowed (50 ms a piece) so that a Ctrl-C lands
 inside one, and the dialog `chat` returns is printed as JSON at the end, so the test can read the history.
 """
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import select
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -19,6 +20,8 @@ pty = pytest.importorskip("pty", reason="a pseudo-terminal needs a POSIX system"
 
 REPO = Path(__file__).resolve().parent.parent
 CHILD = """
+import fcntl, termios
+fcntl.ioctl(0, termios.TIOCSCTTY, 0)  # the pty becomes this new session's terminal: Ctrl-C there is our SIGINT
 import json, sys, time
 import tinyllama_ref.conversation as conversation, tinyllama_ref.generation as generation
 from tinyllama_ref.cli import main
@@ -45,9 +48,12 @@ class Terminal:
 
     def __init__(self):
         env = dict(os.environ, PYTHONPATH=str(REPO), OPENBLAS_NUM_THREADS="1", TERM="dumb")
-        self.pid, self.fd = pty.fork()
-        if self.pid == 0:  # the child: the pty is its controlling terminal
-            os.execve(sys.executable, [sys.executable, "-c", CHILD], env)
+        self.fd, child_end = pty.openpty()
+        # a new session (no fork of this process by hand: pytest's threads make that unsafe), which then
+        # takes the pty as its controlling terminal (CHILD's first line)
+        self.proc = subprocess.Popen([sys.executable, "-c", CHILD], stdin=child_end, stdout=child_end,
+                                     stderr=child_end, env=env, start_new_session=True)
+        os.close(child_end)
         self.seen, self.pos = b"", 0  # all that was shown; where the next read_until looks from
 
     def read_until(self, text: str, timeout: float = 30.0) -> str:
@@ -75,26 +81,37 @@ class Terminal:
         """Read to the end (the DIALOG line comes last), then the child's exit status."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if not select.select([self.fd], [], [], 1.0)[0]:
-                continue
+            ready = select.select([self.fd], [], [], 0.2)[0]
             try:
-                chunk = os.read(self.fd, 4096)
-            except OSError:
-                break
-            if not chunk:
-                break
+                chunk = os.read(self.fd, 4096) if ready else b""
+            except OSError:  # the child has gone and closed the terminal
+                chunk = b""
             self.seen += chunk
-        pid, status = os.waitpid(self.pid, 0)
-        return os.waitstatus_to_exitcode(status)
+            if not chunk and self.proc.poll() is not None:
+                return self.proc.returncode
+        raise AssertionError(f"the chat did not end; the terminal shows:\n{self.seen.decode(errors='replace')}")
+
+    def close(self) -> None:
+        """End the child if it still runs (a failed test must not leave it behind), and the terminal."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        os.close(self.fd)
 
     def dialog(self) -> list:
         line = self.seen.decode(errors="replace").split("DIALOG ", 1)[1].splitlines()[0]
         return json.loads(line)
 
 
+@pytest.fixture
+def term():
+    terminal = Terminal()
+    yield terminal
+    terminal.close()
+
+
 @pytest.mark.slow
-def test_ctrl_c_stops_the_answer_keeps_it_cut_in_the_dialog_and_ctrl_c_at_an_empty_prompt_exits_0():
-    term = Terminal()
+def test_ctrl_c_stops_the_answer_keeps_it_cut_in_the_dialog_and_ctrl_c_at_an_empty_prompt_exits_0(term):
     term.read_until(">>> ")
     term.type("In the beginning\r")
     term.read_until("In the beginning\r\n")  # the echo
@@ -119,8 +136,7 @@ def test_ctrl_c_stops_the_answer_keeps_it_cut_in_the_dialog_and_ctrl_c_at_an_emp
 
 
 @pytest.mark.slow
-def test_ctrl_d_at_an_empty_prompt_exits_0():
-    term = Terminal()
+def test_ctrl_d_at_an_empty_prompt_exits_0(term):
     term.read_until(">>> ")
     term.type("\x04")
     assert term.exit_code() == 0
