@@ -75,6 +75,7 @@ class Terminal:
         return self.seen.decode(errors="replace")
 
     def type(self, keys: str) -> None:
+        time.sleep(0.3)  # as a person: readline waits for keys by then (a Ctrl-C just before it waits is seen late)
         os.write(self.fd, keys.encode())
 
     def exit_code(self, timeout: float = 30.0) -> int:
