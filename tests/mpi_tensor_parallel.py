@@ -1,7 +1,7 @@
 """Run under `mpirun -n N`: tensor parallelism over N real MPI ranks against one process, in one job.
 
     mpirun -n 2 python tests/mpi_tensor_parallel.py parity OUT.json   # hypothesis configs, Meta's shards
-    mpirun -n 2 python tests/mpi_tensor_parallel.py memory OUT.json   # resident memory per rank
+    mpirun -n 2 python tests/mpi_tensor_parallel.py memory OUT.json DIR   # resident memory per rank
 
 `parity`: rank 0 runs a hypothesis test; each drawn case (a config, a file format, NumPy or the CuPy
 double with MPI underneath) is broadcast to the other ranks, which run it too. Every rank loads the
@@ -29,7 +29,7 @@ import cupy_double  # noqa: E402
 
 import tinyllama_ref as tl  # noqa: E402
 from tinyllama_ref.backend import to_numpy  # noqa: E402
-from tinyllama_ref.formats.checkpoint import expected_shapes, random_tensors  # noqa: E402
+from tinyllama_ref.formats.checkpoint import random_tensors  # noqa: E402
 from tinyllama_ref.formats.qk_permutation import permute_qk  # noqa: E402
 
 COMM = MPI.COMM_WORLD
@@ -181,61 +181,72 @@ def run_case(case: dict, root: Path) -> dict:
     return results
 
 
-def draw_case(draw, n: int) -> dict:
+# (file, backend, RoPE, head): each job runs every variant, on configs that hypothesis draws.
+VARIANTS = [("f32", "numpy", "default", "separate"), ("bf16-sharded", "double", "linear", "tied"),
+            ("gguf-F32", "numpy", "default", "tied"), ("gguf-Q8_0", "double", "default", "separate"),
+            ("f32", "double", "dynamic", "open-llama shared"), ("bf16-sharded", "numpy", "yarn", "separate"),
+            ("f32", "numpy", "llama3", "tied"), ("gguf-Q8_0", "numpy", "default", "tied"),
+            ("f32", "double", "longrope", "separate"), ("bf16-sharded", "numpy", "default", "open-llama")]
+
+
+def draw_case(draw, n: int, variant: tuple) -> dict:
     from hypothesis import strategies as st
 
-    kv = SIZE * draw(st.sampled_from([1, 2]))
-    heads = kv * draw(st.sampled_from([1, 2, 3]))  # MHA, GQA; MQA is kv = 1 (N = 1 only)
-    head_dim = draw(st.sampled_from([4, 8]))
-    fmt = draw(st.sampled_from(["f32", "bf16-sharded", "gguf-F32", "gguf-Q8_0"]))
+    fmt, backend, rope, head = variant
     if fmt.startswith("gguf"):
         try:
             import gguf  # noqa: F401
         except ImportError:
-            fmt = "f32"
+            fmt = "f32"  # gguf-py writes the files: without it, safetensors
+    kv = SIZE * draw(st.sampled_from([1, 2]))
+    heads = kv * draw(st.sampled_from([1, 2, 3]))  # MHA, GQA; MQA is kv = 1 (N = 1 only)
+    head_dim = draw(st.sampled_from([4, 8]))
     quantized = fmt == "gguf-Q8_0"
-    hidden = 32 * heads if quantized else heads * head_dim  # whole blocks of 32 in every row
-    config = dict(vocab_size=draw(st.integers(SIZE, 70)), hidden_size=hidden,
+    config = dict(vocab_size=draw(st.integers(SIZE, 70)), hidden_size=32 * heads if quantized else heads * head_dim,
                   intermediate_size=32 * draw(st.integers(1, 2)) if quantized else draw(st.integers(SIZE, 40)),
                   num_hidden_layers=draw(st.integers(1, 2)), num_attention_heads=heads, num_key_value_heads=kv,
                   head_dim=head_dim, max_position_embeddings=64, rms_norm_eps=1e-5,
-                  torch_dtype="bfloat16" if fmt == "bf16-sharded" else None)
-    if not fmt.startswith("gguf"):  # GGUF files carry no biases of ours, no tied-head choice, no rope scalings here
-        config.update(attention_bias=draw(st.booleans()), mlp_bias=draw(st.booleans()),
-                      tie_word_embeddings=draw(st.booleans()), rope_scaling=ROPE[draw(st.sampled_from(list(ROPE)))])
-        if draw(st.booleans()) and not config["rope_scaling"]:
-            config.update(model_type="open-llama", architectures=["OpenLlamaForCausalLM"], use_stable_embedding=True,
-                          shared_input_output_embedding=draw(st.booleans()), tie_word_embeddings=False)
-    else:
-        config["tie_word_embeddings"] = draw(st.booleans())
-    return {"n": n, "config": config, "format": fmt, "seed": draw(st.integers(0, 2**16)),
-            "backend": draw(st.sampled_from(["numpy", "double"])), "batch": draw(st.integers(1, 2)),
-            "seq": draw(st.integers(2, 12))}
+                  torch_dtype="bfloat16" if fmt == "bf16-sharded" else None,
+                  attention_bias=draw(st.booleans()), mlp_bias=draw(st.booleans()), tie_word_embeddings=head == "tied",
+                  rope_scaling=ROPE[rope] if rope != "longrope" else {
+                      "rope_type": "longrope", "original_max_position_embeddings": 16,
+                      "short_factor": [1.0 + i / head_dim for i in range(head_dim // 2)],
+                      "long_factor": [2.0 + i / head_dim for i in range(head_dim // 2)]})
+    if head.startswith("open-llama"):
+        config.update(model_type="open-llama", architectures=["OpenLlamaForCausalLM"], use_stable_embedding=True,
+                      shared_input_output_embedding=head.endswith("shared"))
+    return {"n": n, "config": config, "format": fmt, "seed": draw(st.integers(0, 2**16)), "backend": backend,
+            "batch": draw(st.integers(1, 2)), "seq": draw(st.integers(2, 12)), "head": head}
 
 
 def parity(out_file: Path, examples: int) -> None:
+    """`examples` hypothesis cases for each variant, run by every rank; rank 0 writes the report."""
     root = shared_dir()
     report = {"ranks": SIZE, "cases": [], "meta": None}
     if RANK == 0:
         from hypothesis import HealthCheck, given, settings, strategies as st
 
-        counter = iter(range(10**6))
+        counter = iter(range(10**6))  # names the cases' directories
 
-        @settings(max_examples=examples, deadline=None, derandomize=True, database=None,
-                  suppress_health_check=list(HealthCheck))
-        @given(st.data())
-        def check(data):
-            case = draw_case(data.draw, next(counter))
-            COMM.bcast(case, root=0)
-            results = run_case(case, root)
-            report["cases"].append({"case": case, "results": results})
-            errors = [r["error"] for r in results if "error" in r]
-            assert not errors, errors[0]
-            assert all(r["prefill"] <= TOL and r["decode"] <= TOL for r in results), results
-            assert results[0]["same_bits_on_every_rank"]
+        def check_variant(variant):
+            @settings(max_examples=examples, deadline=None, derandomize=True, database=None,
+                      suppress_health_check=list(HealthCheck))
+            @given(st.data())
+            def check(data):
+                case = draw_case(data.draw, next(counter), variant)
+                COMM.bcast(case, root=0)
+                results = run_case(case, root)
+                report["cases"].append({"case": case, "results": results})
+                errors = [r["error"] for r in results if "error" in r]
+                assert not errors, errors[0]
+                assert all(r["prefill"] <= TOL and r["decode"] <= TOL for r in results), results
+                assert results[0]["same_bits_on_every_rank"]
+
+            check()
 
         try:
-            check()
+            for variant in VARIANTS:
+                check_variant(variant)
         except Exception:  # noqa: BLE001 - written to the report; the test prints it
             report["failure"] = traceback.format_exc()
         COMM.bcast(None, root=0)
@@ -301,30 +312,21 @@ def refused(root: Path) -> list[str]:
     return messages
 
 
-def memory(out_file: Path) -> None:
-    """Resident memory per rank after loading and one forward, against the weights' bytes."""
+def memory(out_file: Path, path: Path) -> None:
+    """Resident memory per rank after loading `path` and one forward. The test writes the checkpoint before
+    the job, so that no rank's allocator holds freed memory to reuse."""
     import gc
 
-    config = tl.LlamaConfig(vocab_size=8000, hidden_size=512, intermediate_size=1536, num_hidden_layers=8,
-                            num_attention_heads=8, num_key_value_heads=4 * (SIZE // 2 or 1), max_position_embeddings=64)
-    root = shared_dir()
-    path = root / "big"
-    if RANK == 0:
-        write_hf(config, random_tensors(config), path, shard=False)
-    shapes, _ = expected_shapes(config)
-    weights = sum(4 * int(np.prod(s)) for s in shapes.values())
-    COMM.Barrier()
     gc.collect()
     before = rss()
     model = tl.load(path, tensor_parallel="mpi")
-    model(np.arange(16)[None] % config.vocab_size)
+    model(np.arange(16)[None] % model.config.vocab_size)
     gc.collect()
     after = rss()
     held = sum(int(a.nbytes) for a in {id(a): a for a in _arrays(model.params)}.values())
     results = COMM.gather({"rss_before": before, "rss_after": after, "params_bytes": held}, root=0)
     if RANK == 0:
-        out_file.write_text(json.dumps({"ranks": SIZE, "weights_bytes": weights, "per_rank": results}, indent=1))
-        shutil.rmtree(root, ignore_errors=True)
+        out_file.write_text(json.dumps({"ranks": SIZE, "per_rank": results}, indent=1))
 
 
 def _arrays(tree):
@@ -348,6 +350,6 @@ if __name__ == "__main__":
     if mode == "parity":
         parity(out, int(sys.argv[3]) if len(sys.argv) > 3 else 12)
     elif mode == "memory":
-        memory(out)
+        memory(out, Path(sys.argv[3]))
     else:
         raise SystemExit(f"unknown mode {mode!r}: parity or memory")

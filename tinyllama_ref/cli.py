@@ -49,8 +49,13 @@ def _load(args, progress: bool = True):
     path = resolve_model(args.model)
     model = tl.load(path, backend=args.backend, dtype=args.dtype, progress=progress and sys.stderr.isatty(),
                     quantize=args.quantize, group_size=args.group_size, adapter=args.adapter,
-                    fused=os.environ.get("TINYLLAMA_FUSED", "1") != "0")  # CuPy's fused kernels: on unless =0
+                    fused=os.environ.get("TINYLLAMA_FUSED", "1") != "0",  # CuPy's fused kernels: on unless =0
+                    tensor_parallel="mpi" if getattr(args, "tensor_parallel", False) else None)
     tokenizer = tl.load_tokenizer(path)
+    if model.comm is not None:  # one rank of an MPI job: rank 0 alone prints
+        from .distributed import quiet_unless_root
+
+        quiet_unless_root(model.comm)
     return model, tokenizer
 
 
@@ -106,6 +111,11 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--adapter", help="a PEFT LoRA adapter directory, merged into the weights as they load")
 
 
+def _add_tensor_parallel_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tensor-parallel", action="store_true", help="run as one rank of an MPI job (mpirun -n N "
+                   "tinyllama-ref ...): each rank holds 1/N of every layer; rank 0 prints")
+
+
 def _add_sampling_args(p: argparse.ArgumentParser) -> None:
     """The SamplingParams fields as flags; left out, each is the checkpoint's default."""
     p.add_argument("--max-new-tokens", "-n", type=_sampling_value("max_new_tokens", int), default=None,
@@ -156,7 +166,12 @@ def cmd_chat(args) -> int:
     model, tokenizer = _load(args)
     if hasattr(sys.stdin, "reconfigure"):  # a line that is not UTF-8 arrives with surrogates; chat skips it
         sys.stdin.reconfigure(errors="surrogateescape")
-    chat(model, tokenizer, system=args.system, **_sampling_args(args))  # chat builds its SamplingParams
+    read = input
+    if model.comm is not None:  # rank 0 reads each line and hands it to the other ranks
+        from .distributed import root_input
+
+        read = root_input(model.comm)
+    chat(model, tokenizer, system=args.system, input_fn=read, **_sampling_args(args))  # chat builds its SamplingParams
     return 0
 
 
@@ -373,12 +388,14 @@ def _add_text_commands(sub) -> None:
     _add_model_args(p)
     _add_sampling_args(p)
     p.add_argument("--stop", action="append", help="stop string (repeatable)")
+    _add_tensor_parallel_arg(p)
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("chat", help="talk to a chat model", description="An interactive chat (Ctrl-D to quit).")
     _add_model_args(p)
     _add_sampling_args(p)
     p.add_argument("--system", help="system prompt")
+    _add_tensor_parallel_arg(p)
     p.set_defaults(func=cmd_chat)
 
 
@@ -467,6 +484,7 @@ def _add_analysis_commands(sub) -> None:
                                                                           "model's context)")
     p.add_argument("--stride", type=_positive_int, default=None, help="tokens between window starts (default: "
                                                                       "max-length)")
+    _add_tensor_parallel_arg(p)
     p.set_defaults(func=cmd_perplexity)
 
 
