@@ -2,6 +2,7 @@
 
     mpirun -n 2 python tests/mpi_tensor_parallel.py parity OUT.json   # hypothesis configs, Meta's shards
     mpirun -n 2 python tests/mpi_tensor_parallel.py memory OUT.json DIR   # resident memory per rank
+    mpirun -n 2 python tests/mpi_tensor_parallel.py gpu OUT.json 1    # real CuPy, NCCL, one GPU per rank
 
 `parity`: rank 0 runs a hypothesis test; each drawn case (a config, a file format, NumPy or the CuPy
 double with MPI underneath) is broadcast to the other ranks, which run it too. Every rank loads the
@@ -41,9 +42,13 @@ ROPE = {"default": None, "linear": {"rope_type": "linear", "factor": 2.0},
         "llama3": {"rope_type": "llama3", "factor": 4.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                    "original_max_position_embeddings": 16}}
 
-# The CuPy double stands in for CuPy on every rank; its cupyx.distributed does NCCL's collectives with MPI.
-sys.modules.update({"cupy": cupy_double, "cupyx": cupy_double.cupyx, "cupyx.distributed": cupy_double.cupyx.distributed})
-cupy_double.cuda.runtime.getDeviceCount = lambda: SIZE  # one "GPU" per rank
+
+
+def use_the_double() -> None:
+    """The CuPy double stands in for CuPy on every rank; its cupyx.distributed does NCCL's collectives with MPI."""
+    sys.modules.update({"cupy": cupy_double, "cupyx": cupy_double.cupyx,
+                        "cupyx.distributed": cupy_double.cupyx.distributed})
+    cupy_double.cuda.runtime.getDeviceCount = lambda: SIZE  # one "GPU" per rank
 
 
 def shared_dir() -> Path:
@@ -219,8 +224,12 @@ def draw_case(draw, n: int, variant: tuple) -> dict:
             "batch": draw(st.integers(1, 2)), "seq": draw(st.integers(2, 12)), "head": head}
 
 
-def parity(out_file: Path, examples: int) -> None:
-    """`examples` hypothesis cases for each variant, run by every rank; rank 0 writes the report."""
+def parity(out_file: Path, examples: int, gpu: bool = False) -> None:
+    """`examples` hypothesis cases for each variant, run by every rank; rank 0 writes the report. `gpu`: the
+    CuPy variants on real CuPy (NCCL, one GPU per rank) instead of the double."""
+    variants = [(f, "cupy", r, h) for f, b, r, h in VARIANTS if b == "double"] if gpu else VARIANTS
+    if not gpu:
+        use_the_double()
     root = shared_dir()
     report = {"ranks": SIZE, "cases": [], "meta": None}
     if RANK == 0:
@@ -245,7 +254,7 @@ def parity(out_file: Path, examples: int) -> None:
             check()
 
         try:
-            for variant in VARIANTS:
+            for variant in variants:
                 check_variant(variant)
         except Exception:  # noqa: BLE001 - written to the report; the test prints it
             report["failure"] = traceback.format_exc()
@@ -345,11 +354,23 @@ def rss() -> dict:
     return fields
 
 
+def summary(report: Path) -> str:
+    """One line for benchmarks/gpu_check.sh: how many cases, the worst error, or the failure."""
+    r = json.loads(report.read_text())
+    if "failure" in r:
+        return "FAILED: " + r["failure"].strip().splitlines()[-1]
+    worst = max(x[k] for c in r["cases"] for x in c["results"] for k in ("prefill", "decode"))
+    return f"{len(r['cases'])} cases on {r['ranks']} ranks, max |Δlogits| {worst:.1e} (tolerance {TOL:g})"
+
+
 if __name__ == "__main__":
     mode, out = sys.argv[1], Path(sys.argv[2])
-    if mode == "parity":
-        parity(out, int(sys.argv[3]) if len(sys.argv) > 3 else 12)
+    if mode == "summary":
+        print(summary(out))
+        raise SystemExit(0)
+    if mode in ("parity", "gpu"):
+        parity(out, int(sys.argv[3]) if len(sys.argv) > 3 else 2, gpu=mode == "gpu")
     elif mode == "memory":
         memory(out, Path(sys.argv[3]))
     else:
-        raise SystemExit(f"unknown mode {mode!r}: parity or memory")
+        raise SystemExit(f"unknown mode {mode!r}: parity, memory or gpu")
