@@ -138,3 +138,101 @@ def test_config_json(config, raw):
 
     path = in_file("config.json", json.dumps(config).encode() if raw is None else raw)
     expect(LlamaConfig.from_json, path, ConfigError)
+
+
+# -- Meta .pth: the zip archive and its pickle -----------------------------------------------------------------
+
+# Pickle opcodes a hostile data.pkl is made of: the globals a state dict uses (and some it must not), persistent
+# ids, BUILD, memo reads and writes, containers and numbers; drawn in any order.
+PICKLE_PIECES = [b"(", b"t", b"l", b"d", b"}", b"]", b")", b"s", b"u", b"a", b"e", b"b", b"R", b"Q", b"0", b"2",
+                 b"N", b"\x88", b"\x89", b"\x85", b"\x86", b"\x87", b"K\x05", b"K\x00", b"J\xff\xff\xff\xff",
+                 b"\x8a\x09" + b"\xff" * 9, b"q\x00", b"q\x01", b"h\x00", b"h\x01", b"X\x07\x00\x00\x00storage",
+                 b"X\x01\x00\x00\x000", b"X\x01\x00\x00\x001", b"X\x03\x00\x00\x00cpu", b"X\x01\x00\x00\x00w",
+                 b"ctorch._utils\n_rebuild_tensor_v2\n", b"ctorch._utils\n_rebuild_parameter\n",
+                 b"ctorch\nFloatStorage\n", b"ctorch\nBFloat16Storage\n", b"ctorch\nHalfStorage\n",
+                 b"ccollections\nOrderedDict\n", b"cos\nsystem\n", b"cbuiltins\ngetattr\n"]
+GOOD_PICKLE = (b"\x80\x02}X\x01\x00\x00\x00wctorch._utils\n_rebuild_tensor_v2\n((X\x07\x00\x00\x00storagectorch\n"
+               b"FloatStorage\nX\x01\x00\x00\x000X\x03\x00\x00\x00cpuK\x06tQK\x00K\x02K\x03\x86K\x03K\x01\x86\x89tRs.")
+
+
+@st.composite
+def pth_files(draw):
+    """A torch.save-like zip: data.pkl (drawn opcodes, or the good pickle with a few pieces spliced in),
+    byteorder, and storages stored or deflated, of drawn sizes."""
+    import io
+    import zipfile
+
+    pieces = draw(st.lists(st.sampled_from(PICKLE_PIECES), max_size=30))
+    if draw(st.booleans()):
+        at = draw(st.integers(0, len(GOOD_PICKLE)))
+        pkl = GOOD_PICKLE[:at] + b"".join(pieces[:3]) + GOOD_PICKLE[at:]
+    else:
+        pkl = b"\x80\x02" + b"".join(pieces) + b"."
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr("archive/data.pkl", pkl, compress_type=draw(st.sampled_from([zipfile.ZIP_STORED,
+                                                                                  zipfile.ZIP_DEFLATED])))
+        z.writestr("archive/byteorder", draw(st.sampled_from([b"little"] * 6 + [b"big", b"middle", b""])))
+        for key in draw(st.lists(st.sampled_from(["0", "1"]), unique=True, max_size=2)):
+            z.writestr(f"archive/data/{key}", draw(st.binary(max_size=40)),
+                       compress_type=draw(st.sampled_from([zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED])))
+    return buf.getvalue()
+
+
+def read_pth(path):
+    from tinyllama_ref.formats.torch_pickle import read_torch_file
+
+    return read_torch_file(path)
+
+
+@FUZZ
+@given(data=pth_files())
+def test_pth_archive(data):
+    expect(read_pth, in_file("consolidated.00.pth", data), CheckpointError)
+
+
+def test_the_good_pickle_reads():
+    """The fuzzing above starts from a file that reads: w = storage '0' viewed as [2, 3]."""
+    import io
+    import zipfile
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr("archive/data.pkl", GOOD_PICKLE)
+        z.writestr("archive/data/0", struct.pack("<6f", *range(6)))
+    tensors, _ = read_pth(in_file("consolidated.00.pth", buf.getvalue()))
+    assert tensors["w"].tolist() == [[0, 1, 2], [3, 4, 5]]
+
+
+# -- manifest.json of a conformance pack ------------------------------------------------------------------------
+
+def case_hashes():
+    from tinyllama_ref.golden_pack import CASE_FILES
+
+    digest = st.sampled_from(["0" * 64, "f" * 63, "g" * 64]) | json_values
+    return st.fixed_dictionaries({name: digest for name in CASE_FILES}) | st.dictionaries(st.text(max_size=8), digest)
+
+
+hashes = case_hashes()
+manifests = st.fixed_dictionaries({
+    "tolerances": st.dictionaries(st.sampled_from(["float32", "float16"]),
+                                  st.fixed_dictionaries({"rtol": json_values | st.floats(), "atol": json_values})
+                                  | json_values, max_size=2) | json_values,
+    "cases": st.fixed_dictionaries({"mha": st.fixed_dictionaries({"sha256": hashes | json_values}) | json_values})
+    | json_values}) | json_values
+
+
+@FUZZ
+@given(manifest=manifests, raw=st.none() | st.binary(max_size=40))
+def test_pack_manifest(manifest, raw):
+    from tinyllama_ref.golden_pack import PackError, check_case_files, read_manifest
+
+    text = json.dumps(manifest).encode() if raw is None else raw
+    path = in_file("manifest.json", text)
+    (path.parent / "mha").mkdir()
+    (path.parent / "mha" / "config.json").write_text("{}")
+
+    def read(p):
+        check_case_files(p.parent / "mha", read_manifest(p.parent / "mha"))
+
+    expect(read, path, PackError)

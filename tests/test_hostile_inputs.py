@@ -465,3 +465,354 @@ def test_gguf_shape_whose_size_overflows_int64(tmp_path):
     path = raw_gguf(tmp_path / "big.gguf", tensors=[("a", [4, 2**40, 2**40, 2**40], 0, 0)], data=bytes(64))
     with pytest.raises(GGUFError, match="big.gguf: tensor 'a' needs bytes .* it is truncated"):
         read_gguf_file(path)
+
+
+# == round 3 (issue 22): the surfaces added since ==============================================================
+
+from tinyllama_ref.formats.torch_pickle import read_torch_file  # noqa: E402
+from test_meta_checkpoint import tensor_pickle, write_pth  # noqa: E402
+
+
+# -- a tokenizer saved over another one ------------------------------------------------------------------------
+
+def test_tokenizer_save_pretrained_removes_another_tokenizers_files(tmp_path, bundled):
+    """What was saved is what loads. Our loader reads tokenizer.model before tokenizer.json, transformers the
+    other way round, so a stale file of the other kind would load instead of the saved one in one of them."""
+    _, sp = bundled
+    bpe = tl.load_tokenizer(write_tokenizer_json(tmp_path, GOOD_TOKENIZER))
+    d = tmp_path / "d"
+    sp.save_pretrained(d)
+    (d / "chat_template.jinja").write_text("{{ 'old' }}")  # another model's template
+    (d / "vocab.json").write_text("{}")
+    bpe.save_pretrained(d)
+    assert sorted(p.name for p in d.iterdir()) == ["special_tokens_map.json", "tokenizer.json",
+                                                   "tokenizer_config.json"]
+    again = tl.load_tokenizer(d)
+    assert again.encode("ab<s>", add_bos=False) == [2, 3] and again.chat_template is None
+    sp.save_pretrained(d)  # and back: the BPE tokenizer.json would be what transformers loads
+    assert not (d / "tokenizer.json").exists()
+    assert tl.load_tokenizer(d).encode("In the beginning") == sp.encode("In the beginning")
+
+
+# -- Meta .pth archives ---------------------------------------------------------------------------------------
+
+def test_a_compressed_storage_is_refused_before_it_is_inflated(tmp_path, monkeypatch):
+    """torch.save stores storages uncompressed; torch.load would inflate a deflated one (here 16 MiB from a
+    16 KiB file; zip64 lets the declared size reach 2^64). We refuse it from the zip's directory instead."""
+    import zipfile
+
+    path = tmp_path / "bomb.pth"
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("archive/data.pkl", tensor_pickle((2048, 2048), (2048, 1), numel=2048 * 2048))
+        z.writestr("archive/data/0", bytes(16 * 2**20), compress_type=zipfile.ZIP_DEFLATED)
+    assert path.stat().st_size < 64 * 1024
+
+    def no_inflating(kind, read=zipfile._get_decompressor):
+        assert kind == zipfile.ZIP_STORED, "a storage was inflated"
+        return read(kind)
+
+    monkeypatch.setattr(zipfile, "_get_decompressor", no_inflating)
+    with pytest.raises(CheckpointError, match=r"bomb.pth: storage 'archive/data/0' is compressed \(\d+ bytes that "
+                                              r"would inflate to 16777216\)"):
+        read_torch_file(path)
+    with zipfile.ZipFile(path, "w") as z:  # the one other entry read whole
+        z.writestr("archive/data.pkl", tensor_pickle((2, 2), (2, 1)))
+        z.writestr("archive/byteorder", bytes(16 * 2**20), compress_type=zipfile.ZIP_DEFLATED)
+    with pytest.raises(CheckpointError, match="archive/byteorder is 16777216 bytes"):
+        read_torch_file(path)
+
+
+def doubling_list(depth: int) -> bytes:
+    """Pickle opcodes leaving a list whose repr has 2**depth leaves: each level holds the one below twice
+    (MARK, BINGET i-1, BINGET i-1, LIST, BINPUT i, POP): 9 bytes a level."""
+    out = b"]q\x000"
+    for i in range(1, depth + 1):
+        out += b"(h" + bytes([i - 1]) + b"h" + bytes([i - 1]) + b"lq" + bytes([i]) + b"0"
+    return out + b"h" + bytes([depth])
+
+
+STORAGE_PID = b"(X\x07\x00\x00\x00storagectorch\nFloatStorage\nX\x01\x00\x00\x000X\x03\x00\x00\x00cpuK\x06tQ"
+
+
+@pytest.mark.parametrize("pkl, match", [
+    (b"\x80\x02" + doubling_list(39) + b"Q.", r"unexpected persistent id \[\[\[\[\.\.\.\]"),
+    (b"\x80\x02ctorch._utils\n_rebuild_tensor_v2\n(" + STORAGE_PID + b"K\x00" + doubling_list(39) + b"h\x27\x89tR.",
+     "not a valid strided view"),
+], ids=["persistent id", "size and stride"])
+def test_a_list_with_2_to_the_39_leaves_is_never_printed(tmp_path, pkl, match):
+    path = write_pth(tmp_path / "t.pth", pkl, {"0": bytes(24)})
+    assert len(pkl) < 500
+    with pytest.raises(CheckpointError, match=match) as e:
+        read_torch_file(path)
+    assert len(str(e.value)) < 500  # bounded (reprlib), where str() would write 2^39 leaves
+
+
+def test_weights_that_reread_one_stored_float_are_refused(tmp_path):
+    """torch.load accepts any strided view (torch.zeros(1).expand(n, n) saves as stride (0, 0)); a weight that
+    reads one element twice is never what a checkpoint holds, and 4 bytes would make a 64 MiB matrix here
+    (16 GiB in the issue) that each matmul copies. Sliced and transposed views still read."""
+    path = write_pth(tmp_path / "t.pth", tensor_pickle((4096, 4096), (0, 0), numel=1), {"0": bytes(4)})
+    with pytest.raises(CheckpointError, match=r"t.pth: storage '0': a tensor of size \(4096, 4096\) with stride "
+                                              r"\(0, 0\) reads some elements more than once"):
+        read_torch_file(path)
+    path = write_pth(tmp_path / "s.pth", tensor_pickle((2, 2), (1, 1), numel=6), {"0": bytes(24)})  # 0 1 / 1 2
+    with pytest.raises(CheckpointError, match="more than once"):
+        read_torch_file(path)
+    path = write_pth(tmp_path / "ok.pth", tensor_pickle((2, 2), (1, 3), offset=1), {"0": bytes(24)})
+    assert read_torch_file(path)[0]["w"].shape == (2, 2)
+
+
+def meta_dir(path, params: dict | None = None):
+    """Enough of Meta's layout for the path to count as one: params.json and a (tiny) consolidated.00.pth."""
+    path.mkdir(parents=True)
+    base = {"dim": 32, "n_layers": 1, "n_heads": 4, "multiple_of": 16, "norm_eps": 1e-5, "vocab_size": 64}
+    (path / "params.json").write_text(json.dumps({**base, **(params or {})}))
+    write_pth(path / "consolidated.00.pth", tensor_pickle((2, 2), (2, 1)), {"0": bytes(24)})
+    return path
+
+
+@pytest.mark.parametrize("argv", [["info", "--model", "{m}"], ["mask", "hi", "--model", "{m}"],
+                                  ["convert", "{m}", "{out}"]])
+def test_an_infinite_ffn_dim_multiplier_is_a_config_error(tmp_path, capsys, argv):
+    meta = meta_dir(tmp_path / "meta", {"ffn_dim_multiplier": float("inf")})
+    assert "Infinity" in (meta / "params.json").read_text()  # what json.loads reads as float('inf')
+    code, _, err = run_cli([a.format(m=meta, out=tmp_path / "out") for a in argv], capsys)
+    assert code == 1 and len(err.strip().splitlines()) == 1
+    assert "params.json: field 'ffn_dim_multiplier' is inf, expected a positive finite number" in err
+    from tinyllama_ref.formats.meta import read_meta_config
+
+    with pytest.raises(tl.ConfigError, match="ffn_dim_multiplier"):
+        read_meta_config(meta)
+
+
+# -- convert into its own source ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("out", ["meta", "."])
+def test_convert_refuses_an_output_that_is_or_holds_the_input(tmp_path, capsys, out):
+    meta = meta_dir(tmp_path / "meta")
+    (tmp_path / "unrelated.txt").write_text("keep me")
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    code, _, err = run_cli(["convert", meta, tmp_path / out, "--force"], capsys)
+    assert code == 1 and ("is the checkpoint to convert" if out == "meta" else "is a folder holding") in err
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+
+
+def test_convert_refuses_a_folder_holding_the_gguf(tmp_path, capsys):
+    gguf_path, _ = write_tiny(tmp_path / "tiny.gguf", Q.F32)
+    code, _, err = run_cli(["convert", gguf_path, tmp_path, "--force"], capsys)
+    assert code == 1 and "is a folder holding" in err and gguf_path.is_file()
+
+
+# -- GGUF tensors over the same bytes ---------------------------------------------------------------------------
+
+def move_tensor(path, name: str, to: str | None = None, by: int = 0):
+    """Rewrite the data offset of tensor `name` in a GGUF file: to tensor `to`'s offset, or moved by `by` bytes."""
+    raw = bytearray(path.read_bytes())
+
+    def offset_at(n: str) -> int:  # a tensor info: name, n_dims (u32), the dims (u64 each), type (u32), offset (u64)
+        at = raw.rindex(gguf_string(n)) + len(gguf_string(n))
+        return at + 4 + 8 * struct.unpack_from("<I", raw, at)[0] + 4
+
+    old = struct.unpack_from("<Q", raw, offset_at(to or name))[0]
+    struct.pack_into("<Q", raw, offset_at(name), old + by)
+    path.write_bytes(bytes(raw))
+
+
+@pytest.mark.parametrize("move, match", [
+    (dict(to="blk.0.attn_q.weight"), r"tensor 'blk.0.attn_k.weight' is at offset \d+ of the data, but the tensors "
+                                     r"before it end at \d+"),
+    (dict(by=4), r"tensor 'blk.0.attn_k.weight' is at offset \d+ of the data"),
+])
+def test_gguf_tensors_must_follow_each_other(tmp_path, move, match):
+    """As llama.cpp's gguf.cpp ("tensor '%s' has offset %zu, expected %zu"): before, both files loaded, one
+    tensor reading another's bytes (or 4 bytes off), max |Δlogits| 0.009."""
+    path, _ = write_tiny(tmp_path / "tiny.gguf", Q.F32, tied=False)
+    tl.load(path)
+    move_tensor(path, "blk.0.attn_k.weight", **move)
+    from tinyllama_ref.formats.gguf_file import GGUFError
+
+    with pytest.raises(GGUFError, match=match):
+        tl.load(path)
+
+
+# -- the conformance pack and compare ------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def small_pack(tmp_path_factory):
+    from tinyllama_ref.golden_pack import write_pack
+
+    out = tmp_path_factory.mktemp("pack")
+    write_pack(out, ["mha"])
+    return out
+
+
+@pytest.fixture
+def pack_copy(small_pack, tmp_path):
+    import shutil
+
+    return shutil.copytree(small_pack, tmp_path / "pack")
+
+
+def test_a_tampered_reference_is_refused_by_name(pack_copy, capsys):
+    """A pack whose reference logits were scaled by 3: its SHA-256 no longer matches the manifest's."""
+    from tinyllama_ref.parity import load_tensors, save_tensors
+
+    theirs = pack_copy.parent / "theirs.safetensors"
+    ref = load_tensors(pack_copy / "mha" / "prefill.safetensors")
+    save_tensors(theirs, {**ref, "logits": ref["logits"] * 3})
+    save_tensors(pack_copy / "mha" / "prefill.safetensors", {**ref, "logits": ref["logits"] * 3})
+    code, out, err = run_cli(["compare", pack_copy / "mha", theirs, "--input", "prefill"], capsys)
+    assert code == 1 and "prefill.safetensors: its SHA-256 is not the one manifest.json gives" in err
+    assert "agrees" not in out
+
+
+@pytest.mark.parametrize("edit, match", [
+    (lambda m: m["tolerances"]["float32"].update(rtol=1e9), r"'tolerances.float32.rtol' is 1000000000.0, expected a "
+                                                            r"number in \[0, 1\)"),
+    (lambda m: m["tolerances"]["float32"].update(rtol="x"), "'tolerances.float32.rtol' is 'x'"),
+    (lambda m: m["tolerances"]["float32"].pop("atol"), "'tolerances.float32.atol' is None"),
+    (lambda m: m.update(tolerances=None), "field 'tolerances' must be an object"),
+    (lambda m: m["cases"]["mha"]["sha256"].pop("logits.safetensors", None) or m["cases"]["mha"]["sha256"].pop(
+        "batch.safetensors"), "'cases.mha.sha256' must give the SHA-256"),
+    (lambda m: m.update(cases=[1]), "does not list a case 'mha'"),
+])
+def test_a_bad_manifest_is_refused_by_field(pack_copy, capsys, edit, match):
+    manifest = json.loads((pack_copy / "manifest.json").read_text())
+    edit(manifest)
+    (pack_copy / "manifest.json").write_text(json.dumps(manifest))
+    code, _, err = run_cli(["compare", pack_copy / "mha", pack_copy / "mha" / "prefill.safetensors"], capsys)
+    assert code == 1 and "manifest.json" in err and len(err.strip().splitlines()) == 1
+    assert __import__("re").search(match, err), err
+
+
+@pytest.mark.parametrize("array", [np.array([1 + 2j, 3], np.complex64), np.array(["1.0", "2.0"])])
+def test_compare_takes_real_numbers_only(tmp_path, capsys, array):
+    """np.asarray(x, float64) drops an imaginary part and parses strings: both used to "agree"."""
+    np.savez(tmp_path / "odd.npz", x=array)
+    np.savez(tmp_path / "ok.npz", x=np.real(array.astype(complex)).astype(np.float32))
+    code, _, err = run_cli(["compare", tmp_path / "odd.npz", tmp_path / "ok.npz"], capsys)
+    assert code == 1 and f"odd.npz: tensor 'x' is {array.dtype}: a dump holds real numbers only" in err
+
+
+@pytest.mark.parametrize("flag, value", [("--rtol", "inf"), ("--rtol", "nan"), ("--atol", "-1")])
+def test_compare_tolerances_are_finite_and_not_negative(tmp_path, capsys, flag, value):
+    from tinyllama_ref.parity import compare, save_tensors
+
+    save_tensors(tmp_path / "a.safetensors", {"x": np.zeros(3, np.float32)})
+    with pytest.raises(SystemExit) as e:
+        cli.main(["compare", str(tmp_path / "a.safetensors"), str(tmp_path / "a.safetensors"), flag, value])
+    assert e.value.code == 2 and f"{flag}: expected a finite number >= 0" in capsys.readouterr().err
+    with pytest.raises(ValueError, match=rf"{flag[2:]} must be a finite number >= 0, got {value}"):
+        compare({"x": np.zeros(3)}, {"x": np.zeros(3)}, **{flag[2:]: float(value)})
+
+
+# -- perplexity, mask and the tokenizer's arguments ------------------------------------------------------------
+
+@pytest.mark.skipif(not __import__("os").path.exists("/dev/zero"), reason="needs /dev/zero")
+def test_perplexity_of_dev_zero_fails_at_the_first_chunk(capsys):
+    code, _, err = run_cli(["perplexity", "/dev/zero"], capsys)
+    assert code == 1 and "/dev/zero: a NUL byte at byte 0: not a text file" in err
+
+
+def test_perplexity_of_an_endless_pipe_stops_at_the_limit(monkeypatch, capsys):
+    import importlib
+    import io
+
+    perplexity = importlib.import_module("tinyllama_ref.perplexity")  # the module; tl.perplexity is its function
+
+    class Endless(io.RawIOBase):
+        read_bytes = 0
+
+        def readable(self):
+            return True
+
+        def readinto(self, buffer):
+            buffer[:] = b"a" * len(buffer)
+            Endless.read_bytes += len(buffer)
+            return len(buffer)
+
+    monkeypatch.setattr(perplexity, "MAX_TEXT_BYTES", 4 * perplexity.CHUNK)
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BufferedReader(Endless())))
+    code, _, err = run_cli(["perplexity", "-"], capsys)
+    assert code == 1 and "stdin: more than 4 MiB" in err
+    assert Endless.read_bytes <= 6 * perplexity.CHUNK  # the limit and a chunk, with the buffer's read-ahead
+
+
+def test_mask_padding_is_bounded_by_the_context(capsys, bundled):
+    model, tok = bundled
+    code, _, err = run_cli(["mask", "hi", "--pad-left", "20000"], capsys)
+    n = len(tok.encode("hi"))  # BOS and the text
+    assert code == 1 and (f"{n} tokens and pad_left = 20000 make {n + 20000} positions, more than the model's "
+                          f"context (max_position_embeddings = 256)") in err
+    from tinyllama_ref.mask_view import visualize_mask
+
+    assert "Attention Matrix" in visualize_mask(model, tok, "hi", pad_left=256 - n)  # the context, exactly
+    with pytest.raises(ValueError, match="more than the model's context"):
+        visualize_mask(model, tok, "hi", pad_left=257 - n)
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    (dict(padding=True, pad_to_multiple_of=-3), ValueError, "pad_to_multiple_of must be >= 0, got -3"),
+    (dict(truncation=True, max_length=-5), ValueError, "max_length must be >= 0, got -5"),
+    (dict(padding="max_length", max_length=-5), ValueError, "max_length must be >= 0"),
+    (dict(padding=True, pad_to_multiple_of=2.5), TypeError, "pad_to_multiple_of must be an integer or None"),
+])
+def test_negative_lengths_in_a_tokenizer_call(bundled, kwargs, error, match):
+    """transformers' fast tokenizer raises OverflowError from Rust for these (TypeError for a float); ours
+    used to give ragged rows and uncut ids."""
+    _, tok = bundled
+    tok.pad_token = tok.eos_token
+    with pytest.raises(error, match=match):
+        tok(["a b c d e f g", "hi"], **kwargs)
+
+
+# -- hardening: the unpickler changes nothing of ours; a killed write's leftovers go ------------------------------
+
+@pytest.mark.parametrize("pkl, target", [
+    (b"ctorch\nHalfStorage\n(S'float32'\nS'bogus'\ntb.", "StorageType"),  # through dataclass's __setstate__
+    (b"ctorch._utils\n_rebuild_parameter\n(dS'evil'\nI1\nsb.", "function"),
+    (b"ctorch._utils\n_rebuild_parameter\n(N(dS'__defaults__'\n(I1\nI2\ntstb.", "function"),  # slot state: setattr
+    (b"ctorch._utils\n_rebuild_tensor_v2\n(dS'evil'\nI1\nsb.", "method"),  # its function's __dict__
+    (b"ccollections\nOrderedDict\n(dS'evil'\nI1\nsb.", "type"),
+], ids=["storage type", "function __dict__", "function __defaults__", "bound method", "OrderedDict class"])
+def test_build_cannot_change_what_find_class_hands_out(tmp_path, pkl, target):
+    from tinyllama_ref.formats import torch_pickle as tp
+
+    with pytest.raises(CheckpointError, match=f"the pickle sets the attributes of a {target}; only a state dict's"):
+        read_torch_file(write_pth(tmp_path / "t.pth", pkl))
+    assert tp.ALLOWED_GLOBALS[("torch", "HalfStorage")] == tp.StorageType("HalfStorage", "float16")
+    assert tp.rebuild_parameter.__defaults__ == (False, None) and tp.rebuild_parameter.__dict__ == {}
+    assert tp.SafeUnpickler.rebuild_tensor.__dict__ == {}
+
+
+def test_build_still_gives_a_state_dict_its_metadata(tmp_path):
+    """model.state_dict() is an OrderedDict with a `_metadata` attribute, which torch.save writes with BUILD."""
+    pkl = b"ccollections\nOrderedDict\n)R(dS'_metadata'\n(dsb."
+    assert read_torch_file(write_pth(tmp_path / "t.pth", pkl)) == ({}, set())
+
+
+def test_a_killed_save_leaves_staging_that_the_next_save_removes(ckpt, tmp_path, caplog):
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "out"
+    script = ("import os, sys\nimport tinyllama_ref as tl\nfrom tinyllama_ref.formats import hf_writer\n"
+              "model = tl.load(sys.argv[1])\nhf_writer.write_safetensors = lambda *a, **k: os._exit(9)  # killed\n"
+              "model.save_pretrained(sys.argv[2])\n")
+    package_root = str(__import__("pathlib").Path(tl.__file__).parent.parent)  # this checkout, not an install
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([package_root, os.environ.get("PYTHONPATH", "")]))
+    with subprocess.Popen([sys.executable, "-c", script, str(ckpt), str(out)], env=env, stderr=subprocess.PIPE) as proc:
+        assert proc.wait(timeout=120) == 9, proc.stderr.read()
+    left = [p for p in tmp_path.iterdir() if p.name.startswith(".out.partial-")]
+    assert [p.name.split("-")[1] for p in left] == [str(proc.pid)] and (left[0] / "config.json").is_file()
+    kept = [tmp_path / f".out.partial-{os.getpid()}-live", tmp_path / f".other.partial-{proc.pid}-x",
+            tmp_path / ".out.partial-nopid"]  # a live write's, another target's, one that names no process
+    for p in kept:
+        p.mkdir()
+    with caplog.at_level("WARNING", logger="tinyllama_ref.formats.hf_writer"):
+        tl.load(ckpt).save_pretrained(out)
+    assert not left[0].exists() and all(p.is_dir() for p in kept)
+    assert f"removed {left[0]}, left by an interrupted write to {out} (process {proc.pid}, no longer running)" \
+        in caplog.text
+    assert tl.load(out).config.num_hidden_layers == tl.load(ckpt).config.num_hidden_layers

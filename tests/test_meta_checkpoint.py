@@ -210,9 +210,9 @@ def test_config_from_params_follows_the_conversion_script():
     assert config_from_params(dict(llama2_7b, max_seq_len=512), 32000, "2")["max_position_embeddings"] == 512
     with pytest.raises(CheckpointError, match="vocab_size is -1 .* no tokenizer.model"):
         config_from_params(llama2_7b, None)
-    with pytest.raises(CheckpointError, match="params.json: field 'n_heads' is missing"):
+    with pytest.raises(tl.ConfigError, match="params.json: field 'n_heads' is missing"):
         config_from_params({k: v for k, v in llama2_7b.items() if k != "n_heads"}, 32000)
-    with pytest.raises(CheckpointError, match="field 'dim' is '4096', expected a positive integer"):
+    with pytest.raises(tl.ConfigError, match="field 'dim' is '4096', expected a positive integer"):
         config_from_params(dict(llama2_7b, dim="4096"), 32000)
     with pytest.raises(ValueError, match="llama_version '3' is not supported"):
         config_from_params(llama2_7b, 32000, "3")

@@ -320,12 +320,13 @@ def cmd_mask(args) -> int:
 
 
 def cmd_perplexity(args) -> int:
-    from .perplexity import check_window, perplexity_of_ids, windows
+    from .perplexity import check_window, perplexity_of_ids, read_text, windows
 
-    try:
-        text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise CLIError(f"{args.file}: not UTF-8 text ({e})") from None
+    if args.file == "-":
+        text = read_text(sys.stdin.buffer, "stdin")
+    else:
+        with open(args.file, "rb") as f:
+            text = read_text(f, args.file)
     if not text:
         raise CLIError(f"{args.file}: the text is empty: perplexity needs at least 2 tokens")
     model, tokenizer = _load(args)
@@ -447,8 +448,9 @@ def _add_parity_commands(sub) -> None:
                        "(PACK/CASE); THEIRS is then a directory of <input>.safetensors dumps, or one dump.")
     p.add_argument("ours", help="a dump, or a pack's case directory")
     p.add_argument("theirs", help="a dump (.safetensors or .npz), or a directory of them (against a pack case)")
-    p.add_argument("--rtol", type=float, default=None, help="default 1e-3, or the pack's for --dtype")
-    p.add_argument("--atol", type=float, default=None, help="default 1e-4, or the pack's for --dtype")
+    tolerance = _number(float, lambda v: 0 <= v < float("inf"), "a finite number >= 0")  # nan, inf: no test at all
+    p.add_argument("--rtol", type=tolerance, default=None, help="default 1e-3, or the pack's for --dtype")
+    p.add_argument("--atol", type=tolerance, default=None, help="default 1e-4, or the pack's for --dtype")
     p.add_argument("--input", help="against a pack case: which input THEIRS is (default: its file name)")
     p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
                    help="against a pack case: the dtype your implementation computes in (picks the tolerances)")

@@ -6,10 +6,10 @@ The model comes from `formats/` (`gguf.read_gguf`, `meta.read_meta_checkpoint`),
 tokenizer_config.json from the one writer of that file (`hf_api.tokenizer_config`). This module sits
 above both packages, so neither imports the other to convert.
 
-Everything is read and checked before anything is written. A non-empty `out_dir` is refused unless
-`force`; the files are written into a temporary directory beside it, which then takes its place
-(`hf_writer.write_checkpoint_dir`, the writer `Model.save_pretrained` uses), so a finished directory
-holds this checkpoint and nothing else.
+Everything is read and checked before anything is written. An `out_dir` that is the source, or a
+folder holding it, is refused; a non-empty one is refused unless `force`; the files are written into
+a temporary directory beside it, which then takes its place (`hf_writer.write_checkpoint_dir`, the
+writer `Model.save_pretrained` uses), so a finished directory holds this checkpoint and nothing else.
 """
 from __future__ import annotations
 
@@ -48,6 +48,7 @@ def convert(source: str | Path, out_dir: str | Path, progress: bool = True, forc
 def write_gguf_as_hf(gguf_path: str | Path, out_dir: str | Path, progress: bool = False, force: bool = False) -> Path:
     """config.json, model.safetensors (float32), generation_config.json, and tokenizer.json +
     tokenizer_config.json when the file has a tokenizer. Returns `out_dir`."""
+    check_outside(gguf_path, out_dir)
     out = check_output_dir(out_dir, force)
     config, tensors, metadata = read_gguf(gguf_path, progress=progress)
     files = {"config.json": config, "generation_config.json": _generation_config(config, "pad_token_id")}
@@ -62,6 +63,7 @@ def write_gguf_as_hf(gguf_path: str | Path, out_dir: str | Path, progress: bool 
 def write_meta_as_hf(ckpt_dir: str | Path, out_dir: str | Path, force: bool = False, llama_version: str = "1") -> Path:
     """config.json, generation_config.json, model.safetensors (the file's dtypes), and tokenizer.model
     (copied as it is) with its tokenizer_config.json. Returns `out_dir`."""
+    check_outside(ckpt_dir, out_dir)
     out = check_output_dir(out_dir, force)
     ckpt_dir = Path(ckpt_dir)
     config, tensors, bf16 = read_meta_checkpoint(ckpt_dir, llama_version)
@@ -73,6 +75,14 @@ def write_meta_as_hf(ckpt_dir: str | Path, out_dir: str | Path, force: bool = Fa
         del files["tokenizer.model"]  # its bytes as read: the file is copied instead
         copies["tokenizer.model"] = ckpt_dir / "tokenizer.model"
     return write_checkpoint_dir(out, files, tensors, bf16=bf16, copies=copies, replace_dir=True)
+
+
+def check_outside(source: str | Path, out_dir: str | Path) -> None:
+    """Refuse an output directory that is the source or holds it: it is replaced whole, the source with it."""
+    src, out = Path(source).resolve(), Path(out_dir).resolve()
+    if out == src or out in src.parents:
+        what = "the checkpoint to convert" if out == src else f"a folder holding {source}"
+        raise CheckpointError(f"{out_dir} is {what}: choose an output directory outside it")
 
 
 def _generation_config(config: dict, *extra: str) -> dict:

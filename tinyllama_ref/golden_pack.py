@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import sys
 import zlib
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from .config import LlamaConfig
+from .errors import short
 from .formats.checkpoint import random_tensors
 from .atomic import write_text_atomic
 from .formats.safetensors import write_safetensors
@@ -39,6 +41,9 @@ from .parity import compare_dumps, print_comparison, save_tensors, trace_forward
 FORMAT_VERSION = 1
 PREFILL_LEN, DECODE_STEPS, BATCH_LEN, BATCH_PAD, PAD_ID = 8, 3, 10, 3, 0
 INPUTS = ("prefill",) + tuple(f"decode_{i}" for i in range(DECODE_STEPS)) + ("batch",)
+CASE_FILES = ("config.json", "model.safetensors") + tuple(f"{name}.safetensors" for name in INPUTS)
+SHA256 = re.compile(r"[0-9a-f]{64}")
+MAX_TOLERANCE = 1  # at 1, a value off by its own size agrees: no comparison at all
 
 # The tiny model of tests/fixtures/golden (tools/make_golden.py), with intermediate_size 72 instead of 80 to
 # keep the pack under 5 MB; every case changes a few fields.
@@ -242,7 +247,7 @@ def write_case(case: PackCase, out: Path) -> dict:
     for name, tensors in dumps.items():
         save_tensors(case_dir / f"{name}.safetensors", tensors, {"producer": "tinyllama_ref golden",
                                                                   "case": case.name, "input": name})
-    files = ["config.json", "model.safetensors"] + [f"{name}.safetensors" for name in dumps]
+    files = CASE_FILES  # the checkpoint and one dump per input
     return {"description": case.description, "checkpoint_dtype": case.dtype, "seed": case_seed(case.name),
             "config": case_config(case), "parameters": model.num_parameters(),
             "checkpoint": ["config.json", "model.safetensors"], "inputs": {n: f"{n}.safetensors" for n in dumps},
@@ -306,8 +311,13 @@ def write_pack(out: str | Path, names: list[str] | None = None, progress=None) -
 
 # -- reading an implementer's dumps against a case ---------------------------------------------
 
+class PackError(ValueError):
+    """A conformance pack that cannot be trusted: a field of manifest.json, or a file not as the manifest says."""
+
+
 def read_manifest(case_dir: Path) -> dict:
-    """The manifest.json of the pack holding `case_dir` (its parent directory)."""
+    """The manifest.json of the pack holding `case_dir` (its parent directory), with the fields `compare`
+    uses checked: the tolerances, numbers in [0, MAX_TOLERANCE); the case's SHA-256 of each of its files."""
     path = case_dir.parent / "manifest.json"
     if not path.is_file():
         raise FileNotFoundError(f"{case_dir} is not a case of a conformance pack: no {path} "
@@ -315,10 +325,37 @@ def read_manifest(case_dir: Path) -> dict:
     try:
         pack = json.loads(path.read_text(encoding="utf-8"))
     except (ValueError, RecursionError) as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(pack, dict) or case_dir.name not in pack.get("cases", {}):
-        raise ValueError(f"{path} does not list a case {case_dir.name!r}")
+        raise PackError(f"{path}: not valid JSON ({e})") from None
+    cases = pack.get("cases") if isinstance(pack, dict) else None
+    if not isinstance(cases, dict) or case_dir.name not in cases:
+        raise PackError(f"{path} does not list a case {case_dir.name!r}")
+    tolerances = pack.get("tolerances")
+    if not isinstance(tolerances, dict) or not tolerances:
+        raise PackError(f"{path}: field 'tolerances' must be an object of dtype -> {{rtol, atol}}, got "
+                        f"{short(tolerances)}")
+    for dtype, tol in tolerances.items():
+        for key in ("rtol", "atol"):
+            v = tol.get(key) if isinstance(tol, dict) else None
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < MAX_TOLERANCE:
+                raise PackError(f"{path}: field 'tolerances.{dtype}.{key}' is {short(v)}, expected a number "
+                                f"in [0, {MAX_TOLERANCE})")
+    hashes = cases[case_dir.name].get("sha256") if isinstance(cases[case_dir.name], dict) else None
+    if not isinstance(hashes, dict) or not all(isinstance(hashes.get(f), str) and SHA256.fullmatch(hashes[f])
+                                               for f in CASE_FILES):
+        raise PackError(f"{path}: field 'cases.{case_dir.name}.sha256' must give the SHA-256 (64 hex digits) "
+                        f"of each of {', '.join(CASE_FILES)}")
     return pack
+
+
+def check_case_files(case_dir: Path, pack: dict) -> None:
+    """Every file of the case has the SHA-256 its manifest gives: a changed reference is refused, by name."""
+    for name, expected in ((f, pack["cases"][case_dir.name]["sha256"][f]) for f in CASE_FILES):
+        path = case_dir / name
+        if not path.is_file():
+            raise PackError(f"{path}: missing from the pack (manifest.json lists it)")
+        if _sha256(path) != expected:
+            raise PackError(f"{path}: its SHA-256 is not the one manifest.json gives: the file was changed after "
+                            f"the pack was written; write the pack again (tinyllama-ref golden)")
 
 
 def their_files(case_dir: Path, theirs: Path, input_name: str | None) -> dict[str, Path | None]:
@@ -347,6 +384,7 @@ def compare_case(case_dir: str | Path, theirs: str | Path, input_name: str | Non
     out = out or sys.stdout
     case_dir, theirs = Path(case_dir), Path(theirs)
     pack = read_manifest(case_dir)
+    check_case_files(case_dir, pack)
     if input_name is not None and input_name not in INPUTS:
         raise ValueError(f"--input {input_name!r}: the inputs are {', '.join(INPUTS)}")
     if dtype not in pack["tolerances"]:

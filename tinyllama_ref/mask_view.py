@@ -82,8 +82,9 @@ def visualize_mask(model_or_config, tokenizer, text, past: int = 0, pad_left: in
     setting). text: a str, or a list of str batched with left padding to the longest, as
     `generate_batch` pads them. pad_left: extra padding tokens on the left of every text.
     past: how many of the first tokens are already in the KV cache; the rows are then the new
-    tokens only, and the first `past` columns the cached keys. name: the model's name in the title
-    (default: the directory a `Model` was loaded from). Returns the text; one grid per text.
+    tokens only, and the first `past` columns the cached keys. The tokens and pad_left together must fit
+    the model's context. name: the model's name in the title (default: the directory a `Model` was
+    loaded from). Returns the text; one grid per text.
     """
     config = getattr(model_or_config, "config", model_or_config)
     if not hasattr(config, "model_type"):
@@ -98,6 +99,10 @@ def visualize_mask(model_or_config, tokenizer, text, past: int = 0, pad_left: in
     for k, ids in enumerate(rows):
         if not ids:
             raise ValueError(f"text {k + 1} ({texts[k]!r}) encodes to no tokens: nothing to draw")
+    longest, context = max(map(len, rows)), config.max_position_embeddings
+    if longest + pad_left > context:  # checked before the grid is made: it grows as the square of its width
+        raise ValueError(f"{longest} tokens and pad_left = {pad_left} make {longest + pad_left} positions, more "
+                         f"than the model's context (max_position_embeddings = {context})")
     _, attention_mask = left_pad(rows, pad_id=0)  # [b, t], 1 = real token: generate_batch's padding
     attention_mask = np.pad(attention_mask, ((0, 0), (pad_left, 0)))  # pad_left more on the left of every row
     width = attention_mask.shape[1]

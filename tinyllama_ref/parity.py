@@ -115,6 +115,9 @@ def load_tensors(path: str | Path) -> dict[str, np.ndarray]:
                 tensors = {k: f[k] for k in f.files}
         except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:  # object arrays: pickle is refused
             raise CheckpointError(f"{path}: not a readable .npz of numeric arrays ({e})") from None
+        for name, arr in tensors.items():  # np.asarray(..., float64) drops an imaginary part and parses strings
+            if arr.dtype.kind not in "biuf":
+                raise CheckpointError(f"{path}: tensor {name!r} is {arr.dtype}: a dump holds real numbers only")
     else:
         tensors = read_safetensors(path)
         meta = read_safetensors_header(path)[0].get("__metadata__")
@@ -142,8 +145,11 @@ def compare(ours: Mapping[str, np.ndarray], theirs: Mapping[str, np.ndarray], rt
     """One row per tensor name (in our order): shapes, max abs and rel error, and whether it diverges.
 
     A tensor diverges when some element has |a - b| > atol + rtol * |b| (numpy.allclose's rule),
-    or the shapes differ, or one side lacks it.
+    or the shapes differ, or one side lacks it. rtol and atol must be finite and >= 0.
     """
+    for name, v in (("rtol", rtol), ("atol", atol)):
+        if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) or not 0 <= v < np.inf:
+            raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")  # nan fails every test, inf none
     rows = []
     for name in list(ours) + [k for k in theirs if k not in ours]:
         a, b = ours.get(name), theirs.get(name)

@@ -18,9 +18,37 @@ page's weighting, so that the numbers are the page's.
 """
 from __future__ import annotations
 
+import codecs
 import math
 
 import numpy as np
+
+MAX_TEXT_BYTES = 64 * 2**20  # wikitext-2's test split, the docs' example, is 1.3 MB
+CHUNK = 2**20
+
+
+def read_text(stream, name: str, limit: int | None = None) -> str:
+    """The UTF-8 text of a binary stream, read a chunk at a time and refused as soon as it shows it is not a
+    text to score: a NUL byte, bytes that are not UTF-8, or more than `limit` bytes (default MAX_TEXT_BYTES),
+    so /dev/zero or an endless pipe fails after one chunk, or `limit`, not when memory runs out. `name` is
+    said in the error."""
+    limit = MAX_TEXT_BYTES if limit is None else limit
+    decoder, parts, n = codecs.getincrementaldecoder("utf-8")(), [], 0
+    while chunk := stream.read(CHUNK):
+        if (nul := chunk.find(b"\0")) >= 0:
+            raise ValueError(f"{name}: a NUL byte at byte {n + nul}: not a text file")
+        n += len(chunk)
+        if n > limit:
+            raise ValueError(f"{name}: more than {limit // 2**20} MiB; perplexity holds the whole text and its "
+                             f"tokens in memory: score a part of it")
+        try:
+            parts.append(decoder.decode(chunk))
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{name}: not UTF-8 text ({e.reason} at byte {n - len(chunk) + e.start})") from None
+    try:
+        return "".join(parts) + decoder.decode(b"", final=True)
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{name}: not UTF-8 text (it ends inside a character: {e.reason})") from None
 
 
 def windows(seq_len: int, max_length: int, stride: int) -> list[tuple[int, int, int]]:

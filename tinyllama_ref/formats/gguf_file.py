@@ -191,7 +191,16 @@ def read_gguf_file(path: str | Path) -> GGUFFile:
     if not isinstance(alignment, int) or alignment <= 0 or alignment & (alignment - 1):
         raise GGUFError(f"{source}: general.alignment is {alignment!r}, not a power of two")
     start = -(-cur.pos // alignment) * alignment
-    tensors = [_tensor(buf, start, name, ne, kind, offset, source) for name, ne, kind, offset in infos]
+    tensors, expected = [], 0
+    for name, ne, kind, offset in infos:
+        # as llama.cpp: each tensor starts where the one before it ends, padded to the alignment; so no two
+        # tensors share bytes and no offset is off by a few bytes
+        if offset != expected:
+            raise GGUFError(f"{source}: tensor {name!r} is at offset {offset} of the data, but the tensors before "
+                            f"it end at {expected} (padded to {alignment} bytes): the tensors must follow each "
+                            f"other in order, as llama.cpp requires")
+        tensors.append(_tensor(buf, start, name, ne, kind, offset, source))
+        expected += -(-tensors[-1].data.nbytes // alignment) * alignment
     return GGUFFile(path=path, version=version, metadata=metadata, tensors=tensors)
 
 

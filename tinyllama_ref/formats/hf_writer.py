@@ -19,6 +19,18 @@ appears whole in one rename. In an existing directory each file is replaced whol
 does not replace are removed): a crash during those renames can leave new shards beside the old
 index, never half a file.
 
+A kill (not an exception: that removes it) leaves the temporary directory, `.NAME.partial-PID-*`, or an
+old directory moved aside, `.NAME.old-PID-*`, beside the target: up to a whole checkpoint. The next
+write to the same target removes those whose process PID no longer runs, and says so in a warning
+(logger `tinyllama_ref.formats.hf_writer`).
+
+Readers are not isolated from a write into an existing directory: a process that loads it while
+another saves into it can read one save's config.json and the other's weights. A single rename
+cannot replace a non-empty directory (rename(2) refuses, and the exchange of two directories is a
+Linux-only call), and even then a reader opens config.json and the weights one after the other, by
+name, so it could straddle the rename. To publish a checkpoint to readers that may be loading,
+save into a new directory and point them at it (a symlink replaced with `os.replace` switches in one step).
+
 The dtype kept: a checkpoint loaded from float16 or bfloat16 (its config's `torch_dtype`) is
 saved in that dtype even though we hold it as float32 (exact: the values came from it); otherwise
 the dtype held (float32, or the `dtype=` it was loaded with) is saved. `dtype` in config.json says
@@ -26,7 +38,9 @@ which.
 """
 from __future__ import annotations
 
+import glob
 import json
+import logging
 import math
 import os
 import re
@@ -48,6 +62,7 @@ INDEX_NAME = "model.safetensors.index.json"
 SIZE_UNITS = {"TB": 10**12, "GB": 10**9, "MB": 10**6, "KB": 10**3}  # huggingface_hub's: decimal units
 _SHARD_NAME = re.compile(r"model-\d{5}-of-\d{5}\.safetensors")
 NARROW_DTYPES = ("float16", "bfloat16")
+log = logging.getLogger(__name__)
 
 
 # -- sizes and shards ----------------------------------------------------------------------------
@@ -180,6 +195,9 @@ def save_pretrained(model, save_directory: str | Path, max_shard_size: int | str
     `max_shard_size`: transformers 5.x's default "50GB" (4.x's was "5GB"); an int is bytes, a string
     digits and a unit (decimal: "200MB" is 200 * 10**6 bytes). Only safetensors is written:
     `safe_serialization=False` (PyTorch pickles) is refused.
+
+    Not isolated from readers: a process loading `save_directory` while this saves into it may read one
+    save's config with the other's weights; save into a new directory for them (see the module docstring).
     """
     if not safe_serialization:
         raise ValueError("safe_serialization=False (a PyTorch .bin checkpoint) is not supported: only "
@@ -225,7 +243,8 @@ def write_checkpoint_dir(out_dir: str | Path, text_files: Mapping[str, Any], ten
              for name, arr in tensors.items()}
     shards = shard_files(sizes, max_shard_size)  # a bad size is refused before anything is written
     out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.partial-"))
+    remove_stale_staging(out)
+    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.partial-{os.getpid()}-"))
     try:
         os.chmod(staging, 0o777 & ~_umask())  # as os.makedirs would create it, not mkdtemp's 0o700
         for name, text in text_files.items():
@@ -253,6 +272,32 @@ def write_checkpoint_dir(out_dir: str | Path, text_files: Mapping[str, Any], ten
     return out
 
 
+def remove_stale_staging(out: Path) -> None:
+    """Remove what killed writes to `out` left beside it: `.NAME.partial-PID-*` and `.NAME.old-PID-*`
+    directories whose process PID is not running (on this machine). Another live write's are kept."""
+    if os.name != "posix":  # os.kill(pid, 0) tests a process only on POSIX (on Windows it would end it)
+        return
+    prefix = f".{out.name}."
+    for p in out.parent.glob(glob.escape(prefix) + "*"):
+        owner = re.fullmatch(r"(?:partial|old)-(\d+)-\w+", p.name[len(prefix):])
+        if owner and p.is_dir() and not _running(int(owner.group(1))):
+            shutil.rmtree(p, ignore_errors=True)
+            log.warning("removed %s, left by an interrupted write to %s (process %s, no longer running)",
+                        p, out, owner.group(1))
+
+
+def _running(pid: int) -> bool:
+    """Whether process `pid` exists: signal 0 sends nothing, it only checks. In doubt (another user's
+    process, a number too large for a pid), it counts as running, so its directory is kept."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        pass
+    return True
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
@@ -265,7 +310,7 @@ def _publish_dir(staging: Path, out: Path) -> None:
         out.rmdir()
     old = None
     if out.exists():
-        old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-")) / out.name
+        old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-{os.getpid()}-")) / out.name
         out.replace(old)
     staging.replace(out)
     if old is not None:

@@ -28,13 +28,14 @@ config, tokenizer.model), which transformers loads.
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..config import LlamaConfig
+from ..config import ConfigError, LlamaConfig
 from ..errors import CheckpointError
 from .checkpoint import check_tensors
 from .qk_permutation import unpermute_qk
@@ -123,12 +124,12 @@ def config_from_params(params: dict, vocab_size: int | None, llama_version: str 
     def field(name: str, kind=int, default: Any = ...) -> Any:
         value = params.get(name, default)
         if value is ...:
-            raise CheckpointError(f"{source}: field {name!r} is missing")
-        ok = (type(value) is int and value > 0) if kind is int else (
-            isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0)
+            raise ConfigError(f"{source}: field {name!r} is missing")
+        ok = (type(value) is int and value > 0) if kind is int else (  # JSON's Infinity parses: not a size
+            isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < math.inf)
         if not ok:
-            raise CheckpointError(f"{source}: field {name!r} is {value!r}, expected a positive "
-                                  f"{'integer' if kind is int else 'number'}")
+            raise ConfigError(f"{source}: field {name!r} is {value!r}, expected a positive "
+                              f"{'integer' if kind is int else 'finite number'}")
         return kind(value)
 
     if llama_version not in CONTEXT_LENGTH_FOR_VERSION:

@@ -14,7 +14,8 @@ name and REDUCE calls it, so `pickle.load` of a hostile file can call `os.system
 unpickle with `SafeUnpickler`, whose `find_class` answers only the handful of names a state dict
 uses, and with our own stand-ins: `_rebuild_tensor_v2` becomes a function that views the storage
 bytes as a NumPy array with the tensor's size, strides and offset. Any other name is refused
-before it is imported, so nothing in the file runs.
+before it is imported, so nothing in the file runs; and nothing in the file changes this library's
+objects: BUILD (which sets attributes) applies only to the OrderedDicts the pickle itself made.
 
     >>> tensors, bf16_names = read_torch_file("consolidated.00.pth")  # doctest: +SKIP
     >>> tensors["layers.0.attention.wq.weight"].shape  # doctest: +SKIP
@@ -36,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, short
 from .safetensors import bf16_to_f32
 
 # torch's storage classes -> the element type of their bytes ("bfloat16": raw uint16 bits, see bf16_to_f32)
@@ -46,11 +47,12 @@ STORAGE_DTYPES = {
     "CharStorage": "int8", "ByteStorage": "uint8", "BoolStorage": "bool",
 }
 MAX_PICKLE = 64 * 1024 * 1024  # data.pkl of a 70B state dict is well under 1 MB
+MAX_BYTEORDER = 16  # "little" or "big"
 # what torch.save (before 1.6, "legacy") writes first: a pickled magic number
 LEGACY_MAGIC = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19"
 
 
-# frozen, with slots: the pickle's BUILD opcode (which sets an object's attributes) cannot change them
+# frozen, yet dataclass gives it a __setstate__ that BUILD would call: SafeUnpickler.load_build refuses that
 @dataclass(frozen=True, slots=True)
 class StorageType:
     """What `torch.HalfStorage` unpickles to here: a name and an element type, nothing callable."""
@@ -80,22 +82,42 @@ def rebuild_tensor(storage: Storage, storage_offset: int, size, stride, requires
         raise CheckpointError(f"a tensor's storage is {type(storage).__name__}, not a storage of the archive")
     ints = lambda v: isinstance(v, (tuple, list)) and all(type(n) is int for n in v)  # noqa: E731
     if type(storage_offset) is not int or not ints(size) or not ints(stride) or len(size) != len(stride):
-        raise CheckpointError(f"storage {storage.key!r}: a tensor with offset {storage_offset!r}, size {size!r} "
-                              f"and stride {stride!r} is not a valid strided view")
+        raise CheckpointError(f"storage {storage.key!r}: a tensor with offset {short(storage_offset)}, size "
+                              f"{short(size)} and stride {short(stride)} is not a valid strided view")
     if storage_offset < 0 or any(n < 0 for n in size) or any(s < 0 for s in stride):
         raise CheckpointError(f"storage {storage.key!r}: negative offset, size or stride "
-                              f"({storage_offset}, {tuple(size)}, {tuple(stride)})")
+                              f"({storage_offset}, {short(tuple(size))}, {short(tuple(stride))})")
     data = storage.data
     if 0 in size:
         return np.zeros(tuple(size), dtype=np.float32 if storage.dtype == "bfloat16" else data.dtype)
     last = storage_offset + sum((n - 1) * s for n, s in zip(size, stride))  # the furthest element it reads
     if last >= data.size:
         raise CheckpointError(f"storage {storage.key!r} holds {data.size} elements, but a tensor of size "
-                              f"{tuple(size)}, stride {tuple(stride)} at offset {storage_offset} reads element {last}")
+                              f"{short(tuple(size))}, stride {short(tuple(stride))} at offset {storage_offset} reads "
+                              f"element {last}")
+    if overlaps(size, stride):  # a zero stride makes gigabytes of "weights" from one stored float
+        raise CheckpointError(f"storage {storage.key!r}: a tensor of size {short(tuple(size))} with stride "
+                              f"{short(tuple(stride))} reads some elements more than once; a checkpoint's weights "
+                              f"are dense (or sliced) views of their storage")
     itemsize = data.itemsize
     view = np.lib.stride_tricks.as_strided(data[storage_offset:], shape=tuple(size),
                                            strides=tuple(s * itemsize for s in stride), writeable=False)
     return bf16_to_f32(view) if storage.dtype == "bfloat16" else view
+
+
+def overlaps(size, stride) -> bool:
+    """Whether a strided view may reach one element by two indices: taken by increasing stride, each
+    dimension of more than one element must step past the whole extent of the ones before it.
+
+    >>> overlaps((4, 6), (1, 4)), overlaps((4, 6), (6, 1)), overlaps((4096, 4096), (0, 0))
+    (False, False, True)
+    """
+    extent = 1  # elements spanned by the dimensions taken so far
+    for s, n in sorted((s, n) for n, s in zip(size, stride) if n > 1):
+        if s < extent:
+            return True
+        extent = s * (n - 1) + extent
+    return False
 
 
 def rebuild_parameter(data, requires_grad=False, backward_hooks=None) -> np.ndarray:
@@ -140,10 +162,21 @@ class SafeUnpickler(pickle._Unpickler):
                 f"{self.source}: the pickle asks for {module}.{name}, which a checkpoint of tensors does not "
                 f"need; refusing to load it (unpickling it could run code from the file)") from None
 
+    def load_build(self):
+        """BUILD sets the attributes of the object under it: allowed on the OrderedDicts the pickle made (a
+        state dict's `_metadata`), refused on anything else, such as the functions find_class hands out."""
+        target = self.stack[-2] if len(self.stack) >= 2 else None
+        if type(target) is not OrderedDict:
+            raise CheckpointError(f"{self.source}: the pickle sets the attributes of a {type(target).__name__}; "
+                                  f"only a state dict's own OrderedDicts may be given attributes")
+        super().load_build()
+
+    dispatch = {**pickle._Unpickler.dispatch, pickle.BUILD[0]: load_build}
+
     def persistent_load(self, pid):
         if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"
                 and isinstance(pid[1], StorageType) and isinstance(pid[2], str) and type(pid[4]) is int):
-            raise CheckpointError(f"{self.source}: unexpected persistent id {str(pid)[:100]} in the pickle "
+            raise CheckpointError(f"{self.source}: unexpected persistent id {short(pid)} in the pickle "
                                   f"(expected ('storage', torch.<Type>Storage, key, location, numel))")
         _, kind, key, _, numel = pid
         if key not in self.storages:
@@ -161,11 +194,17 @@ class SafeUnpickler(pickle._Unpickler):
         return tensor
 
 
-def _entry_bytes(path: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo, mm) -> np.ndarray:
-    """The bytes of one archive entry: a view of the memory-mapped file when stored uncompressed
-    (as torch writes them, so nothing is read until used), else a decompressed copy."""
+def _entry_bytes(path: Path, info: zipfile.ZipInfo, mm) -> np.ndarray:
+    """The bytes of one storage: a view of the memory-mapped file, nothing read until used.
+
+    torch.save stores every storage uncompressed. A compressed one is refused before it is inflated: its
+    declared size is the file's word (zip64 allows 2^64 bytes), and inflating it would hold it all in memory.
+    """
     if info.compress_type != zipfile.ZIP_STORED:
-        return np.frombuffer(zf.read(info), dtype=np.uint8)
+        raise CheckpointError(f"{path}: storage {info.filename!r} is compressed ({info.compress_size} bytes that "
+                              f"would inflate to {info.file_size}); torch.save stores storages uncompressed, and "
+                              f"this reader maps them from the file, never inflates them: save it again with "
+                              f"torch.save")
     # The local header before the data: 30 bytes, then the name and an extra field of its own lengths.
     local = mm[info.header_offset:info.header_offset + 30].tobytes()
     if len(local) < 30 or local[:4] != b"PK\x03\x04":
@@ -211,7 +250,7 @@ def read_torch_file(path: str | Path) -> tuple[dict[str, np.ndarray], set[str]]:
     tensors: dict[str, np.ndarray] = {}
     for name, value in state.items():
         if not isinstance(name, str) or not isinstance(value, np.ndarray) or value.dtype.kind not in "fiub":
-            raise CheckpointError(f"{path}: entry {name!r} of the state dict is a {type(value).__name__}, "
+            raise CheckpointError(f"{path}: entry {short(name)} of the state dict is a {type(value).__name__}, "
                                   f"not a tensor")
         tensors[name] = value
     return tensors, {name for name, value in tensors.items() if bf16.get(id(value)) is value}
@@ -225,9 +264,10 @@ def _unpickle_archive(path: Path, zf: zipfile.ZipFile) -> tuple[object, dict[int
         raise CheckpointError(f"{path}: expected one <name>/data.pkl in the archive, found "
                               f"{len(pickles)}: not a torch.save file")
     prefix = pickles[0][:-len("data.pkl")]
-    if entries[pickles[0]].file_size > MAX_PICKLE:
-        raise CheckpointError(f"{path}: {pickles[0]} is {entries[pickles[0]].file_size} bytes, more than a "
-                              f"state dict's pickle ever needs ({MAX_PICKLE})")
+    for name, limit in ((pickles[0], MAX_PICKLE), (prefix + "byteorder", MAX_BYTEORDER)):  # read whole: bounded
+        if name in entries and entries[name].file_size > limit:
+            raise CheckpointError(f"{path}: {name} is {entries[name].file_size} bytes, more than a torch.save "
+                                  f"file ever holds there ({limit})")
     order = zf.read(entries[prefix + "byteorder"]).decode("ascii", "replace") \
         if prefix + "byteorder" in entries else "little"
     if order not in ("little", "big"):
@@ -240,7 +280,7 @@ def _unpickle_archive(path: Path, zf: zipfile.ZipFile) -> tuple[object, dict[int
         if info is None:
             raise CheckpointError(f"{source}: storage {key!r} is missing from the archive ({prefix}data/{key})")
         element = np.dtype("uint16" if dtype == "bfloat16" else dtype).newbyteorder("<" if order == "little" else ">")
-        raw = _entry_bytes(path, zf, info, mm)
+        raw = _entry_bytes(path, info, mm)
         if numel < 0 or raw.size < numel * element.itemsize:
             raise CheckpointError(f"{source}: storage {key!r} should hold {numel} {dtype} elements "
                                   f"({numel * element.itemsize} bytes) but has {raw.size} bytes")

@@ -56,6 +56,11 @@ class BatchEncoding(dict):
 def padding_strategies(padding, truncation, max_length, pad_to_multiple_of, model_max_length: int,
                        pad_id: int | None):
     """HF's _get_padding_truncation_strategies: ("longest"|"max_length"|None, "longest_first"|None, max_length)."""
+    for name, v in (("max_length", max_length), ("pad_to_multiple_of", pad_to_multiple_of)):
+        if v is not None and not isinstance(v, (int, np.integer)):  # transformers' own TypeError, with the name
+            raise TypeError(f"{name} must be an integer or None, got {v!r}")
+        if v is not None and v < 0:  # transformers' fast tokenizers raise OverflowError deep in Rust
+            raise ValueError(f"{name} must be >= 0, got {v}")
     if max_length is not None and padding is False and truncation is None:
         truncation = "longest_first"  # HF: max_length alone turns truncation on
     kinds = {True: "longest", False: None, "longest": "longest", "max_length": "max_length", "do_not_pad": None}
@@ -174,6 +179,10 @@ def cut_after_final_message(rendered: str, final: str) -> str:
 
 
 # --- saving -------------------------------------------------------------------------------------------
+# the files a vocabulary may be read from (transformers: tokenizer.json first, then the slow tokenizers' files)
+VOCABULARY_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "merges.txt", "added_tokens.json")
+
+
 def write_file(path: Path, data: bytes | str) -> str:
     """Write text (UTF-8) or bytes through a temporary file and a rename; the path written, as a str."""
     from ..atomic import replacing

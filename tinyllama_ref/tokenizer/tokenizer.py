@@ -543,13 +543,18 @@ class Tokenizer:
         """Write a tokenizer directory that transformers' AutoTokenizer and our load_tokenizer both read back
         to the same ids: tokenizer.model (SentencePiece) or tokenizer.json (byte-level BPE, or a GGUF
         vocabulary), then tokenizer_config.json, special_tokens_map.json and chat_template.jinja (where
-        transformers 5 keeps the template). Every file is written atomically."""
+        transformers 5 keeps the template). Every file is written atomically. Another tokenizer's files in the
+        directory (a tokenizer.model beside the tokenizer.json saved, a chat_template.jinja when this tokenizer
+        has no template) are removed first: they would load in place of, or over, what was saved."""
         directory = Path(save_directory)
         if directory.is_file():
             raise NotADirectoryError(f"save_pretrained: {directory} is a file, not a directory")
         directory.mkdir(parents=True, exist_ok=True)
         prefix = f"{filename_prefix}-" if filename_prefix else ""
         name, vocabulary = hf_api.vocabulary_file(self)
+        stale = sorted({f"{prefix}{n}" for n in hf_api.VOCABULARY_FILES} - {f"{prefix}{name}"})
+        for n in stale + ["chat_template.jinja"] * (not self.chat_template):
+            (directory / n).unlink(missing_ok=True)  # first: a crash leaves no other vocabulary beside this config
         config = hf_api.json_text(hf_api.tokenizer_config(self))
         files = [hf_api.write_file(directory / f"{prefix}{name}", vocabulary),
                  hf_api.write_file(directory / f"{prefix}tokenizer_config.json", config)]
