@@ -226,7 +226,8 @@ def main() -> None:
     if 2 in probes:
         measured = dict(probes[2])
         latency = measured[4 * PROBE_FLOATS[0]] / 2  # 8 KiB on 2 ranks: 2 steps, latency-bound
-        bus = 2 * (2 - 1) / 2 * 4 * PROBE_FLOATS[-1] / measured[4 * PROBE_FLOATS[-1]] / 1e9  # 32 MiB: bandwidth-bound
+        bus = max(b / t / 1e9 for b, t in probes[2] if b >= 2**18)  # 256 KiB and up: bandwidth-bound (2 ranks:
+        # a ring moves 2(n-1)/n = 1 times the bytes); the best of them, as a loaded machine slows some probes
         print("\nLlama-2-70B in float32 on N machines, on paper: each streams its 1/N of the weights at this "
               "machine's one-thread matvec bandwidth; every decode step adds 2 ring all-reduces per layer of one "
               "token's 32 KiB (+2 gathers)")

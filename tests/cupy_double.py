@@ -17,7 +17,8 @@ data, a Python list used as an index or assigned into an array). Tests read the 
 print `transfers.log` (where each one happened) when a budget is exceeded.
 
 `fuse` returns the function itself, so a fused kernel runs as the Python it is written in; `cuda` and
-`random` hold what the package and the benchmarks call. What the double cannot show is speed, memory,
+`random` hold what the package and the benchmarks call; `cupyx.distributed` (installed as sys.modules
+"cupyx" and "cupyx.distributed" where a test needs it) does NCCL's collectives with MPI underneath. What the double cannot show is speed, memory,
 or CUDA's own numerics: real CuPy runs the same tests when a GPU is present.
 """
 from __future__ import annotations

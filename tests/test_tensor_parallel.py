@@ -108,6 +108,30 @@ def test_threads_as_ranks_on_the_cupy_double(tmp_path, double):
         assert np.abs(prefill - ref).max() <= TOL and np.abs(decoded - ref).max() <= TOL
 
 
+def test_each_rank_runs_the_books_forward_and_its_one_layer(tmp_path, monkeypatch):
+    """The split is operations handed to the one layer (`model.layer_ops`), not a second layer: on 2 ranks,
+    `llama.forward` runs once per rank and `llama.decoder_layer` once per layer per rank."""
+    from tinyllama_ref import llama
+
+    config = tl.LlamaConfig(vocab_size=40, hidden_size=32, intermediate_size=48, num_hidden_layers=3,
+                            num_attention_heads=4, num_key_value_heads=2)
+    tl.build_model(config, random_tensors(config)).save_pretrained(tmp_path)
+    calls = {"forward": 0, "decoder_layer": 0}
+
+    def counted(name, fn):
+        def run(*args, **kwargs):
+            calls[name] += 1  # two threads may add at once: += on a dict item holds the GIL throughout
+            return fn(*args, **kwargs)
+        return run
+
+    monkeypatch.setattr(llama, "forward", counted("forward", llama.forward))
+    monkeypatch.setattr(llama, "decoder_layer", counted("decoder_layer", llama.decoder_layer))
+    ops = run_ranks(2, lambda comm: (lambda m: (m([[1, 2, 3]]), m.ops)[1])(tl.load(tmp_path, tensor_parallel=comm)))
+    assert calls == {"forward": 2, "decoder_layer": 2 * 3}
+    assert ops[0].column_linear is llama.linear and ops[0].row_linear is not llama.linear
+    assert ops[0].rms_norm is llama.rms_norm and ops[0].apply_rope is llama.apply_rope
+
+
 def test_a_rank_holds_its_share_of_the_weights(tmp_path):
     config = tl.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
                             num_attention_heads=4, num_key_value_heads=2)
