@@ -132,6 +132,36 @@ def test_each_rank_runs_the_books_forward_and_its_one_layer(tmp_path, monkeypatc
     assert ops[0].rms_norm is llama.rms_norm and ops[0].apply_rope is llama.apply_rope
 
 
+def test_int4_on_ranks_equals_int4_in_one_process(tmp_path):
+    """int4's groups of inputs fall inside a rank's columns, so its codes and scales are one process's."""
+    config = tl.LlamaConfig(vocab_size=64, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                            num_attention_heads=4, num_key_value_heads=2)
+    tl.build_model(config, random_tensors(config, std=0.125)).save_pretrained(tmp_path)
+    ids = np.arange(10)[None] % 64
+    ref = tl.load(tmp_path, quantize="int4", group_size=16)(ids).logits
+    for logits in run_ranks(2, lambda c: tl.load(tmp_path, quantize="int4", group_size=16, tensor_parallel=c)(ids).logits):
+        assert np.abs(logits - ref).max() <= TOL
+
+
+def test_a_decode_step_on_ranks_moves_one_copy_up_and_one_down_per_rank(tmp_path, double):
+    """On the CuPy double, the collectives stay on the device: a rank's step costs what one process's costs."""
+    config = tl.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                            num_attention_heads=4, num_key_value_heads=2)
+    tl.build_model(config, random_tensors(config)).save_pretrained(tmp_path)
+
+    def rank(comm):
+        model = tl.load(tmp_path, backend="cupy", tensor_parallel=comm)
+        cache = model(np.arange(6)[None], use_cache=True).past_key_values
+        comm.all_gather(model.xp.zeros(1))  # every rank has prefilled
+        if comm.rank == 0:
+            double.transfers.reset()
+        comm.all_gather(model.xp.zeros(1))
+        model(np.array([[5]]), past_key_values=cache, use_cache=True).logits[:, -1].get()
+
+    run_ranks(2, rank)
+    assert (double.transfers.to_device, double.transfers.to_host) == (2, 2), double.transfers.report()
+
+
 def test_a_rank_holds_its_share_of_the_weights(tmp_path):
     config = tl.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
                             num_attention_heads=4, num_key_value_heads=2)
@@ -152,6 +182,8 @@ def test_what_the_ranks_cannot_share_is_refused_in_one_line(tmp_path):
         tl.load(tmp_path, tensor_parallel="nccl")
     with pytest.raises(ValueError, match="merge it first"):
         tl.load(tmp_path, tensor_parallel="mpi", adapter=tmp_path)
+    with pytest.raises(ValueError, match="use quantize='int4'"):
+        tl.load(tmp_path, tensor_parallel="mpi", quantize="int8")
     model = run_ranks(1, lambda comm: tl.load(tmp_path, tensor_parallel=comm))[0]
     with pytest.raises(tl.InputError, match="save_pretrained needs the whole model"):
         model.save_pretrained(tmp_path / "out")

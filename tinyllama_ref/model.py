@@ -440,6 +440,9 @@ def load(path: str | Path, backend: str | None = None, dtype: str = "float32", p
         if adapter is not None:
             raise ValueError("an adapter cannot be merged into one rank's slices: merge it first (tinyllama-ref "
                              "finetune --merge, or tl.load(..., adapter=...).save_pretrained), then load that")
+        if quantize == "int8":  # int4's groups fall inside a rank's columns, and its codes equal one process's
+            raise ValueError("quantize='int8' scales each whole row of o_proj and down_proj, which no rank holds "
+                             "(each has its columns): use quantize='int4', or no quantization, with tensor_parallel")
         comm = communicator(tensor_parallel, B.get_module(backend))
         slicing = rank_slicing(comm)
     from .formats.paths import GGUF, HF_DIR, META_DIR, what_path_holds
