@@ -350,7 +350,8 @@ def cmd_train(args) -> int:
     if settings.warmup_steps >= settings.steps:  # a short run warms up over its first twentieth
         settings = dataclasses.replace(settings, warmup_steps=max(1, settings.steps // 20))
     record = train_from_text(args.text_file, args.out, settings, default_model_dir(), args.model_config,
-                             progress=sys.stderr.isatty(), log=lambda line: print(line, file=sys.stderr))
+                             progress=sys.stderr.isatty(), log=lambda line: print(line, file=sys.stderr),
+                             workers=args.threads or _usable_cpus())
     print(f"wrote {args.out} ({record['tokens_per_second']:.0f} tokens/s"
           + (f", validation loss {record['val_loss']:.4f})" if "val_loss" in record else ")"))
     print(f"loss: {record['train_loss'][-1]:.4f}")
@@ -490,6 +491,11 @@ def _add_analysis_commands(sub) -> None:
     p.set_defaults(func=cmd_perplexity)
 
 
+def _usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity where the OS says, else all of them)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def _add_training_commands(sub) -> None:
     """train: a new model, in NumPy, on a text file; finetune: a LoRA adapter trained on one."""
     p = sub.add_parser("train", help="train a model from scratch on a text file", description="Train a new model "
@@ -507,6 +513,8 @@ def _add_training_commands(sub) -> None:
     p.add_argument("--lr", type=_number(float, lambda v: 0 < v < 1, "a learning rate in (0, 1)"), default=None,
                    help="peak learning rate (default: 3e-3; warmup, then cosine decay to a tenth)")
     p.add_argument("--seed", type=_positive_int, default=None, help="seeds the weights and the batches (default: 0)")
+    p.add_argument("--threads", type=_number(int, lambda v: v >= 1, "a positive integer"), default=None,
+                   help="threads sharing each batch, one BLAS thread each (default: the CPUs this process may use)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("finetune", help="train a LoRA adapter on a text file", description="Train a LoRA adapter "
