@@ -85,6 +85,21 @@ fi
 timeout "$(budget 260 5)" python benchmarks/gpu.py "${BENCH_ARGS[@]}" --out "$LOG/bench.md" > "$LOG/bench.log" 2>&1
 BENCH_RC=$?
 
+# 3b. Tensor parallelism on 2 GPUs: 2 MPI ranks, NCCL through cupyx.distributed, one GPU each, against one
+#     process on the CPU (tests/mpi_tensor_parallel.py gpu: the CuPy variants, max |Δlogits| <= 1e-5). It needs
+#     a machine with two GPUs, Open MPI and mpi4py; the device tool lends one GPU today, so there it says so.
+NGPU=$(nvidia-smi -L 2>/dev/null | wc -l)
+if [ "$SMOKE" = 0 ] && [ "$NGPU" -ge 2 ] && command -v mpirun >/dev/null && python -c "import mpi4py" 2>/dev/null; then
+  say "tensor parallelism on 2 GPUs"
+  AS_ROOT=(); [ "$(id -u)" = 0 ] && AS_ROOT=(--allow-run-as-root)
+  timeout "$(budget 120 30)" mpirun "${AS_ROOT[@]}" -n 2 -x PYTHONPATH python tests/mpi_tensor_parallel.py gpu \
+    "$LOG/tp_gpu.json" 1 > "$LOG/tp_gpu.log" 2>&1
+  TP=$(python tests/mpi_tensor_parallel.py summary "$LOG/tp_gpu.json" 2>/dev/null || echo "failed: see $LOG/tp_gpu.log")
+else
+  TP="not run: it needs 2 GPUs, Open MPI and mpi4py (this machine: $NGPU GPU(s))"
+fi
+say "tensor parallelism: $TP"
+
 # 4. One report: the tests' outcome, the benchmark's table and targets, the golden parity on CuPy.
 {
   echo "# GPU check, $(date -u +%Y-%m-%d), commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
@@ -92,6 +107,8 @@ BENCH_RC=$?
   echo "GPU tests (pytest -m gpu): ${TESTS:-no summary}"
   echo
   echo "Pointwise kernels in the benchmark: $(grep -m1 '^fused kernels: ' "$LOG/bench.log" | cut -d' ' -f3- || true)"
+  echo
+  echo "Tensor parallelism (NCCL, 2 ranks): $TP"
   echo
   if [ -s "$LOG/bench.md" ]; then cat "$LOG/bench.md"; else
     echo "benchmarks/gpu.py failed (exit $BENCH_RC):"; echo; echo '```'; tail -25 "$LOG/bench.log"; echo '```'; fi

@@ -4,7 +4,8 @@ One step = loss and gradients of a [batch, seq_len] window, clipping to norm 1, 
 `tinyllama-ref train` and tools/train_bundled_model.py do 1,600 times. Each implementation runs in its own
 subprocess (so its peak memory is its own) on the bundled model's config, from the same weights and batch.
 Prints seconds per step (best of --repeats), tokens/s, the ratio, and the step's peak memory above the
-loaded model (RSS high-water mark; ours also with per-layer recomputation, `checkpoint=True`).
+loaded model (RSS high-water mark; ours also with per-layer recomputation, `checkpoint=True`, and, with
+--threads above 1, with the batch shared by that many threads of one BLAS thread each).
 
     OMP_NUM_THREADS=2 python benchmarks/training.py                # batch 8 x 256 tokens, 2 threads
     python benchmarks/training.py --threads 1 --batch-size 2 --seq-len 64 --repeats 2
@@ -42,7 +43,7 @@ def batch(vocab: int, b: int, s: int):
     return np.random.default_rng(0).integers(3, vocab, (b, s + 1))  # s predictions per row
 
 
-def worker_ours(b: int, s: int, repeats: int, checkpoint: bool) -> dict:
+def worker_ours(b: int, s: int, repeats: int, checkpoint: bool, workers: int = 1) -> dict:
     import tinyllama_ref as tl
     from tinyllama_ref.optim import AdamW
     from tinyllama_ref.train import decays, keep_freed_memory, train_step
@@ -56,7 +57,7 @@ def worker_ours(b: int, s: int, repeats: int, checkpoint: bool) -> dict:
     best = float("inf")
     for _ in range(repeats + 1):  # the first is a warm-up
         t0 = time.perf_counter()
-        loss, _ = train_step(model, optimizer, rows, rows, 1e-4, 1.0, checkpoint)
+        loss, _ = train_step(model, optimizer, rows, rows, 1e-4, 1.0, checkpoint, workers)
         best = min(best, time.perf_counter() - t0)
     return {"seconds": best, "loss0": loss, "peak_mib": rss_now_and_peak_mib()[1] - rss_loaded}
 
@@ -100,16 +101,19 @@ def main() -> None:
     ap.add_argument("--seq-len", type=int, default=256)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "2")))
-    ap.add_argument("--worker", choices=["ours", "ours-checkpoint", "torch"], help=argparse.SUPPRESS)
+    ap.add_argument("--worker", choices=["ours", "ours-checkpoint", "ours-threads", "torch"], help=argparse.SUPPRESS)
     args = ap.parse_args()
     b, s = args.batch_size, args.seq_len
     if args.worker:
         result = (worker_torch(b, s, args.repeats, args.threads) if args.worker == "torch" else
-                  worker_ours(b, s, args.repeats, args.worker == "ours-checkpoint"))
+                  worker_ours(b, s, args.repeats, args.worker == "ours-checkpoint",
+                              args.threads if args.worker == "ours-threads" else 1))
         print(json.dumps(result))
         return
     has_torch = all(importlib.util.find_spec(m) for m in ("torch", "transformers"))
     rows = {"ours": run_worker("ours", args), "ours-checkpoint": run_worker("ours-checkpoint", args)}
+    if args.threads > 1:  # the batch shared by `threads` threads, one BLAS thread each (train.value_and_grad_threads)
+        rows["ours-threads"] = run_worker("ours-threads", args)
     if has_torch:
         rows["torch"] = run_worker("torch", args)
     tokens = b * s
@@ -119,7 +123,8 @@ def main() -> None:
     for name, r in rows.items():
         print(f"{name:16s} {r['seconds']:8.3f} {tokens / r['seconds']:9.0f} {r['peak_mib']:9.0f} {r['loss0']:10.4f}")
     if has_torch:
-        print(f"ratio (torch s/step / ours s/step): {rows['torch']['seconds'] / rows['ours']['seconds']:.2f}x")
+        best = min((r["seconds"], name) for name, r in rows.items() if name.startswith("ours") and "checkpoint" not in name)
+        print(f"ratio (torch s/step / ours s/step): {rows['torch']['seconds'] / best[0]:.2f}x ({best[1]})")
     else:
         print("torch/transformers not installed: no peer column (pip install -e '.[parity]')")
 

@@ -17,7 +17,8 @@ data, a Python list used as an index or assigned into an array). Tests read the 
 print `transfers.log` (where each one happened) when a budget is exceeded.
 
 `fuse` returns the function itself, so a fused kernel runs as the Python it is written in; `cuda` and
-`random` hold what the package and the benchmarks call. What the double cannot show is speed, memory,
+`random` hold what the package and the benchmarks call; `cupyx.distributed` (installed as sys.modules
+"cupyx" and "cupyx.distributed" where a test needs it) does NCCL's collectives with MPI underneath. What the double cannot show is speed, memory,
 or CUDA's own numerics: real CuPy runs the same tests when a GPU is present.
 """
 from __future__ import annotations
@@ -317,6 +318,9 @@ class _Device:
     def synchronize(self) -> None:
         pass
 
+    def use(self) -> None:
+        pass
+
 
 def _host_memory() -> tuple[int, int]:
     """(free, total) bytes of host memory: what the double's "device" really has."""
@@ -329,6 +333,49 @@ cuda = types.SimpleNamespace(
                                   getDeviceProperties=lambda i: {"name": b"cupy double (NumPy)"},
                                   memGetInfo=lambda: _host_memory()),  # (free, total): the host's, NumPy's
     Device=_Device)
+
+
+class _NCCLBackend:
+    """`cupyx.distributed.NCCLBackend` with MPI underneath (mpi4py on the arrays' NumPy insides): what NCCL
+    does on GPUs, so a tensor-parallel model on the double runs its real collectives across MPI ranks."""
+
+    def __init__(self, n_devices: int, rank: int, **kwargs):
+        from mpi4py import MPI
+
+        self._mpi, self._sum = MPI.COMM_WORLD, MPI.SUM
+        if (self._mpi.Get_size(), self._mpi.Get_rank()) != (n_devices, rank):
+            raise ValueError(f"rank {rank} of {n_devices} does not match MPI's {self._mpi.Get_rank()} of "
+                             f"{self._mpi.Get_size()}")
+
+    @staticmethod
+    def _inside(*arrays) -> list:
+        for a in arrays:
+            if not isinstance(a, ndarray):
+                raise TypeError(f"NCCL moves device arrays, got {type(a).__name__}")
+            if not a._a.flags.c_contiguous:
+                raise RuntimeError("NCCL requires arrays to be either c- or f-contiguous")  # CuPy's own message
+        return [a._a for a in arrays]
+
+    def all_reduce(self, in_array, out_array, op="sum", stream=None):
+        src, dst = self._inside(in_array, out_array)
+        wide = src.astype(np.float32) if src.dtype == np.float16 else src  # NCCL sums float16; MPI cannot
+        total = np.empty_like(wide)
+        self._mpi.Allreduce(wide, total, op=self._sum)
+        dst[...] = total
+
+    def all_gather(self, in_array, out_array, count, stream=None):
+        src, dst = self._inside(in_array, out_array)
+        self._mpi.Allgather(src.reshape(-1)[:count].view(np.uint8), dst.reshape(-1).view(np.uint8))
+
+
+def _init_process_group(n_devices, rank, *, backend="nccl", host=None, port=None, use_mpi=False):
+    return _NCCLBackend(n_devices, rank)
+
+
+cupyx = types.ModuleType("cupyx")  # sys.modules["cupyx"] and ["cupyx.distributed"] where a test needs them
+cupyx.distributed = types.ModuleType("cupyx.distributed")
+cupyx.distributed.init_process_group = _init_process_group
+cupyx.distributed.NCCLBackend = _NCCLBackend
 
 
 def __getattr__(name):

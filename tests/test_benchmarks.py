@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -142,3 +143,17 @@ def test_training_benchmark_prints_its_table():
         (theirs,) = [r for r in table_rows(out, "torch") if r[0] == "torch"]
         assert abs(float(theirs[-1]) - float(ours[0][-1])) < 1e-3  # same weights, same batch, same loss
         assert "ratio (torch s/step / ours s/step)" in out
+
+
+@pytest.mark.skipif(shutil.which("mpirun") is None or importlib.util.find_spec("mpi4py") is None,
+                    reason="benchmarks/tp.py runs under mpirun: apt-get install openmpi-bin libopenmpi-dev, then "
+                           "pip install mpi4py (.ci/run's last step does)")
+def test_tp_benchmark_smoke_on_a_tiny_shape(tmp_path):
+    out = run_script("benchmarks/tp.py", "--shape", "tiny", "--prompt-tokens", "8", "--new-tokens", "4",
+                     "--cache", str(tmp_path))
+    rows = {}
+    for line in out.splitlines():  # the speed table's rows come before the projection's
+        if line.split()[:1] in (["1"], ["2"]):
+            rows.setdefault(line.split()[0], line.split())
+    assert rows["1"][-1] == rows["2"][-1] == "same"  # 2 ranks chose the plain process's greedy tokens
+    assert "Llama-2-70B" in out and "all-reduce on 2 ranks" in out

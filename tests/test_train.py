@@ -100,3 +100,27 @@ def test_bad_arguments_get_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no window of 256 tokens" in err[0]
     assert not (tmp_path / "o").exists()  # nothing written
+
+
+@pytest.mark.parametrize("dtype, tol", [("float64", 1e-12), ("float32", 1e-5)])  # relative to max |g| per tensor
+def test_threads_sharing_a_batch_give_the_whole_batchs_gradients(dtype, tol):
+    """Two or three workers, uneven shares, -100 labels and a tied head: the kept-count weighted mean of the
+    shares' losses and gradients is the whole batch's."""
+    from tinyllama_ref.formats.checkpoint import flatten
+    from tinyllama_ref.train import value_and_grad_threads
+
+    config = LlamaConfig.from_dict(dict(vocab_size=64, hidden_size=16, intermediate_size=24, num_hidden_layers=2,
+                                        num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True,
+                                        max_position_embeddings=32))
+    model = tl.build_model(config, initial_tensors(config, seed=2), dtype=dtype)
+    rng = np.random.default_rng(1)
+    ids = rng.integers(0, 64, (5, 9))
+    labels = np.where(rng.random((5, 9)) < 0.3, -100, ids)
+    loss, grads = tl.value_and_grad(model, ids, labels)
+    for workers in (2, 3):
+        loss_t, grads_t = value_and_grad_threads(model, ids, labels, workers)
+        assert abs(float(loss_t) - float(loss)) <= tol * abs(float(loss))
+        flat = flatten(grads_t)
+        assert flat["lm_head.weight"] is flat["model.embed_tokens.weight"]
+        for name, want in flatten(grads).items():
+            assert np.abs(flat[name] - want).max() <= tol * np.abs(want).max(), name

@@ -98,3 +98,29 @@ def available_memory(xp=np) -> int | None:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):
         return None
+
+
+
+_BLAS_THREADS = ("openblas_{}_num_threads", "openblas_{}_num_threads64_", "scipy_openblas_{}_num_threads",
+                 "scipy_openblas_{}_num_threads64_")  # NumPy's wheels bundle OpenBLAS under a prefixed name
+
+
+def blas_threads():
+    """(get, set) of the loaded OpenBLAS's thread count, found in this process's mapped libraries; None when
+    there is none (another BLAS, or no /proc)."""
+    import ctypes
+
+    try:
+        with open("/proc/self/maps") as f:
+            paths = {line.split()[-1] for line in f if "openblas" in line.lower() and "/" in line}
+    except OSError:
+        return None
+    for path in sorted(paths):
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        for name in _BLAS_THREADS:
+            if hasattr(lib, name.format("set")) and hasattr(lib, name.format("get")):
+                return getattr(lib, name.format("get")), getattr(lib, name.format("set"))
+    return None

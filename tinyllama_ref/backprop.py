@@ -234,6 +234,8 @@ def check_trainable(model) -> None:
                                                 f"{c.hidden_act!r}"),
         (model.quantize is not None, f"a {model.quantize} model cannot be trained: load it without quantize="),
         (model.dtype == "float16", "train in float32 or float64: float16 has no BLAS matmul on the CPU"),
+        (getattr(model, "comm", None) is not None, "a model split over ranks (tensor_parallel) cannot be trained: "
+                                                   "load it whole"),
     ]
     for refused, why in refusals:
         if refused:

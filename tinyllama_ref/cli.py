@@ -49,8 +49,13 @@ def _load(args, progress: bool = True):
     path = resolve_model(args.model)
     model = tl.load(path, backend=args.backend, dtype=args.dtype, progress=progress and sys.stderr.isatty(),
                     quantize=args.quantize, group_size=args.group_size, adapter=args.adapter,
-                    fused=os.environ.get("TINYLLAMA_FUSED", "1") != "0")  # CuPy's fused kernels: on unless =0
+                    fused=os.environ.get("TINYLLAMA_FUSED", "1") != "0",  # CuPy's fused kernels: on unless =0
+                    tensor_parallel="mpi" if getattr(args, "tensor_parallel", False) else None)
     tokenizer = tl.load_tokenizer(path)
+    if model.comm is not None:  # one rank of an MPI job: rank 0 alone prints
+        from .distributed import quiet_unless_root
+
+        quiet_unless_root(model.comm)
     return model, tokenizer
 
 
@@ -105,6 +110,11 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                    help="int4: inputs sharing one scale (default: per weight, the largest of 128, 64, 32 that "
                         "divides its input; info --quantize int4 shows them)")
     p.add_argument("--adapter", help="a PEFT LoRA adapter directory, merged into the weights as they load")
+
+
+def _add_tensor_parallel_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tensor-parallel", action="store_true", help="run as one rank of an MPI job (mpirun -n N "
+                   "tinyllama-ref ...): each rank holds 1/N of every layer; rank 0 prints")
 
 
 def _add_sampling_args(p: argparse.ArgumentParser) -> None:
@@ -162,7 +172,12 @@ def cmd_chat(args) -> int:
             pass
     if hasattr(sys.stdin, "reconfigure"):  # a line that is not UTF-8 arrives with surrogates; chat skips it
         sys.stdin.reconfigure(errors="surrogateescape")
-    chat(model, tokenizer, system=args.system, **_sampling_args(args))  # chat builds its SamplingParams
+    read = input
+    if model.comm is not None:  # rank 0 reads each line and hands it to the other ranks
+        from .distributed import root_input
+
+        read = root_input(model.comm)
+    chat(model, tokenizer, system=args.system, input_fn=read, **_sampling_args(args))  # chat builds its SamplingParams
     return 0
 
 
@@ -192,7 +207,7 @@ def cmd_info(args) -> int:
         print(f"int4 groups: {how}: " + "; ".join(
             f"{g} for {', '.join(p for p, _ in projs)} (input {'/'.join(sorted({str(n) for _, n in projs}))})"
             for g, projs in group_sizes(model.params).items()))
-    print(f"blas:       {blas_threads()}")
+    print(f"blas:       {blas_info()}")
     tensors = flatten(model.params)
     print(f"tensors:    {len(tensors)}")
     shown = [k for k in tensors if ".layers." not in k or ".layers.0." in k]
@@ -203,24 +218,27 @@ def cmd_info(args) -> int:
     return 0
 
 
-def blas_threads() -> str:
-    """NumPy's BLAS and its thread count (threadpoolctl reads the loaded library), and when to lower it."""
+def blas_info() -> str:
+    """NumPy's BLAS (its build config) and the loaded OpenBLAS's thread count (`backend.blas_threads`), and when
+    to lower it."""
     import numpy as np
 
-    try:
-        from threadpoolctl import threadpool_info
-    except ImportError:  # a dependency, but an install may lack it: say what is known
+    from .backend import blas_threads
+
+    try:  # NumPy >= 1.25
         config = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
-        return f"{config.get('name', '?')} {config.get('version', '')} (threads: pip install threadpoolctl to see)"
-    pools = [p for p in threadpool_info() if p["user_api"] == "blas"]
-    if not pools:
-        return "no BLAS library loaded by NumPy was found"
-    p = pools[0]
-    where = next((f" from {v}={os.environ[v]}" for v in ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "OMP_NUM_THREADS")
+        name = f"{config.get('name', '?')} {config.get('version', '')}".strip()
+    except (TypeError, KeyError):
+        name = "NumPy's BLAS"
+    calls = blas_threads()
+    if calls is None:  # another BLAS than OpenBLAS, or no /proc: its own variable sets its threads
+        return f"{name} (threads: not read; MKL reads MKL_NUM_THREADS, most read OMP_NUM_THREADS)"
+    n = calls[0]()
+    where = next((f" from {v}={os.environ[v]}" for v in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")
                   if os.environ.get(v)), " (its default)")
     hint = ("; where the cores are busy, OPENBLAS_NUM_THREADS=1 can decode several times faster "
-            "(docs/guides/performance.md)") if p["num_threads"] > 1 else ""
-    return f"{p['internal_api']} {p.get('version') or ''}, {p['num_threads']} thread(s){where}{hint}"
+            "(docs/guides/performance.md)") if n > 1 else ""
+    return f"{name}, {n} thread(s){where}{hint}"
 
 
 def cmd_tokenize(args) -> int:
@@ -369,7 +387,8 @@ def cmd_train(args) -> int:
     if settings.warmup_steps >= settings.steps:  # a short run warms up over its first twentieth
         settings = dataclasses.replace(settings, warmup_steps=max(1, settings.steps // 20))
     record = train_from_text(args.text_file, args.out, settings, default_model_dir(), args.model_config,
-                             progress=sys.stderr.isatty(), log=lambda line: print(line, file=sys.stderr))
+                             progress=sys.stderr.isatty(), log=lambda line: print(line, file=sys.stderr),
+                             workers=args.threads or _usable_cpus())
     print(f"wrote {args.out} ({record['tokens_per_second']:.0f} tokens/s"
           + (f", validation loss {record['val_loss']:.4f})" if "val_loss" in record else ")"))
     print(f"loss: {record['train_loss'][-1]:.4f}")
@@ -408,6 +427,7 @@ def _add_text_commands(sub) -> None:
     _add_model_args(p)
     _add_sampling_args(p)
     p.add_argument("--stop", action="append", help="stop string (repeatable)")
+    _add_tensor_parallel_arg(p)
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("chat", help="talk to a chat model", description="An interactive chat. Ctrl-C stops an "
@@ -416,6 +436,7 @@ def _add_text_commands(sub) -> None:
     _add_model_args(p)
     _add_sampling_args(p)
     p.add_argument("--system", help="system prompt")
+    _add_tensor_parallel_arg(p)
     p.set_defaults(func=cmd_chat)
 
 
@@ -505,7 +526,13 @@ def _add_analysis_commands(sub) -> None:
                                                                           "model's context)")
     p.add_argument("--stride", type=_positive_int, default=None, help="tokens between window starts (default: "
                                                                       "max-length)")
+    _add_tensor_parallel_arg(p)
     p.set_defaults(func=cmd_perplexity)
+
+
+def _usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity where the OS says, else all of them)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def _add_training_commands(sub) -> None:
@@ -525,6 +552,8 @@ def _add_training_commands(sub) -> None:
     p.add_argument("--lr", type=_number(float, lambda v: 0 < v < 1, "a learning rate in (0, 1)"), default=None,
                    help="peak learning rate (default: 3e-3; warmup, then cosine decay to a tenth)")
     p.add_argument("--seed", type=_positive_int, default=None, help="seeds the weights and the batches (default: 0)")
+    p.add_argument("--threads", type=_number(int, lambda v: v >= 1, "a positive integer"), default=None,
+                   help="threads sharing each batch, one BLAS thread each (default: the CPUs this process may use)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("finetune", help="train a LoRA adapter on a text file", description="Train a LoRA adapter "

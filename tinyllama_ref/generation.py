@@ -197,7 +197,8 @@ def generate_ids(model, prompts: Sequence[Sequence[int]], sp: SamplingParams, eo
     # cache, the attention mask (the prompt's padding, then a 1 for every new token) and the next positions.
     b, n = ids.shape
     capacity = min(n + sp.max_new_tokens, limit)
-    cache = KVCache.allocate(model.config, b, capacity, like=model.params["model"]["embed_tokens"]["weight"])
+    cache = KVCache.allocate(model.config, b, capacity, like=model.params["model"]["embed_tokens"]["weight"],
+                             shards=model.shards)
     full_mask = xp.ones((b, capacity), dtype=np.int64)
     full_mask[:, :n] = xp.asarray(mask)  # copied up once
     next_positions = full_mask[:, :n].sum(axis=-1, keepdims=True)  # [b, 1]: each row's count of real tokens

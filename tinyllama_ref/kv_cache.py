@@ -25,14 +25,16 @@ class KVCache:
     signature: tuple = ()
 
     @classmethod
-    def allocate(cls, config, batch: int, capacity: int, like) -> "KVCache":
-        """Zeroed buffers for `capacity` tokens, of the dtype and array module of `like`."""
+    def allocate(cls, config, batch: int, capacity: int, like, shards: int = 1) -> "KVCache":
+        """Zeroed buffers for `capacity` tokens, of the dtype and array module of `like`. A tensor-parallel
+        rank, one of `shards`, caches its own key/value heads: 1/shards of them (`tensor_parallel.py`)."""
         xp = xp_of(like)
-        shape = (batch, config.num_key_value_heads, capacity, config.head_dim)
+        signature = cache_signature(config, shards)
+        shape = (batch, signature[1], capacity, config.head_dim)
         n = config.num_hidden_layers
         return cls(keys=[xp.zeros(shape, dtype=like.dtype) for _ in range(n)],
                    values=[xp.zeros(shape, dtype=like.dtype) for _ in range(n)],
-                   signature=cache_signature(config))
+                   signature=signature)
 
     @property
     def capacity(self) -> int:
@@ -73,6 +75,7 @@ class KVCache:
                 store[i] = new
 
 
-def cache_signature(config) -> tuple:
-    """(layers, kv_heads, head_dim): what a cache must match to be used with a model."""
-    return (config.num_hidden_layers, config.num_key_value_heads, config.head_dim)
+def cache_signature(config, shards: int = 1) -> tuple:
+    """(layers, kv_heads, head_dim): what a cache must match to be used with a model (kv_heads: a rank's own,
+    one of `shards`)."""
+    return (config.num_hidden_layers, config.num_key_value_heads // shards, config.head_dim)

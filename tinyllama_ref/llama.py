@@ -188,10 +188,9 @@ class LayerOps:
 
     The defaults are this file's functions: the paper's model. `column_linear` and `row_linear` (Meta's
     `ColumnParallelLinear` and `RowParallelLinear`) are $x W^\top + b$ for the projections that make
-    features (q, k, v, gate, up) and those that sum them back (o, down): `pretraining_tp` slices them,
-    int8/int4 weights are dequantized inside them. `act_mul` is the gated product (`activations.py`);
-    CuPy fuses it, `rms_norm` and `apply_rope` into single kernels (`fused.py`); Open-Llama's `embed` adds
-    a LayerNorm; `observe(prefix, **named)` sees each intermediate under its dump name (`parity.py`).
+    features (q, k, v, gate, up) and those that sum them back (o, down): `pretraining_tp` slices them; across
+    ranks `row_linear` all-reduces, `embed` and `head_linear` gather (`tensor_parallel.py`). `act_mul`: the
+    gated product, fused on CuPy with `rms_norm` and `apply_rope`; Open-Llama's `embed` adds a LayerNorm.
     """
 
     column_linear: Callable = linear
@@ -200,6 +199,7 @@ class LayerOps:
     rms_norm: Callable = rms_norm
     apply_rope: Callable = apply_rope
     embed: Callable = embed
+    head_linear: Callable = linear
     observe: Callable = ignore
 
 
@@ -282,18 +282,18 @@ def transformer(params: dict, config, input_ids, position_ids=None, attention_ma
     return x
 
 
-def lm_head(params: dict, x, logits_to_keep=0):
+def lm_head(params: dict, x, logits_to_keep=0, ops: LayerOps = PAPER):
     r"""Next-token scores $x W_\text{lm}^\top$, one per vocabulary entry: [b, s, D] -> [b, s_kept, V] for every
     position (0), the last k (int k) or given indices, as transformers' `logits_to_keep`."""
     if isinstance(logits_to_keep, (int, np.integer)):
         x = x if logits_to_keep == 0 else x[:, -int(logits_to_keep):]
     else:
         x = x[:, xp_of(x).asarray(logits_to_keep)]
-    return x @ params["lm_head"]["weight"].T
+    return ops.head_linear(x, params["lm_head"])
 
 
 def forward(params: dict, config, input_ids, position_ids=None, attention_mask=None, cache=None, rope=None,
             ops: LayerOps = PAPER, logits_to_keep=0):
     """Logits [b, s, V] for token ids [b, s]: the whole model, `transformer` then `lm_head`."""
     x = transformer(params, config, input_ids, position_ids, attention_mask, cache, rope, ops)
-    return lm_head(params, x, logits_to_keep)
+    return lm_head(params, x, logits_to_keep, ops)

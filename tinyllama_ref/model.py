@@ -27,7 +27,7 @@ from . import fused as fused_kernels
 from .config import ConfigError, LlamaConfig, check_generation_config
 from .kv_cache import KVCache, cache_signature
 from .rope_scaling import RopeTables
-from .tensor_parallel import sliced_linears
+from .tensor_parallel import parallel_ops, sliced_linears
 from .formats.checkpoint import build_params, flatten, read_checkpoint_tensors
 from .formats.peft_lora import apply_adapter
 
@@ -48,7 +48,7 @@ class ModelOutput:
     extras: dict = field(default_factory=dict)
 
 
-def check_inputs(config: LlamaConfig, input_ids, attention_mask, position_ids, cache, xp):
+def check_inputs(config: LlamaConfig, input_ids, attention_mask, position_ids, cache, xp, shards: int = 1):
     """Validate ids, mask, positions and cache; return them as backend arrays with defaults filled in.
 
     Host (NumPy) inputs are checked on the host, then copied to the device once: the checks cost no
@@ -71,9 +71,9 @@ def check_inputs(config: LlamaConfig, input_ids, attention_mask, position_ids, c
     if cache is not None:
         if not isinstance(cache, KVCache):
             raise InputError(f"past_key_values must be a KVCache returned by this model, got {type(cache).__name__}")
-        if cache.signature != cache_signature(config):
+        if cache.signature != cache_signature(config, shards):
             raise InputError(f"past_key_values comes from another model: cache (layers, kv_heads, head_dim) = "
-                             f"{cache.signature}, this model {cache_signature(config)}")
+                             f"{cache.signature}, this model {cache_signature(config, shards)}")
         if cache.batch_size != b:
             raise InputError(f"past_key_values holds batch {cache.batch_size}, input_ids has batch {b}")
         past = cache.length
@@ -107,19 +107,22 @@ def check_ids_in_vocabulary(ids: np.ndarray, vocab_size: int) -> None:
                          f"[0, {vocab_size})")
 
 
-def layer_ops(config: LlamaConfig, params: dict, xp=np, fused: bool = True) -> llama.LayerOps:
+def layer_ops(config: LlamaConfig, params: dict, xp=np, fused: bool = True, comm=None) -> llama.LayerOps:
     """The operations the config's variants hand to `llama.py`'s one layer, chosen once per model.
 
     `pretraining_tp` slices the projections; int8/int4 weights are dequantized just before each product;
-    another `hidden_act` changes the gated product; Open-Llama's stable embedding adds a LayerNorm; on
+    another `hidden_act` changes the gated product; with a communicator `comm` (`distributed.py`) the layer
+    spreads over its ranks (`tensor_parallel.py`); Open-Llama's stable embedding adds a LayerNorm; on
     CuPy (unless `fused=False`) the pointwise steps run as fused kernels.
     """
     linears = sliced_linears(config.pretraining_tp)  # column_linear and row_linear
     if Q.is_quantized(params):
         linears = {name: Q.dequantizing(fn) for name, fn in linears.items()}
     ops = dict(linears, act_mul=activations.gated(config.hidden_act))
+    if comm is not None:
+        ops.update(parallel_ops(ops, config, comm))  # row_linear all-reduces; embed and head_linear gather
     if config.is_open_llama and config.use_stable_embedding:
-        ops["embed"] = open_llama.stable_embedding
+        ops["embed"] = partial(open_llama.stable_embedding, lookup=ops.get("embed", llama.embed))
     if xp is not np and fused:
         kernels = fused_kernels.KERNELS
         ops.update(rms_norm=kernels["rms_norm"], apply_rope=kernels["apply_rope"])
@@ -145,23 +148,24 @@ def forward(params: dict, config: LlamaConfig, input_ids, attention_mask=None, p
             past_key_values: KVCache | None = None, use_cache: bool = False, output_hidden_states: bool = False,
             output_attentions: bool = False, labels=None, logits_to_keep: int | Sequence[int] = 0,
             trace: dict | None = None, rope: RopeTables | None = None,
-            ops: llama.LayerOps | None = None) -> ModelOutput:
+            ops: llama.LayerOps | None = None, shards: int = 1) -> ModelOutput:
     """Run the model on a batch of token ids [batch, seq]; see `ModelOutput` for what comes back.
 
     Checks the inputs, runs `llama.forward` (`llama.transformer` under another head), then the head and
     the loss. Inputs may be NumPy arrays (checked on the host, then copied to the model's device once) or
     arrays of the model's own module. `trace`, if a dict, receives every intermediate under the stable
     names of `parity.py`. `rope`: the model's RoPE frequencies, kept on its device; `ops`: its
-    `layer_ops` (`Model` passes its own; without them they are made for this call).
+    `layer_ops` (`Model` passes its own; without them they are made for this call); `shards`: the ranks a
+    tensor-parallel model is spread over (its cache holds this rank's key/value heads).
     """
     xp = B.xp_of(params["model"]["embed_tokens"]["weight"])
     cache = past_key_values
     input_ids, attention_mask, position_ids, past, furthest = check_inputs(config, input_ids, attention_mask,
-                                                                           position_ids, cache, xp)
+                                                                           position_ids, cache, xp, shards)
     labels = check_head_inputs(config, input_ids, labels, logits_to_keep, past, xp)  # before the cache is written
     if use_cache and cache is None:
         cache = KVCache.allocate(config, input_ids.shape[0], max(input_ids.shape[1], 16),
-                                 like=params["model"]["embed_tokens"]["weight"])
+                                 like=params["model"]["embed_tokens"]["weight"], shards=shards)
     # On the device already, computed once per model (Dynamic NTK and LongRoPE: once per length bucket).
     rope_freqs = (rope or RopeTables(config, xp)).for_positions(position_ids, furthest)
     ops, seen = observed(ops or layer_ops(config, params, xp), trace, output_hidden_states, output_attentions)
@@ -276,6 +280,7 @@ class Model:
     xp: Any = field(default=None, repr=False)  # numpy or cupy: resolved once, from `backend`
     rope: RopeTables | None = field(default=None, repr=False)  # RoPE frequencies on the device, made once
     ops: llama.LayerOps | None = field(default=None, repr=False)  # the variants' operations, chosen once
+    comm: Any = field(default=None, repr=False)  # tensor parallelism: this rank's communicator (`distributed.py`)
 
     def __post_init__(self):
         if self.xp is None:
@@ -284,7 +289,12 @@ class Model:
         if self.rope is None:
             self.rope = RopeTables(self.config, self.xp)
         if self.ops is None:
-            self.ops = layer_ops(self.config, self.params, self.xp, self.fused)
+            self.ops = layer_ops(self.config, self.params, self.xp, self.fused, self.comm)
+
+    @property
+    def shards(self) -> int:
+        """How many ranks this model is spread over (1: it is whole in this process)."""
+        return 1 if self.comm is None else self.comm.size
 
     def as_input(self, ids, name: str = "input_ids"):
         """Python lists, NumPy or CuPy arrays -> a [batch, seq] integer array: NumPy, or already on this
@@ -313,7 +323,8 @@ class Model:
         elif labels is not None:
             labels = self.xp.asarray(labels)
         return forward(self.params, self.config, ids, mask, pos, past_key_values, use_cache,
-                       output_hidden_states, output_attentions, labels, logits_to_keep, rope=self.rope, ops=self.ops)
+                       output_hidden_states, output_attentions, labels, logits_to_keep, rope=self.rope, ops=self.ops,
+                       shards=self.shards)
 
     def resize_token_embeddings(self, new_num_tokens: int | None = None, pad_to_multiple_of: int | None = None,
                                 mean_resizing: bool = True, seed: int | None = None):
@@ -329,6 +340,7 @@ class Model:
         from .formats.hf_writer import round_to_storage
         from .resize import resize_rows, resized_num_tokens
 
+        self.check_whole("resize_token_embeddings")
         c, m = self.config, self.params["model"]
         embed = m["embed_tokens"]["weight"]
         if new_num_tokens is None and pad_to_multiple_of is None:
@@ -358,7 +370,14 @@ class Model:
         """Write this model as a Hugging Face checkpoint directory (see `formats.hf_writer.save_pretrained`)."""
         from .formats.hf_writer import save_pretrained
 
+        self.check_whole("save_pretrained")
         return save_pretrained(self, save_directory, max_shard_size, safe_serialization)
+
+    def check_whole(self, what: str) -> None:
+        """Refuse `what` on a model spread over ranks: each holds slices, not the checkpoint."""
+        if self.comm is not None:
+            raise InputError(f"{what} needs the whole model, and this one is spread over {self.shards} ranks "
+                             f"(tensor_parallel): load it in one process for {what}")
 
     def _unique_tensors(self) -> list:
         """Every parameter array once: a tied head is the embedding's own array, counted once."""
@@ -376,26 +395,32 @@ class Model:
 
 def build_model(config: LlamaConfig, tensors: Mapping[str, np.ndarray], backend: str | None = None,
                 dtype: str = "float32", source: str = "checkpoint", progress=None, quantize: str | None = None,
-                group_size: int | None = None, fused: bool = True) -> Model:
+                group_size: int | None = None, fused: bool = True, comm=None) -> Model:
     """A Model from a config and HF-named tensors (from safetensors, GGUF, or built in memory).
 
     quantize: None, "int8" or "int4" (`quantize.py`: torchao's int8_weight_only / int4_weight_only, with
     `group_size` inputs per int4 scale; None: per weight, the largest of 128, 64, 32 dividing its input).
     fused: on CuPy, run the pointwise steps as fused kernels (`fused.py`).
+    comm: this rank's communicator (`distributed.py`); the tensors are then its slices.
     """
     Q.check_arguments(quantize, group_size)  # before any tensor is converted
     name = B.resolve_backend(backend)
     xp = B.get_module(name)
-    params = build_params(tensors, config, dtype, xp, source, progress)
+    slicing = None
+    if comm is not None:
+        from .distributed import rank_slicing
+
+        slicing = rank_slicing(comm)
+    params = build_params(tensors, config, dtype, xp, source, progress, slicing)
     if quantize:
         params = Q.quantize_params(params, quantize, group_size)
     return Model(params=params, config=config, backend=name, dtype=dtype, source=source, quantize=quantize, fused=fused,
-                 xp=xp)
+                 xp=xp, comm=comm)
 
 
 def load(path: str | Path, backend: str | None = None, dtype: str = "float32", progress: bool = False,
          quantize: str | None = None, group_size: int | None = None, fused: bool = True,
-         adapter: str | Path | None = None) -> Model:
+         adapter: str | Path | None = None, tensor_parallel=None) -> Model:
     """Load a Hugging Face checkpoint directory (config.json + safetensors), a GGUF file, or Meta's
     original checkpoint directory (params.json + consolidated.*.pth, read without torch).
 
@@ -404,10 +429,24 @@ def load(path: str | Path, backend: str | None = None, dtype: str = "float32", p
     group_size: int4's inputs per scale (None: per weight, the largest of 128, 64, 32 dividing its input).
     fused: on CuPy, the pointwise steps as fused kernels (`fused.py`); False runs the book's functions there.
     adapter: a PEFT LoRA adapter directory, merged into the weights before they are converted (`lora.py`).
+    tensor_parallel: "mpi" inside `mpirun -n N`: this process is one of N ranks, reads only its slices
+    and computes with the others (`tensor_parallel.py`, `distributed.py`); the logits come whole on every rank.
     """
     Q.check_arguments(quantize, group_size)  # before any tensor is read (a GGUF file's are decoded as they are)
     path = Path(path).expanduser()
     bar = _progress_bar if progress else None
+    comm = slicing = None
+    if tensor_parallel is not None:
+        from .distributed import communicator, rank_slicing
+
+        if adapter is not None:
+            raise ValueError("an adapter cannot be merged into one rank's slices: merge it first (tinyllama-ref "
+                             "finetune --merge, or tl.load(..., adapter=...).save_pretrained), then load that")
+        if quantize == "int8":  # int4's groups fall inside a rank's columns, and its codes equal one process's
+            raise ValueError("quantize='int8' scales each whole row of o_proj and down_proj, which no rank holds "
+                             "(each has its columns): use quantize='int4', or no quantization, with tensor_parallel")
+        comm = communicator(tensor_parallel, B.get_module(backend))
+        slicing = rank_slicing(comm)
     from .formats.paths import GGUF, HF_DIR, META_DIR, what_path_holds
 
     kind = what_path_holds(path)  # "model not found: ..." for a missing path
@@ -417,19 +456,21 @@ def load(path: str | Path, backend: str | None = None, dtype: str = "float32", p
     elif kind == META_DIR:
         from .formats.meta import read_meta_checkpoint as read
     if read is not None:
-        config_dict, tensors, _ = read(path)
+        config_dict, tensors, _ = read(path, slicing=slicing)
         config = LlamaConfig.from_dict(config_dict, source=str(path))
         tensors = tensors if adapter is None else apply_adapter(tensors, adapter, dtype)
-        model = build_model(config, tensors, backend, dtype, str(path), bar, quantize, group_size, fused)
+        model = build_model(config, tensors, backend, dtype, str(path), bar, quantize, group_size, fused, comm)
         model.generation_config = {k: config_dict[k] for k in ("bos_token_id", "eos_token_id")
                                    if config_dict.get(k) is not None}
         return model
     if kind != HF_DIR:
         raise FileNotFoundError(f"{path} is neither a checkpoint directory nor a .gguf file")
     config = LlamaConfig.from_json(path / "config.json")
-    tensors = read_checkpoint_tensors(path)
+    if slicing is not None:
+        slicing.check(config.to_dict())
+    tensors = read_checkpoint_tensors(path, slicing)
     tensors = tensors if adapter is None else apply_adapter(tensors, adapter, dtype)
-    model = build_model(config, tensors, backend, dtype, str(path), bar, quantize, group_size, fused)
+    model = build_model(config, tensors, backend, dtype, str(path), bar, quantize, group_size, fused, comm)
     gen = path / "generation_config.json"
     if gen.is_file():
         try:

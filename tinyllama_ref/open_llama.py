@@ -29,8 +29,9 @@ def layer_norm(x, weight, bias, eps: float = 1e-5):
     return ((x32 - mu) / xp.sqrt(var + F32(eps)) * weight + bias).astype(x.dtype)
 
 
-def stable_embedding(p: dict, input_ids):
+def stable_embedding(p: dict, input_ids, lookup=embed):
     """`llama.embed`, then the `embed_layer_norm` LayerNorm (weight and bias): [b, s] -> [b, s, D].
-    The `embed` of `llama.LayerOps` when the config sets `use_stable_embedding`."""
+    The `embed` of `llama.LayerOps` when the config sets `use_stable_embedding`; across ranks the
+    `lookup` is `tensor_parallel.embed_parallel`, whole vectors before the norm."""
     norm = p["embed_layer_norm"]
-    return layer_norm(embed(p, input_ids), norm["weight"], norm["bias"])
+    return layer_norm(lookup(p, input_ids), norm["weight"], norm["bias"])

@@ -112,9 +112,58 @@ def decays(name: str, arr) -> bool:
 # ---------------------------------------------------------------- the loop
 
 
-def train_step(model, optimizer: AdamW, input_ids, labels, lr: float, grad_clip: float, checkpoint: bool = False):
-    """One optimiser step: loss and gradients, the global norm clipped, AdamW at `lr`. Returns (loss, norm)."""
-    loss, grads = value_and_grad(model, input_ids, labels, checkpoint=checkpoint)
+def value_and_grad_threads(model, input_ids, labels, workers: int = 2, checkpoint: bool = False):
+    r"""`value_and_grad` of a whole batch, computed by `workers` threads on shares of its rows (NumPy only).
+
+    NumPy lets go of Python's lock inside BLAS and its loops over large arrays, so the threads run side by
+    side, each with one BLAS thread: the softmaxes, norms and activations, which NumPy runs on one core,
+    are spread too. Share $k$ keeps $n_k$ labels; the batch's loss and gradients are the kept-count
+    weighted means $\sum_k (n_k / n)\,L_k$ and $\sum_k (n_k / n)\,\nabla L_k$, which is what one call
+    on the whole batch computes (up to rounding).
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from .backend import blas_threads
+    from .formats.checkpoint import flatten
+
+    input_ids, labels = np.asarray(input_ids), np.asarray(labels)
+    shares = [rows for rows in np.array_split(np.arange(len(input_ids)), workers) if len(rows)]
+    kept = [int((labels[rows, 1:] != -100).sum()) for rows in shares]
+    if len(shares) < 2 or model.xp is not np or 0 in kept:
+        return value_and_grad(model, input_ids, labels, checkpoint=checkpoint)
+    blas = blas_threads()
+    before = blas[0]() if blas else None
+    if blas:
+        blas[1](1)  # one BLAS thread per worker: the workers are the parallelism
+    try:
+        with ThreadPoolExecutor(len(shares)) as pool:
+            results = list(pool.map(lambda rows: value_and_grad(model, input_ids[rows], labels[rows],
+                                                                checkpoint=checkpoint), shares))
+    finally:
+        if blas:
+            blas[1](before)
+    weights = [k / sum(kept) for k in kept]
+    loss = sum(w * float(r[0]) for w, r in zip(weights, results))
+    total, seen = flatten(results[0][1]), set()
+    others = [flatten(r[1]) for r in results[1:]]
+    for name, g in total.items():
+        if id(g) in seen:  # a tied head: one array, summed once
+            continue
+        seen.add(id(g))
+        g *= g.dtype.type(weights[0])
+        for w, other in zip(weights[1:], others):
+            g += g.dtype.type(w) * other[name]
+    return np.asarray(loss, dtype=model.params["model"]["norm"]["weight"].dtype), results[0][1]
+
+
+def train_step(model, optimizer: AdamW, input_ids, labels, lr: float, grad_clip: float, checkpoint: bool = False,
+               workers: int = 1):
+    """One optimiser step: loss and gradients (`workers` threads share the batch), the global norm clipped,
+    AdamW at `lr`. Returns (loss, norm)."""
+    if workers > 1:
+        loss, grads = value_and_grad_threads(model, input_ids, labels, workers, checkpoint)
+    else:
+        loss, grads = value_and_grad(model, input_ids, labels, checkpoint=checkpoint)
     norm = clip_grad_norm(grads, grad_clip)
     optimizer.lr = lr
     optimizer.step(grads)
@@ -122,9 +171,9 @@ def train_step(model, optimizer: AdamW, input_ids, labels, lr: float, grad_clip:
 
 
 def fit(model, next_batch: Callable, settings: TrainSettings, on_step: Callable | None = None,
-        checkpoint: bool = False) -> list[float]:
+        checkpoint: bool = False, workers: int = 1) -> list[float]:
     """Train `model` in place for `settings.steps` steps on `next_batch()` ([B, L] ids, used as their own
-    labels); `on_step(step, loss, lr)` after each one. Returns the losses."""
+    labels), `workers` threads sharing each batch; `on_step(step, loss, lr)` after each one. Returns the losses."""
     s = settings
     optimizer = AdamW(model.params, lr=s.lr, betas=s.betas, weight_decay=s.weight_decay,
                       no_decay=lambda name, arr: not decays(name, arr))
@@ -132,7 +181,7 @@ def fit(model, next_batch: Callable, settings: TrainSettings, on_step: Callable 
     for step in range(s.steps):
         lr = cosine_with_warmup(step, s.steps, s.warmup_steps, s.lr, s.min_lr)
         rows = next_batch()
-        loss, _ = train_step(model, optimizer, rows, rows, lr, s.grad_clip, checkpoint)
+        loss, _ = train_step(model, optimizer, rows, rows, lr, s.grad_clip, checkpoint, workers)
         losses.append(loss)
         if on_step is not None:
             on_step(step, loss, lr)
@@ -162,7 +211,7 @@ def keep_freed_memory() -> bool:
 
 
 def train_from_text(text_file: str | Path, out: str | Path, settings: TrainSettings, bundled: Path,
-                    model_config="bundled", progress: bool = True, log=print) -> dict:
+                    model_config="bundled", progress: bool = True, log=print, workers: int = 1) -> dict:
     """The `tinyllama-ref train` command: a new model (the config of the model in `bundled`, or a config.json,
     and `bundled`'s tokenizer) trained on a text file, written as a Hugging Face checkpoint to `out`.
     Returns the training record (also written beside the weights as training_log.json)."""
@@ -192,7 +241,7 @@ def train_from_text(text_file: str | Path, out: str | Path, settings: TrainSetti
         if step % 50 == 0 or step == settings.steps - 1:
             log(f"step {step:5d}  loss {loss:.4f}  lr {lr:.2e}  {time.perf_counter() - started:7.1f}s")
 
-    losses = fit(model, next_batch, settings, on_step)
+    losses = fit(model, next_batch, settings, on_step, workers=workers)
     if bar is not None:
         bar.close()
     seconds = time.perf_counter() - started

@@ -312,8 +312,8 @@ def finish_log(log, start, n_params, t):
 
 def train_numpy(data, t, threads):
     """`train` with tinyllama_ref's NumPy backward passes and AdamW instead of PyTorch: the same batches (the
-    same generator and seeds), schedule, clipping, weight decay rule and validation batches. BLAS threads come
-    from OMP_NUM_THREADS / OPENBLAS_NUM_THREADS, set before NumPy loads (the docstring's command line does)."""
+    same generator and seeds), schedule, clipping, weight decay rule and validation batches. `threads` threads
+    share each batch, with one BLAS thread each, where torch runs `threads` intra-op threads."""
     import tinyllama_ref as tl
     from tinyllama_ref.config import LlamaConfig as ConfigOfOurs
     from tinyllama_ref.train import TrainSettings, fit, initial_tensors, keep_freed_memory, mean_loss
@@ -322,8 +322,7 @@ def train_numpy(data, t, threads):
     config = ConfigOfOurs.from_dict(dict(MODEL_CONFIG, architectures=["LlamaForCausalLM"], model_type="llama"))
     model = tl.build_model(config, initial_tensors(config, SEED))
     n_params = model.num_parameters()
-    print(f"parameters: {n_params:,} (NumPy, {os.environ.get('OPENBLAS_NUM_THREADS') or os.environ.get('OMP_NUM_THREADS')} "
-          f"BLAS threads; --threads {threads} is torch's)", flush=True)
+    print(f"parameters: {n_params:,} (NumPy: {threads} threads share each batch)", flush=True)
     settings = TrainSettings(**{k: t[k] for k in ("steps", "batch_size", "lr", "min_lr", "warmup_steps", "weight_decay",
                                                   "betas", "grad_clip")}, seq_len=SEQ_LEN, seed=SEED)
     rng = np.random.default_rng(SEED)
@@ -333,7 +332,8 @@ def train_numpy(data, t, threads):
     log = {"steps": [], "train_loss": [], "lr": [], "val": [], "tokens_per_step": t["batch_size"] * SEQ_LEN}
     start, recent = time.time(), []
     fit(model, lambda: whole(*sample_batch(*data["train"], t["batch_size"], rng)), settings,
-        lambda step, loss, lr: record_step(log, recent, step, loss, lr, t, start, lambda: mean_loss(model, val_batches)))
+        lambda step, loss, lr: record_step(log, recent, step, loss, lr, t, start, lambda: mean_loss(model, val_batches)),
+        workers=threads)  # `threads` threads share each batch, one BLAS thread each (train.value_and_grad_threads)
     finish_log(log, start, n_params, t)
     return model, log
 

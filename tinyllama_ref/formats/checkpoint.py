@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
+from typing import Callable, Mapping
 
 import numpy as np
 
@@ -57,11 +58,37 @@ def _inside(ckpt_dir: Path, name: str, index: Path) -> Path:
     return ckpt_dir / path
 
 
-def read_checkpoint_tensors(ckpt_dir: str | Path) -> dict[str, np.ndarray]:
-    """Every tensor of a (possibly sharded) safetensors checkpoint directory, by name."""
+@dataclass(frozen=True)
+class Slicing:
+    """Which slice of each tensor a reader keeps: one rank's, of `size` ranks (`distributed.rank_slicing`).
+
+    `index(name, shape)` is the NumPy index of the slice (`()`: the whole tensor); `check(config_dict)`
+    refuses a model the ranks cannot share, before any tensor is read. Meta's shard files are already
+    cut this way: rank r reads `consolidated.0r.pth` alone.
+    """
+
+    rank: int
+    size: int
+    index: Callable
+    check: Callable = lambda config: None
+
+    def take(self, name: str, arr: np.ndarray) -> np.ndarray:
+        """This rank's slice of `arr`, copied out of the file: the rest of a memory map is never read, and
+        once every slice is copied the map is closed (its pages no longer count in this process's memory)."""
+        return np.array(arr[self.index(name, arr.shape)])
+
+    def shape(self, name: str, shape: tuple) -> tuple:
+        """The shape of this rank's slice of a tensor of `shape`."""
+        index = self.index(name, shape)
+        index += (slice(None),) * (len(shape) - len(index))
+        return tuple(len(range(*s.indices(n))) for s, n in zip(index, shape))
+
+
+def read_checkpoint_tensors(ckpt_dir: str | Path, slicing: Slicing | None = None) -> dict[str, np.ndarray]:
+    """Every tensor of a (possibly sharded) safetensors checkpoint directory, by name (`slicing`: a rank's slices)."""
     tensors: dict[str, np.ndarray] = {}
     for f in checkpoint_files(Path(ckpt_dir)):
-        for name, arr in read_safetensors(f).items():
+        for name, arr in read_safetensors(f, slicing).items():
             if name in tensors:
                 raise CheckpointError(f"{f}: tensor {name!r} appears in more than one shard")
             tensors[name] = arr
@@ -132,10 +159,12 @@ def _ranges(ids: list[int]) -> str:
     return ", ".join(f"{a}-{b}" if b > a else f"{a}" for a, b in runs) or "none"
 
 
-def check_tensors(tensors: Mapping[str, np.ndarray], config: LlamaConfig, source: str = "checkpoint") -> dict:
+def check_tensors(tensors: Mapping[str, np.ndarray], config: LlamaConfig, source: str = "checkpoint",
+                  slicing: Slicing | None = None) -> dict:
     """Check names and shapes against the config; return the tensors under canonical names.
 
     A base-model checkpoint (LlamaModel) stores names without the "model." prefix; it is added here.
+    With `slicing`, the shapes are those of one rank's slices.
     """
     if tensors and not any(k.startswith("model.") for k in tensors):
         tensors = {("model." + k if not k.startswith(("lm_head.", "score.")) else k): v for k, v in tensors.items()}
@@ -147,6 +176,8 @@ def check_tensors(tensors: Mapping[str, np.ndarray], config: LlamaConfig, source
                               f"num_hidden_layers is {config.num_hidden_layers}; the checkpoint holds layers "
                               f"{_ranges(sorted(layers))})")
     shapes, optional = expected_shapes(config)
+    if slicing is not None:
+        shapes = {k: slicing.shape(k, shape) for k, shape in shapes.items()}
     missing = [k for k in shapes if k not in present and k not in optional]
     if missing:
         more = f" (and {len(missing) - 5} more)" if len(missing) > 5 else ""
@@ -212,9 +243,10 @@ def to_compute(arr: np.ndarray, dtype: str, xp):
 
 
 def build_params(tensors: Mapping[str, np.ndarray], config: LlamaConfig, dtype: str = "float32", xp=np,
-                 source: str = "checkpoint", progress=None) -> dict:
-    """The nested parameter tree in the compute dtype, after checking every name and shape."""
-    checked = check_tensors(tensors, config, source)
+                 source: str = "checkpoint", progress=None, slicing: Slicing | None = None) -> dict:
+    """The nested parameter tree in the compute dtype, after checking every name and shape (a rank's slices
+    with `slicing`)."""
+    checked = check_tensors(tensors, config, source, slicing)
     items = checked.items() if progress is None else progress(checked.items(), total=len(checked))
     params = nest({k: to_compute(v, dtype, xp) for k, v in items})
     if config.head == "causal_lm" and config.lm_head_is_embedding:

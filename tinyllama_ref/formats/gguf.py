@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from .ggml_quants import DECODERS, dequantize
-from .gguf_file import GGUFError, GGUFTensor, read_gguf_file
+from .gguf_file import GGUFError, GGUFTensor, ggml_type, read_gguf_file
 from .qk_permutation import unpermute_qk
 from .safetensors import bf16_to_f32
 
@@ -158,13 +158,21 @@ def hf_name(gguf_name: str, source: str = "GGUF") -> str:
                     f"(known: {', '.join(GGUF_GLOBAL_PARTS)}, blk.N.{{{', '.join(GGUF_LAYER_PARTS)}}})")
 
 
-def dequantize_tensor(tensor: GGUFTensor, source: str = "GGUF") -> np.ndarray:
+def dequantize_tensor(tensor: GGUFTensor, source: str = "GGUF", index: tuple = ()) -> np.ndarray:
     """A GGUF tensor -> a float32 NumPy array of its shape (a copy, not a file view).
 
     float32, float16 and bfloat16 are plain element types; the block types (Q4_1: each run of 32
-    weights shares a scale and a minimum) are decoded by `ggml_quants.dequantize`.
+    weights shares a scale and a minimum) are decoded by `ggml_quants.dequantize`. `index`: a slice per
+    axis (a vector's, or a matrix's rows and columns); only the blocks that hold it are read and decoded.
     """
-    kind, raw = tensor.type_name, tensor.data
+    kind, raw, shape, cut = tensor.type_name, tensor.data, tensor.shape, None
+    if index:
+        rows, columns = index if len(shape) == 2 else (slice(None), index[0])
+        _, block, block_bytes = ggml_type(tensor.ggml_type)
+        first, stop, _ = columns.indices(shape[-1])
+        b0, b1 = first // block, -(-stop // block)  # the blocks that hold columns [first, stop)
+        raw = raw.reshape(-1, raw.shape[-1])[rows][:, b0 * block_bytes:b1 * block_bytes]
+        shape, cut = (raw.shape[0], (b1 - b0) * block), slice(first - b0 * block, stop - b0 * block)
     if kind == "F32":
         values = raw.view("<f4")
     elif kind == "F16":
@@ -176,13 +184,18 @@ def dequantize_tensor(tensor: GGUFTensor, source: str = "GGUF") -> np.ndarray:
     else:
         raise GGUFError(f"{source}: tensor {tensor.name!r} is stored as {kind}, which this package cannot "
                         f"dequantize (it reads F32, F16, BF16, {', '.join(DECODERS)})")
-    return np.array(values, dtype=np.float32).reshape(tensor.shape)  # np.array copies out of the file
+    values = np.array(values, dtype=np.float32).reshape(shape)  # np.array copies out of the file
+    if cut is None:
+        return values
+    values = np.ascontiguousarray(values[:, cut])
+    return values if len(tensor.shape) == 2 else values[0]
 
 
-def read_gguf(path: str | Path, progress: bool = False) -> tuple[dict, dict[str, np.ndarray], dict]:
+def read_gguf(path: str | Path, progress: bool = False, slicing=None) -> tuple[dict, dict[str, np.ndarray], dict]:
     """Read a llama GGUF file: (HF config dict, HF-named float32 tensors, all metadata as plain values).
 
     Quantized tensors are dequantized to float32; q_proj/k_proj rows are returned in HF's layout.
+    `slicing` (`checkpoint.Slicing`): only a rank's slice of each tensor is decoded.
     """
     path = Path(path)
     try:
@@ -192,6 +205,8 @@ def read_gguf(path: str | Path, progress: bool = False) -> tuple[dict, dict[str,
     source = str(path)
     metadata = file.metadata
     config = config_from_metadata(metadata, [t.name for t in file.tensors], source)
+    if slicing is not None:
+        slicing.check(config)
 
     items = file.tensors
     if progress:
@@ -201,11 +216,10 @@ def read_gguf(path: str | Path, progress: bool = False) -> tuple[dict, dict[str,
     tensors: dict[str, np.ndarray] = {}
     for t in items:
         name = hf_name(t.name, source)
-        w = dequantize_tensor(t, source)
-        if ".q_proj." in name:
-            w = unpermute_qk(w, config["num_attention_heads"])
-        elif ".k_proj." in name:
-            w = unpermute_qk(w, config["num_key_value_heads"])
+        w = dequantize_tensor(t, source, () if slicing is None else slicing.index(name, t.shape))
+        if ".q_proj." in name or ".k_proj." in name:
+            heads = config["num_attention_heads" if ".q_proj." in name else "num_key_value_heads"]
+            w = unpermute_qk(w, heads * w.shape[0] // t.shape[0])  # a rank's rows are whole heads
         tensors[name] = w
 
     embed = tensors.get("model.embed_tokens.weight")

@@ -238,27 +238,38 @@ def read_meta_config(ckpt_dir: str | Path, llama_version: str = "1") -> dict:
     return config_from_params(params, vocab_size, llama_version, str(ckpt_dir / "params.json"), special_ids)
 
 
-def read_meta_checkpoint(ckpt_dir: str | Path, llama_version: str = "1") -> tuple[dict, dict[str, np.ndarray], set[str]]:
+def read_meta_checkpoint(ckpt_dir: str | Path, llama_version: str = "1", slicing=None
+                         ) -> tuple[dict, dict[str, np.ndarray], set[str]]:
     """Read a Meta checkpoint directory: (HF config dict, HF-named tensors, names stored as bfloat16).
 
     Tensors keep their file's dtype (bfloat16: as float32, exactly); q_proj/k_proj rows come back
-    in HF's layout. Names and shapes are checked against the config.
+    in HF's layout. Names and shapes are checked against the config. With `slicing` (`checkpoint.Slicing`)
+    rank r of N reads `consolidated.0r.pth` alone, which holds its slices, and N must be the shard count.
     """
     ckpt_dir = Path(ckpt_dir)
     config = read_meta_config(ckpt_dir, llama_version)
+    files = shard_files(ckpt_dir)
+    if slicing is not None:
+        slicing.check(config)
+        if len(files) != slicing.size:
+            raise CheckpointError(f"{ckpt_dir}: holds {len(files)} model-parallel shards, and each of the "
+                                  f"{slicing.size} ranks reads one: run it on {len(files)} ranks (mpirun -n "
+                                  f"{len(files)}), or convert it to safetensors (tinyllama-ref convert) for any count")
+        files = files[slicing.rank:slicing.rank + 1]
     shards = []
     bf16: set[str] = set()
-    for path in shard_files(ckpt_dir):
+    for path in files:
         tensors, bf16_names = read_torch_file(path)
         shards.append((path, tensors))
         bf16 |= bf16_names
     llama = LlamaConfig.from_dict(config, source=str(ckpt_dir / "params.json"))
     # Names and shapes checked first (permuting rows keeps a shape), so unpermute_qk gets whole heads.
-    tensors = check_tensors(merge_shards(shards), llama, str(ckpt_dir))
+    tensors = check_tensors(merge_shards(shards), llama, str(ckpt_dir), slicing)
+    shard = 1 if slicing is None else slicing.size  # a shard holds 1/shard of the heads
     for name, w in tensors.items():
         if ".q_proj." in name or ".k_proj." in name:
             heads = llama.num_attention_heads if ".q_proj." in name else llama.num_key_value_heads
-            tensors[name] = unpermute_qk(w, heads)  # [heads*d, D]: per head, even rows then odd rows
+            tensors[name] = unpermute_qk(w, heads // shard)  # [heads*d, D]: per head, even rows then odd rows
     bf16 = {hf_name(n)[0] for n in bf16 if n not in IGNORED}
     embed = "model.embed_tokens.weight"
     config["torch_dtype"] = "bfloat16" if embed in bf16 else str(tensors[embed].dtype)

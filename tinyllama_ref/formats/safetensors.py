@@ -67,10 +67,11 @@ def read_safetensors_header(path: Path) -> tuple[dict, int]:
     return header, 8 + n
 
 
-def read_safetensors(path: str | Path) -> dict[str, np.ndarray]:
+def read_safetensors(path: str | Path, slicing=None) -> dict[str, np.ndarray]:
     """All tensors of one safetensors file as NumPy arrays, memory-mapped (read-only).
 
     bfloat16 tensors come back as float32 (converted exactly); everything else keeps its dtype.
+    `slicing` (`checkpoint.Slicing`): only a rank's slice of each tensor is read, copied out of the map.
     """
     path = Path(path)
     if not path.is_file():
@@ -82,6 +83,7 @@ def read_safetensors(path: str | Path) -> dict[str, np.ndarray]:
     out = {}
     for name, (dtype_name, shape, begin, end) in entries.items():
         arr = np.asarray(mm[start + begin:start + end]).view(SAFETENSORS_DTYPES[dtype_name]).reshape(shape)
+        arr = arr if slicing is None else slicing.take(name, arr)
         out[name] = bf16_to_f32(arr) if dtype_name == "BF16" else arr  # arr: a plain view of the map
     return out
 
