@@ -46,7 +46,7 @@ def batch(vocab: int, b: int, s: int):
 def worker_ours(b: int, s: int, repeats: int, checkpoint: bool, workers: int = 1) -> dict:
     import tinyllama_ref as tl
     from tinyllama_ref.optim import AdamW
-    from tinyllama_ref.train import decays, keep_freed_memory, train_step
+    from tinyllama_ref.train import decays, gradients, keep_freed_memory, train_step
 
     keep_freed_memory()
     model = tl.load(BUNDLED)
@@ -57,7 +57,7 @@ def worker_ours(b: int, s: int, repeats: int, checkpoint: bool, workers: int = 1
     best = float("inf")
     for _ in range(repeats + 1):  # the first is a warm-up
         t0 = time.perf_counter()
-        loss, _ = train_step(model, optimizer, rows, rows, 1e-4, 1.0, checkpoint, workers)
+        loss, _ = train_step(gradients(model, checkpoint, workers), optimizer, rows, rows, 1e-4, 1.0)
         best = min(best, time.perf_counter() - t0)
     return {"seconds": best, "loss0": loss, "peak_mib": rss_now_and_peak_mib()[1] - rss_loaded}
 

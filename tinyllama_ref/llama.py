@@ -162,7 +162,7 @@ def scaled_dot_product_attention(q, k, v, mask_bias, scale: float):
     g, t = k.shape[1], k.shape[2]
     qg = q.reshape(b, g, (h // g) * s, d)  # [b, g, rep*s, d]
     scores = (qg @ k.swapaxes(-1, -2)) * q.dtype.type(scale)  # [b, g, rep*s, t]
-    scores = scores.reshape(b, g, h // g, s, t).astype(compute_dtype(q.dtype), copy=False) + mask_bias[:, :, None]  # every head
+    scores = scores.reshape(b, g, h // g, s, t).astype(compute_dtype(q.dtype), copy=False) + mask_bias[:, :, None]
     probs = softmax(scores).astype(q.dtype, copy=False)  # [b, g, rep, s, t]
     out = probs.reshape(b, g, (h // g) * s, t) @ v  # [b, g, rep*s, d]
     return out.reshape(b, h, s, d), probs.reshape(b, h, s, t)

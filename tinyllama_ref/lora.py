@@ -142,20 +142,16 @@ def train_steps(value_and_grad_fn: Callable, optimizer, batches: Iterable, steps
     """
     from tqdm.auto import tqdm
 
+    from .train import train_step
+
     losses: list[float] = []
     bar = tqdm(range(steps), desc="training", unit="step", file=sys.stderr, disable=not progress)
     batches = iter(batches)
     for step in bar:
         input_ids, labels = next(batches)
-        loss, grads = value_and_grad_fn(input_ids, labels)
-        if max_grad_norm is not None:
-            from .optim import clip_grad_norm
-
-            clip_grad_norm(grads, max_grad_norm)
-        if schedule is not None:
-            optimizer.lr = schedule(step)
-        optimizer.step(grads)
-        losses.append(float(loss))
+        lr = None if schedule is None else schedule(step)
+        loss, _ = train_step(value_and_grad_fn, optimizer, input_ids, labels, lr, max_grad_norm)
+        losses.append(loss)
         bar.set_postfix(loss=f"{losses[-1]:.4f}")
         if log_every and (step == 0 or (step + 1) % log_every == 0):
             bar.write(f"step {step + 1}/{steps}: loss {losses[-1]:.4f}", file=sys.stderr)

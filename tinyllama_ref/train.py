@@ -156,16 +156,23 @@ def value_and_grad_threads(model, input_ids, labels, workers: int = 2, checkpoin
     return np.asarray(loss, dtype=model.params["model"]["norm"]["weight"].dtype), results[0][1]
 
 
-def train_step(model, optimizer: AdamW, input_ids, labels, lr: float, grad_clip: float, checkpoint: bool = False,
-               workers: int = 1):
-    """One optimiser step: loss and gradients (`workers` threads share the batch), the global norm clipped,
-    AdamW at `lr`. Returns (loss, norm)."""
+def gradients(model, checkpoint: bool = False, workers: int = 1) -> Callable:
+    """`(input_ids, labels) -> (loss, grads)` for the whole model: `value_and_grad`, or with `workers` > 1
+    the batch shared by that many threads (`value_and_grad_threads`)."""
     if workers > 1:
-        loss, grads = value_and_grad_threads(model, input_ids, labels, workers, checkpoint)
-    else:
-        loss, grads = value_and_grad(model, input_ids, labels, checkpoint=checkpoint)
-    norm = clip_grad_norm(grads, grad_clip)
-    optimizer.lr = lr
+        return lambda ids, labels: value_and_grad_threads(model, ids, labels, workers, checkpoint)
+    return lambda ids, labels: value_and_grad(model, ids, labels, checkpoint=checkpoint)
+
+
+def train_step(value_and_grad_fn: Callable, optimizer: AdamW, input_ids, labels, lr: float | None = None,
+               grad_clip: float | None = None):
+    """One optimiser step: `loss, grads = value_and_grad_fn(input_ids, labels)` (grads shaped as the
+    optimizer's params: the model's, or a LoRA adapter's), the global norm clipped to `grad_clip`, AdamW at
+    `lr` (each left as it is when None). Returns (loss, the norm before clipping or None)."""
+    loss, grads = value_and_grad_fn(input_ids, labels)
+    norm = None if grad_clip is None else clip_grad_norm(grads, grad_clip)
+    if lr is not None:
+        optimizer.lr = lr
     optimizer.step(grads)
     return float(loss), norm
 
@@ -177,11 +184,12 @@ def fit(model, next_batch: Callable, settings: TrainSettings, on_step: Callable 
     s = settings
     optimizer = AdamW(model.params, lr=s.lr, betas=s.betas, weight_decay=s.weight_decay,
                       no_decay=lambda name, arr: not decays(name, arr))
+    step_grads = gradients(model, checkpoint, workers)
     losses = []
     for step in range(s.steps):
         lr = cosine_with_warmup(step, s.steps, s.warmup_steps, s.lr, s.min_lr)
         rows = next_batch()
-        loss, _ = train_step(model, optimizer, rows, rows, lr, s.grad_clip, checkpoint, workers)
+        loss, _ = train_step(step_grads, optimizer, rows, rows, lr, s.grad_clip)
         losses.append(loss)
         if on_step is not None:
             on_step(step, loss, lr)
