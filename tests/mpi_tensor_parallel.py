@@ -264,6 +264,7 @@ def parity(out_file: Path, examples: int, gpu: bool = False) -> None:
             run_case(case, root)
     report["meta"] = meta_shards(root)
     report["refused"] = refused(root)
+    COMM.Barrier()  # rank 0 removes `root` next: every rank must be done reading from it (4 ranks on 2 cores lag)
     if RANK == 0:
         out_file.write_text(json.dumps(report, indent=1))
         shutil.rmtree(root, ignore_errors=True)
