@@ -46,7 +46,8 @@ def batch(vocab: int, b: int, s: int):
 def worker_ours(b: int, s: int, repeats: int, checkpoint: bool, workers: int = 1) -> dict:
     import tinyllama_ref as tl
     from tinyllama_ref.optim import AdamW
-    from tinyllama_ref.train import decays, gradients, keep_freed_memory, train_step
+    from tinyllama_ref.backend import keep_freed_memory
+    from tinyllama_ref.train import decays, gradients, train_step
 
     keep_freed_memory()
     model = tl.load(BUNDLED)

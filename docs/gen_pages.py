@@ -47,6 +47,7 @@ READING_ORDER = [
     ("tinyllama_ref/losses.py", "Losses"),
     ("tinyllama_ref/model.py", "The edge: inputs, variants, outputs, loading"),
     ("tinyllama_ref/resize.py", "Resizing the vocabulary: rows for new tokens"),
+    ("tinyllama_ref/packing.py", "Packed projections: q/k/v and gate/up in one product"),
     ("tinyllama_ref/fused.py", "Fused kernels: the pointwise steps on CuPy"),
     ("tinyllama_ref/quantize.py", "Weight-only quantization: int8 and int4"),
     ("tinyllama_ref/generation.py", "Generation"),

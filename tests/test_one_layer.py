@@ -5,6 +5,8 @@ variants hand in (`model.layer_ops`), and returns HF's outputs. These tests coun
 book's layer in every variant, and hold a traced (dump) run and the book called directly to
 bit-identical logits, so the code a reader reads is the code that runs.
 """
+import dataclasses
+
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
@@ -132,7 +134,9 @@ def test_the_layer_ops_each_variant_hands_in():
     config = tl.LlamaConfig(vocab_size=40, hidden_size=32, intermediate_size=48, num_hidden_layers=1,
                             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
     tensors = random_tensors(config, std=0.3)
-    assert tl.build_model(config, tensors).ops == llama.PAPER
+    assert tl.build_model(config, tensors, packed=False).ops == llama.PAPER
+    packed = tl.build_model(config, tensors).ops  # q/k/v and gate/up packed at load: one product per group
+    assert packed.column_linears is not None and dataclasses.replace(packed, column_linears=None) == llama.PAPER
     int8 = tl.build_model(config, tensors, quantize="int8").ops
     assert int8.column_linear is not llama.linear and int8.rms_norm is llama.rms_norm
     gelu = tl.build_model(tl.LlamaConfig(**{**config.__dict__, "hidden_act": "gelu"}), tensors).ops

@@ -124,3 +124,33 @@ def blas_threads():
             if hasattr(lib, name.format("set")) and hasattr(lib, name.format("get")):
                 return getattr(lib, name.format("get")), getattr(lib, name.format("set"))
     return None
+
+
+_MALLOC = {"asked": False, "kept": False}
+
+
+def keep_freed_memory() -> bool:
+    """Ask glibc's malloc to keep freed memory for the next arrays instead of handing it back to the system.
+
+    A forward or a training step allocates and frees the same arrays of a few MB again and again. By default
+    glibc maps each one afresh and unmaps it when freed, so its pages fault in one by one on every call: 45,000
+    page faults in a 128-token prefill of SmolLM2 (a quarter of its time), 34,000 in a training step of the
+    bundled model. From here on, blocks up to 32 MB come from the heap, and up to 1 GiB of freed heap is kept.
+    Called once per process by `build_model` on NumPy (TINYLLAMA_KEEP_FREED_MEMORY=0 leaves malloc as it is).
+    Returns whether the settings are in force: False where the C library is not glibc.
+    """
+    import ctypes
+
+    if _MALLOC["asked"]:
+        return _MALLOC["kept"]
+    _MALLOC["asked"] = True
+    if os.environ.get("TINYLLAMA_KEEP_FREED_MEMORY", "1").strip() == "0":
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3  # glibc's malloc.h
+        _MALLOC["kept"] = bool(libc.mallopt(M_MMAP_THRESHOLD, 32 << 20) and libc.mallopt(M_TRIM_THRESHOLD, 1 << 30)
+                               and libc.mallopt(M_TOP_PAD, 64 << 20))
+    except (OSError, AttributeError):
+        pass
+    return _MALLOC["kept"]

@@ -60,9 +60,7 @@ def rope_frequencies(theta: float, head_dim: int) -> np.ndarray:
 
 def rope_cos_sin(inv_freq, position_ids, attention_factor: float = 1.0, dtype=F32):
     r"""cos and sin of $m\,\theta_i$ for each position: [b, s] -> two [b, s, d] arrays, in `dtype` (float32).
-
-    The frequencies are repeated ([θ0..θ(d/2-1), θ0..θ(d/2-1)]) to match the rotate-half pairing.
-    """
+    The frequencies are repeated ([θ0..θ(d/2-1), θ0..θ(d/2-1)]) to match the rotate-half pairing."""
     xp = xp_of(position_ids)
     freqs = position_ids[..., None].astype(dtype) * xp.asarray(inv_freq).astype(dtype)  # [b, s, d/2]
     emb = xp.concatenate([freqs, freqs], axis=-1)  # [b, s, d]
@@ -194,6 +192,7 @@ class LayerOps:
     """
 
     column_linear: Callable = linear
+    column_linears: Callable | None = None  # q, k, v (gate, up) in one product, packed at load (`packing.py`)
     row_linear: Callable = linear
     act_mul: Callable = silu_mul
     rms_norm: Callable = rms_norm
@@ -206,13 +205,17 @@ class LayerOps:
 PAPER = LayerOps()  # the model exactly as written above
 
 
+def project(ops: LayerOps, x, *ps):
+    """x through the column projections ps of one input (q, k, v; gate, up): one product if packed, else each."""
+    together = ops.column_linears(x, *ps) if ops.column_linears and ops.column_linear is linear else None
+    return together if together is not None else [ops.column_linear(x, p) for p in ps]
+
+
 def self_attention(p: dict, x, cos, sin, mask_bias, config, cache=None, layer: int = 0, ops: LayerOps = PAPER):
     """Grouped-query self-attention with RoPE: [b, s, D] -> [b, s, D]. With a cache (`kv_cache.KVCache`),
     the new keys and values are appended to the layer's, and the queries attend to all t of them."""
     d = config.head_dim
-    q = split_heads(ops.column_linear(x, p["q_proj"]), d)  # [b, h, s, d]
-    k = split_heads(ops.column_linear(x, p["k_proj"]), d)  # [b, g, s, d]
-    v = split_heads(ops.column_linear(x, p["v_proj"]), d)  # [b, g, s, d]
+    q, k, v = (split_heads(y, d) for y in project(ops, x, p["q_proj"], p["k_proj"], p["v_proj"]))  # [b, h|g, s, d]
     q_rope, k_rope = ops.apply_rope(q, cos, sin), ops.apply_rope(k, cos, sin)
     keys, values = (k_rope, v) if cache is None else cache.update(layer, k_rope, v)  # [b, g, t, d]
     out, probs = scaled_dot_product_attention(q_rope, keys, values, mask_bias, 1.0 / math.sqrt(d))
@@ -228,8 +231,7 @@ def swiglu_mlp(p: dict, x, layer: int = 0, ops: LayerOps = PAPER):
 
     The SiLU of one projection gates the other, feature by feature. [b, s, D] -> [b, s, F] -> [b, s, D]
     """
-    gate = ops.column_linear(x, p["gate_proj"])  # [b, s, F]
-    up = ops.column_linear(x, p["up_proj"])  # [b, s, F]
+    gate, up = project(ops, x, p["gate_proj"], p["up_proj"])  # [b, s, F] each
     act_mul = ops.act_mul(gate, up)  # [b, s, F]
     down = ops.row_linear(act_mul, p["down_proj"])  # [b, s, D]
     ops.observe(f"layers.{layer}.mlp", gate_proj=gate, up_proj=up, act_mul=act_mul, down_proj=down)
@@ -249,8 +251,7 @@ def decoder_layer(p: dict, x, cos, sin, mask_bias, config, cache=None, layer: in
 
 
 def rope_tables(config, position_ids, rope=None, dtype=F32):
-    """cos and sin [b, s, d] for every layer, made once per forward in the model's dtype; `rope` = (inv_freq,
-    attention_factor), plain RoPE by default."""
+    """cos, sin [b, s, d] for every layer, once per forward; `rope` = (inv_freq, attention_factor) or plain."""
     inv_freq, attention_factor = rope or (rope_frequencies(config.rope_theta, config.head_dim), 1.0)
     cos, sin = rope_cos_sin(inv_freq, position_ids, attention_factor, compute_dtype(dtype))
     return cos.astype(dtype, copy=False), sin.astype(dtype, copy=False)
@@ -260,9 +261,8 @@ def transformer(params: dict, config, input_ids, position_ids=None, attention_ma
                 ops: LayerOps = PAPER):
     r"""The hidden states [b, s, D] for token ids [b, s]: embedding, every layer, the final RMSNorm.
 
-    position_ids [b, s] default to t0, t0+1, ... where t0 = the tokens already in `cache`;
-    attention_mask [b, t] (1 = real token) to all ones; `rope` = (inv_freq, attention_factor) to
-    plain RoPE. A `cache` is filled in place.
+    position_ids [b, s] default to t0, t0+1, ... (t0 = the tokens in `cache`, which is filled in place);
+    attention_mask [b, t] (1 = real token) to all ones; `rope` = (inv_freq, attention_factor) to plain RoPE.
     """
     xp = xp_of(input_ids)
     b, s = input_ids.shape

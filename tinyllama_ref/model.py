@@ -21,7 +21,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from . import activations, heads, llama, losses, open_llama, quantize as Q
+from . import activations, heads, llama, losses, open_llama, packing, quantize as Q
 from . import backend as B
 from . import fused as fused_kernels
 from .config import ConfigError, LlamaConfig, check_generation_config
@@ -119,6 +119,8 @@ def layer_ops(config: LlamaConfig, params: dict, xp=np, fused: bool = True, comm
     if Q.is_quantized(params):
         linears = {name: Q.dequantizing(fn) for name, fn in linears.items()}
     ops = dict(linears, act_mul=activations.gated(config.hidden_act))
+    if ops["column_linear"] is llama.linear:
+        ops["column_linears"] = packing.packed_linears(params)  # q/k/v (gate/up) packed at load: one product each
     if comm is not None:
         ops.update(parallel_ops(ops, config, comm))  # row_linear all-reduces; embed and head_linear gather
     if config.is_open_llama and config.use_stable_embedding:
@@ -395,17 +397,20 @@ class Model:
 
 def build_model(config: LlamaConfig, tensors: Mapping[str, np.ndarray], backend: str | None = None,
                 dtype: str = "float32", source: str = "checkpoint", progress=None, quantize: str | None = None,
-                group_size: int | None = None, fused: bool = True, comm=None) -> Model:
+                group_size: int | None = None, fused: bool = True, comm=None, packed: bool = True) -> Model:
     """A Model from a config and HF-named tensors (from safetensors, GGUF, or built in memory).
 
     quantize: None, "int8" or "int4" (`quantize.py`: torchao's int8_weight_only / int4_weight_only, with
     `group_size` inputs per int4 scale; None: per weight, the largest of 128, 64, 32 dividing its input).
     fused: on CuPy, run the pointwise steps as fused kernels (`fused.py`).
     comm: this rank's communicator (`distributed.py`); the tensors are then its slices.
+    packed: q/k/v and gate/up weights as row views of one matrix per group, one product each (`packing.py`).
     """
     Q.check_arguments(quantize, group_size)  # before any tensor is converted
     name = B.resolve_backend(backend)
     xp = B.get_module(name)
+    if xp is np:
+        B.keep_freed_memory()  # every forward reuses the last one's memory instead of faulting it in anew
     slicing = None
     if comm is not None:
         from .distributed import rank_slicing
@@ -414,13 +419,15 @@ def build_model(config: LlamaConfig, tensors: Mapping[str, np.ndarray], backend:
     params = build_params(tensors, config, dtype, xp, source, progress, slicing)
     if quantize:
         params = Q.quantize_params(params, quantize, group_size)
+    elif packed:
+        packing.pack_projections(params)
     return Model(params=params, config=config, backend=name, dtype=dtype, source=source, quantize=quantize, fused=fused,
                  xp=xp, comm=comm)
 
 
 def load(path: str | Path, backend: str | None = None, dtype: str = "float32", progress: bool = False,
          quantize: str | None = None, group_size: int | None = None, fused: bool = True,
-         adapter: str | Path | None = None, tensor_parallel=None) -> Model:
+         adapter: str | Path | None = None, tensor_parallel=None, packed: bool = True) -> Model:
     """Load a Hugging Face checkpoint directory (config.json + safetensors), a GGUF file, or Meta's
     original checkpoint directory (params.json + consolidated.*.pth, read without torch).
 
@@ -431,6 +438,7 @@ def load(path: str | Path, backend: str | None = None, dtype: str = "float32", p
     adapter: a PEFT LoRA adapter directory, merged into the weights before they are converted (`lora.py`).
     tensor_parallel: "mpi" inside `mpirun -n N`: this process is one of N ranks, reads only its slices
     and computes with the others (`tensor_parallel.py`, `distributed.py`); the logits come whole on every rank.
+    packed: q/k/v and gate/up as one matrix per group, one product each (`packing.py`); False: one per weight.
     """
     Q.check_arguments(quantize, group_size)  # before any tensor is read (a GGUF file's are decoded as they are)
     path = Path(path).expanduser()
@@ -459,7 +467,8 @@ def load(path: str | Path, backend: str | None = None, dtype: str = "float32", p
         config_dict, tensors, _ = read(path, slicing=slicing)
         config = LlamaConfig.from_dict(config_dict, source=str(path))
         tensors = tensors if adapter is None else apply_adapter(tensors, adapter, dtype)
-        model = build_model(config, tensors, backend, dtype, str(path), bar, quantize, group_size, fused, comm)
+        model = build_model(config, tensors, backend, dtype, str(path), bar, quantize, group_size, fused, comm,
+                        packed)
         model.generation_config = {k: config_dict[k] for k in ("bos_token_id", "eos_token_id")
                                    if config_dict.get(k) is not None}
         return model
@@ -470,7 +479,8 @@ def load(path: str | Path, backend: str | None = None, dtype: str = "float32", p
         slicing.check(config.to_dict())
     tensors = read_checkpoint_tensors(path, slicing)
     tensors = tensors if adapter is None else apply_adapter(tensors, adapter, dtype)
-    model = build_model(config, tensors, backend, dtype, str(path), bar, quantize, group_size, fused, comm)
+    model = build_model(config, tensors, backend, dtype, str(path), bar, quantize, group_size, fused, comm,
+                        packed)
     gen = path / "generation_config.json"
     if gen.is_file():
         try:

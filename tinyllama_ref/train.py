@@ -11,7 +11,6 @@ a linear warmup and a cosine decay to a tenth of the peak rate.
 """
 from __future__ import annotations
 
-import ctypes
 import dataclasses
 import json
 import sys
@@ -22,6 +21,7 @@ from typing import Callable
 
 import numpy as np
 
+from .backend import keep_freed_memory
 from .backprop import value_and_grad
 from .optim import AdamW, clip_grad_norm, cosine_with_warmup
 
@@ -199,23 +199,6 @@ def fit(model, next_batch: Callable, settings: TrainSettings, on_step: Callable 
 def mean_loss(model, batches) -> float:
     """The mean causal-LM loss over batches of ids (validation: no gradients)."""
     return float(np.mean([float(model(rows, labels=rows).loss) for rows in batches]))
-
-
-def keep_freed_memory() -> bool:
-    """Ask glibc's malloc to keep freed memory instead of returning it to the system after every array.
-
-    A training step allocates and frees the same arrays of several MB again and again; by default each one
-    is a fresh mmap whose pages fault in one by one (about 34,000 page faults a step for the bundled model,
-    a fifth of its time). Freed blocks up to 32 MB now stay in the heap (up to 1 GiB of it). Returns False
-    where the C library is not glibc (nothing changes there).
-    """
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3  # glibc's malloc.h
-        return bool(libc.mallopt(M_MMAP_THRESHOLD, 32 << 20) and libc.mallopt(M_TRIM_THRESHOLD, 1 << 30)
-                    and libc.mallopt(M_TOP_PAD, 64 << 20))
-    except (OSError, AttributeError):
-        return False
 
 
 def train_from_text(text_file: str | Path, out: str | Path, settings: TrainSettings, bundled: Path,

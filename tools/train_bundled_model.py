@@ -316,7 +316,8 @@ def train_numpy(data, t, threads):
     share each batch, with one BLAS thread each, where torch runs `threads` intra-op threads."""
     import tinyllama_ref as tl
     from tinyllama_ref.config import LlamaConfig as ConfigOfOurs
-    from tinyllama_ref.train import TrainSettings, fit, initial_tensors, keep_freed_memory, mean_loss
+    from tinyllama_ref.backend import keep_freed_memory
+    from tinyllama_ref.train import TrainSettings, fit, initial_tensors, mean_loss
 
     keep_freed_memory()
     config = ConfigOfOurs.from_dict(dict(MODEL_CONFIG, architectures=["LlamaForCausalLM"], model_type="llama"))
