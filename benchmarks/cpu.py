@@ -43,7 +43,17 @@ def peak_rss_mib() -> float:
 
 # -- workers (run in a subprocess each) --------------------------------------------------------
 
-def worker_ours(model_dir: str, prompt_tokens: int, new_tokens: int) -> dict:
+def best_of(run, repeats: int = PREFILL_REPEATS) -> float:
+    """Best seconds of a few calls of run() (each ends by reading a result back)."""
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        int(run())
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def worker_ours(model_dir: str, prompt_tokens: int, new_tokens: int, long_tokens: int) -> dict:
     import numpy as np
 
     import tinyllama_ref as tl
@@ -59,12 +69,15 @@ def worker_ours(model_dir: str, prompt_tokens: int, new_tokens: int) -> dict:
         lambda: last_position(model(ids[None], use_cache=True, logits_to_keep=1)),
         lambda token, cache: last_position(model([[token]], past_key_values=cache, use_cache=True)),
         new_tokens)
+    n_long = min(long_tokens, model.config.max_position_embeddings)
+    long_ids = (np.arange(n_long) * 7919 + 11) % model.config.vocab_size
+    long_s = best_of(lambda: model(long_ids[None], logits_to_keep=1).logits[0, -1].argmax())
     return dict(load_s=load_s, load_peak_rss_mib=load_rss, prefill_tok_s=prompt_tokens / prefill_s,
                 decode_tok_s=(new_tokens - 1) / decode_s, peak_rss_mib=peak_rss_mib(), tokens=tokens,
-                params=model.num_parameters())
+                params=model.num_parameters(), long_tokens=n_long, long_tok_s=n_long / long_s)
 
 
-def worker_torch(model_dir: str, prompt_tokens: int, new_tokens: int) -> dict:
+def worker_torch(model_dir: str, prompt_tokens: int, new_tokens: int, long_tokens: int) -> dict:
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -82,8 +95,12 @@ def worker_torch(model_dir: str, prompt_tokens: int, new_tokens: int) -> dict:
             lambda token, cache: last_position(model(torch.tensor([[token]]), past_key_values=cache,
                                                      use_cache=True)),
             new_tokens)
+        n_long = min(long_tokens, model.config.max_position_embeddings)
+        long_ids = (torch.arange(n_long) * 7919 + 11) % vocab
+        long_s = best_of(lambda: model(long_ids[None], logits_to_keep=1).logits[0, -1].argmax())
     return dict(load_s=load_s, load_peak_rss_mib=load_rss, prefill_tok_s=prompt_tokens / prefill_s,
-                decode_tok_s=(new_tokens - 1) / decode_s, peak_rss_mib=peak_rss_mib(), tokens=tokens)
+                decode_tok_s=(new_tokens - 1) / decode_s, peak_rss_mib=peak_rss_mib(), tokens=tokens,
+                long_tokens=n_long, long_tok_s=n_long / long_s)
 
 
 def worker_bandwidth(mib: int = 512, repeats: int = 10) -> dict:
@@ -225,11 +242,29 @@ def missing_peer() -> str | None:
     return None
 
 
+def print_training_step(threads: int, no_torch: bool) -> None:
+    """benchmarks/training.py's step on the bundled model (batch 8 x 256, clip, AdamW): ours with the batch shared
+    by `threads` threads, and torch eager with as many threads."""
+    import training  # benchmarks/training.py, beside this script
+
+    args = argparse.Namespace(batch_size=8, seq_len=256, repeats=3, threads=threads)
+    steps = {"ours": training.run_worker("ours-threads" if threads > 1 else "ours", args)}
+    if not no_torch:
+        steps["torch"] = training.run_worker("torch", args)
+    print("\ntraining step, bundled model, batch 8 x 256 tokens (forward, backward, clipping, AdamW), best of 3:")
+    for impl, r in steps.items():
+        print(f"{'':22s} {impl:13s} {r['seconds']:8.3f} s/step {8 * 256 / r['seconds']:9.0f} tok/s")
+    if len(steps) == 2:
+        print(f"{'':22s} {'ratio':13s} {steps['torch']['seconds'] / steps['ours']['seconds']:8.2f}x")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", nargs="+", default=["bundled", "smollm2", "tinyllama-1.1b"])
     ap.add_argument("--prompt-tokens", type=int, default=128)
     ap.add_argument("--new-tokens", type=int, default=32)
+    ap.add_argument("--long-prompt", type=int, default=512, help="a longer prefill (up to the model's context)")
+    ap.add_argument("--no-training", action="store_true", help="skip the training step (benchmarks/training.py)")
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--cache", type=Path, default=bench_cache())
     ap.add_argument("--no-torch", action="store_true", help="skip the transformers column")
@@ -244,9 +279,9 @@ def main() -> None:
     print(f"machine: {os.cpu_count()} cores, {args.threads} threads; float32 matvec bandwidth {bw:.1f} GB/s")
     rows = []
     for label, path in find_models(args.models, args.cache):
-        ours = run_worker("ours", str(path), args.prompt_tokens, args.new_tokens, threads=args.threads)
-        peer = None if args.no_torch else run_worker("torch", str(path), args.prompt_tokens, args.new_tokens,
-                                                     threads=args.threads)
+        work = (str(path), args.prompt_tokens, args.new_tokens, args.long_prompt)
+        ours = run_worker("ours", *work, threads=args.threads)
+        peer = None if args.no_torch else run_worker("torch", *work, threads=args.threads)
         ceiling = run_worker("matvec_ceiling", str(path), threads=args.threads)["tok_s"]
         limit = bw * 1e9 / bytes_read_per_token(path)
         rows.append((label, path, ours, peer, limit, ceiling))
@@ -269,6 +304,14 @@ def main() -> None:
             print(f"{'':22s} {'ratio':13s} {ours['prefill_tok_s'] / peer['prefill_tok_s']:12.2f}x "
                   f"{ours['decode_tok_s'] / peer['decode_tok_s']:11.2f}x")
         print(f"{'':22s} {'BW limit':13s} {'':13s} {limit:12.1f}   matvecs alone: {ceiling:.1f} tok/s")
+    print(f"\n{'model':22s} {'impl':13s} {'long prefill':>14s} {'tok/s':>9s} {'ratio':>7s}")
+    for label, path, ours, peer, limit, ceiling in rows:
+        ratio = f"{ours['long_tok_s'] / peer['long_tok_s']:.2f}x" if peer else ""
+        print(f"{label:22s} {'ours':13s} {ours['long_tokens']:8d} tokens {ours['long_tok_s']:9.1f} {ratio:>7s}")
+        if peer:
+            print(f"{label:22s} {'torch':13s} {peer['long_tokens']:8d} tokens {peer['long_tok_s']:9.1f}")
+    if not args.no_training:
+        print_training_step(args.threads, args.no_torch)
     print(f"\nBW limit = float32 bytes read per token / {bw:.1f} GB/s. % of matvecs = against a step that runs "
           f"only the model's matrix-vector products. Decode = greedy, batch 1, {args.new_tokens} tokens after a "
           f"{args.prompt_tokens}-token prompt; prefill = best of {PREFILL_REPEATS}.")

@@ -61,7 +61,7 @@ def test_the_gpu_benchmark_says_in_one_line_what_is_missing(tmp_path):
 def test_cpu_benchmark_runs_our_column_when_torch_cannot_be_imported(tmp_path):
     env = without_torch(tmp_path)
     proc = subprocess.run([sys.executable, "benchmarks/cpu.py", "--models", "bundled", "--prompt-tokens", "8",
-                           "--new-tokens", "4", "--bandwidth-mib", "16"], cwd=REPO, capture_output=True, text=True,
+                           "--new-tokens", "4", "--bandwidth-mib", "16", "--no-training"], cwd=REPO, capture_output=True, text=True,
                           timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr
@@ -72,7 +72,7 @@ def test_cpu_benchmark_runs_our_column_when_torch_cannot_be_imported(tmp_path):
 
 def test_cpu_benchmark_bundled_without_torch():
     out = run_script("benchmarks/cpu.py", "--models", "bundled", "--prompt-tokens", "8", "--new-tokens", "4",
-                     "--no-torch", "--bandwidth-mib", "16")
+                     "--no-torch", "--bandwidth-mib", "16", "--no-training")
     (row,) = [r for r in table_rows(out, "tinyllama_ref") if r[0] == "bundled"]
     prefill, decode = float(row[2]), float(row[3])
     assert prefill > 0 and decode > 0
@@ -85,6 +85,9 @@ def test_cpu_benchmark_bundled_against_torch():
                      "--bandwidth-mib", "16")
     assert "bundled: greedy tokens identical to transformers: True" in out
     assert table_rows(out, "torch") and table_rows(out, "ratio")
+    long = [r for r in table_rows(out, "ours") if r[0] == "bundled"]
+    assert long and long[0][2] == "256" and float(long[0][4]) > 0  # the long prefill, cut to the context
+    assert "training step" in out and float(table_rows(out, "s/step")[0][1]) > 0
 
 
 @needs_torch
