@@ -130,17 +130,15 @@ def softmax(scores, axis: int = -1):
     """Numerically stable softmax in float32 or float64 (subtract the row maximum before exp)."""
     xp = xp_of(scores)
     s = scores.astype(compute_dtype(scores.dtype), copy=False)
-    e = xp.exp(s - s.max(axis=axis, keepdims=True))
-    e /= e.sum(axis=axis, keepdims=True)  # in place: one [b, h, s, t] array fewer
+    e = s - s.max(axis=axis, keepdims=True)
+    xp.exp(e, out=e)  # in place, as the division: one [b, h, s, t] array, not three
+    e /= e.sum(axis=axis, keepdims=True)
     return e
 
 
 def repeat_kv(x, n_rep: int):
-    """Grouped-query attention: let `n_rep` query heads share each key/value head.
-
-    [b, g, t, d] -> [b, g*n_rep, t, d], head j of the result being head j // n_rep of the input
-    (the same order as torch.repeat_interleave on the heads axis).
-    """
+    """Grouped-query attention: `n_rep` query heads share each key/value head. [b, g, t, d] -> [b, g*n_rep, t, d],
+    head j of the result being head j // n_rep of the input (torch.repeat_interleave's order on the heads)."""
     if n_rep == 1:
         return x
     b, g, t, d = x.shape
@@ -159,8 +157,10 @@ def scaled_dot_product_attention(q, k, v, mask_bias, scale: float):
     b, h, s, d = q.shape
     g, t = k.shape[1], k.shape[2]
     qg = q.reshape(b, g, (h // g) * s, d)  # [b, g, rep*s, d]
-    scores = (qg @ k.swapaxes(-1, -2)) * q.dtype.type(scale)  # [b, g, rep*s, t]
-    scores = scores.reshape(b, g, h // g, s, t).astype(compute_dtype(q.dtype), copy=False) + mask_bias[:, :, None]
+    scores = qg @ k.swapaxes(-1, -2)  # [b, g, rep*s, t]
+    scores *= q.dtype.type(scale)  # in place, as the mask: the scores are this function's own
+    scores = scores.reshape(b, g, h // g, s, t).astype(compute_dtype(q.dtype), copy=False)
+    scores += mask_bias[:, :, None]
     probs = softmax(scores).astype(q.dtype, copy=False)  # [b, g, rep, s, t]
     out = probs.reshape(b, g, (h // g) * s, t) @ v  # [b, g, rep*s, d]
     return out.reshape(b, h, s, d), probs.reshape(b, h, s, t)
