@@ -53,13 +53,13 @@ def best_of(run, repeats: int = PREFILL_REPEATS) -> float:
     return best
 
 
-def worker_ours(model_dir: str, prompt_tokens: int, new_tokens: int, long_tokens: int) -> dict:
+def worker_ours(model_dir: str, prompt_tokens: int, new_tokens: int, long_tokens: int, packed: bool = True) -> dict:
     import numpy as np
 
     import tinyllama_ref as tl
 
     t0 = time.perf_counter()
-    model = tl.load(model_dir)
+    model = tl.load(model_dir, packed=packed)
     # touch every weight once so that loading cost (and its RSS) is counted here, not in the first step
     ids = (np.arange(prompt_tokens) * 7919 + 11) % model.config.vocab_size
     load_s = time.perf_counter() - t0
@@ -179,10 +179,17 @@ def matrices_read_per_token(model_dir: Path) -> list[tuple[int, int]]:
     from tinyllama_ref.config import LlamaConfig
     from tinyllama_ref.formats.checkpoint import expected_shapes
 
+    from tinyllama_ref.packing import GROUPS
+
     config = LlamaConfig.from_json(model_dir / "config.json")
     shapes, _ = expected_shapes(config)
-    layers = [s for k, s in shapes.items() if k.startswith("model.layers.") and len(s) == 2]
-    return layers + [shapes["lm_head.weight"]]
+    packed = {}  # q/k/v and gate/up as the one matrix each that the model packs them into at load (packing.py)
+    for k, shape in shapes.items():
+        if k.startswith("model.layers.") and len(shape) == 2:
+            layer, block, name = k.split(".")[2:5]
+            key = f"{layer}.{block}" if name in GROUPS.get(block, ()) else k
+            packed[key] = (packed.get(key, (0,))[0] + shape[0], shape[1])
+    return list(packed.values()) + [shapes["lm_head.weight"]]
 
 
 def bytes_read_per_token(model_dir: Path) -> int:
@@ -264,6 +271,8 @@ def main() -> None:
     ap.add_argument("--prompt-tokens", type=int, default=128)
     ap.add_argument("--new-tokens", type=int, default=32)
     ap.add_argument("--long-prompt", type=int, default=512, help="a longer prefill (up to the model's context)")
+    ap.add_argument("--no-packing", action="store_true", help="load with packed=False: one product per weight "
+                    "(with TINYLLAMA_KEEP_FREED_MEMORY=0, the two load-time speed-ups can be measured alone)")
     ap.add_argument("--no-training", action="store_true", help="skip the training step (benchmarks/training.py)")
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--cache", type=Path, default=bench_cache())
@@ -280,7 +289,7 @@ def main() -> None:
     rows = []
     for label, path in find_models(args.models, args.cache):
         work = (str(path), args.prompt_tokens, args.new_tokens, args.long_prompt)
-        ours = run_worker("ours", *work, threads=args.threads)
+        ours = run_worker("ours", *work, not args.no_packing, threads=args.threads)
         peer = None if args.no_torch else run_worker("torch", *work, threads=args.threads)
         ceiling = run_worker("matvec_ceiling", str(path), threads=args.threads)["tok_s"]
         limit = bw * 1e9 / bytes_read_per_token(path)

@@ -110,7 +110,8 @@ def check_ids_in_vocabulary(ids: np.ndarray, vocab_size: int) -> None:
 def layer_ops(config: LlamaConfig, params: dict, xp=np, fused: bool = True, comm=None) -> llama.LayerOps:
     """The operations the config's variants hand to `llama.py`'s one layer, chosen once per model.
 
-    `pretraining_tp` slices the projections; int8/int4 weights are dequantized just before each product;
+    q/k/v and gate/up packed at load run as one product per group (`packing.py`); `pretraining_tp` slices
+    the projections; int8/int4 weights are dequantized just before each product;
     another `hidden_act` changes the gated product; with a communicator `comm` (`distributed.py`) the layer
     spreads over its ranks (`tensor_parallel.py`); Open-Llama's stable embedding adds a LayerNorm; on
     CuPy (unless `fused=False`) the pointwise steps run as fused kernels.
