@@ -151,7 +151,6 @@ def test_merge_by_scan_equals_merge_by_heap(data):
     # the short-word loop must merge as the heap does, and ask find_merge the same questions in
     # the same order (UNUSED pieces record their merges there); priorities 0..3 make ties common
     symbols = data.draw(st.lists(st.sampled_from(["a", "b", "c", "ab", "\u2581"]), max_size=14))
-    frozen = data.draw(st.none() | st.lists(st.booleans(), min_size=len(symbols), max_size=len(symbols)))
     by_pair = data.draw(st.booleans())  # HF ranks are keyed by the pair, SentencePiece's by the merged piece
     pieces = st.text("abc\u2581", min_size=1, max_size=4)
     keys = st.tuples(pieces, pieces) if by_pair else st.text("abc\u2581", min_size=2, max_size=6)
@@ -164,9 +163,10 @@ def test_merge_by_scan_equals_merge_by_heap(data):
         return find_merge
 
     scan_calls, heap_calls = [], []
-    scanned = merge_by_scan(symbols, logging_find_merge(scan_calls), frozen)
-    assert scanned == merge_by_heap(symbols, logging_find_merge(heap_calls), frozen)
+    scanned = merge_by_scan(symbols, logging_find_merge(scan_calls))
+    assert scanned == merge_by_heap(symbols, logging_find_merge(heap_calls))
     assert scan_calls == heap_calls
+
 
 def test_utf8_decoding_replaces_each_invalid_byte():
     assert decode_utf8_per_byte(b"\xf0\x9f\x98") == "\ufffd" * 3

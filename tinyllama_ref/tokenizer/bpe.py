@@ -34,12 +34,12 @@ def bpe_merge(symbols: list[str], find_merge, frozen: list[bool] | None = None,
     >>> bpe_merge(list("abcab"), lambda l, r: ranks.get((l, r)))
     ['abc', 'ab']
     """
-    if len(symbols) <= SHORT_WORD and stats is None:
-        return merge_by_scan(symbols, find_merge, frozen)
+    if len(symbols) <= SHORT_WORD and stats is None and not (frozen and any(frozen)):
+        return merge_by_scan(symbols, find_merge)
     return merge_by_heap(symbols, find_merge, frozen, stats)
 
 
-def merge_by_scan(symbols: list[str], find_merge, frozen: list[bool] | None = None) -> list[str]:
+def merge_by_scan(symbols: list[str], find_merge) -> list[str]:
     """bpe_merge for a short word: keep each adjacent pair's priority in a list and merge its minimum.
 
     This equals merge_by_heap, find_merge calls included (UNUSED pieces record their merges
@@ -48,16 +48,16 @@ def merge_by_scan(symbols: list[str], find_merge, frozen: list[bool] | None = No
     position it compares keeps the symbols' order, so that is the leftmost best pair, which is
     what min() and index() find here. Both ask find_merge about the initial pairs from left to
     right and, after a merge, about the pair on its left and then the pair on its right.
+    Words with frozen symbols (rare) go to the heap: checking them here would cost a tenth.
 
     >>> ranks = {("a", "a"): 0}
     >>> merge_by_scan(list("aaa"), lambda l, r: ranks.get((l, r)))
     ['aa', 'a']
     """
     sym = list(symbols)
-    frozen = list(frozen) if frozen is not None else [False] * len(sym)
     pri = []  # pri[i]: the priority of the pair sym[i], sym[i + 1]
     for i in range(len(sym) - 1):
-        p = None if frozen[i] or frozen[i + 1] else find_merge(sym[i], sym[i + 1])
+        p = find_merge(sym[i], sym[i + 1])
         pri.append(NEVER if p is None else p)
     while pri:
         best = min(pri)
@@ -65,13 +65,13 @@ def merge_by_scan(symbols: list[str], find_merge, frozen: list[bool] | None = No
             break
         i = pri.index(best)  # the leftmost of the best
         sym[i] += sym.pop(i + 1)
-        del frozen[i + 1], pri[i]
+        del pri[i]
         # the lookups are written out, not a helper's: a call per pair would cost a tenth of the time
         if i > 0:
-            p = None if frozen[i - 1] else find_merge(sym[i - 1], sym[i])
+            p = find_merge(sym[i - 1], sym[i])
             pri[i - 1] = NEVER if p is None else p
         if i < len(pri):
-            p = None if frozen[i + 1] else find_merge(sym[i], sym[i + 1])
+            p = find_merge(sym[i], sym[i + 1])
             pri[i] = NEVER if p is None else p
     return sym
 
