@@ -39,7 +39,7 @@ def walkthrough(tokenizer, text: str) -> list[str]:
     for word in words:
         symbols = list(word)
         lines.append(f"  {' '.join(symbols)}")
-        while True:  # the plain O(n^2) loop, for reading; bpe_merge does the same with a heap
+        while True:  # the plain O(n^2) loop, for reading; bpe_merge does the same faster (a heap for long words)
             pairs = [(sp.merge_priority.get(a + b), k) for k, (a, b) in enumerate(zip(symbols, symbols[1:]))]
             pairs = [(p, k) for p, k in pairs if p is not None]
             if not pairs:

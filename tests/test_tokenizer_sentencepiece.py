@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from realdata import mistral_tokenizer_path, train_sentencepiece, training_corpus
 from tinyllama_ref.tokenizer import load_tokenizer
-from tinyllama_ref.tokenizer.bpe import bpe_merge, decode_utf8_per_byte
+from tinyllama_ref.tokenizer.bpe import bpe_merge, decode_utf8_per_byte, merge_by_heap, merge_by_scan
 from tinyllama_ref.formats.protobuf import ProtobufError, iter_fields, parse_message, read_varint
 from tinyllama_ref.tokenizer.sp_model import load_sentencepiece_model, sentencepiece_model_from_bytes
 from tinyllama_ref.tokenizer.sp_normalizer import normalize, normalize_by_rules
@@ -142,6 +142,30 @@ def test_bpe_merge_prefers_best_priority_then_leftmost():
     assert bpe_merge(list("aaa"), lambda l, r: ranks.get((l, r))) == ["aa", "a"]
     ranks = {("a", "b"): 1, ("b", "c"): 0, ("a", "bc"): 2}
     assert bpe_merge(list("abc"), lambda l, r: ranks.get((l, r))) == ["abc"]
+
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.data())
+def test_merge_by_scan_equals_merge_by_heap(data):
+    # the short-word loop must merge as the heap does, and ask find_merge the same questions in
+    # the same order (UNUSED pieces record their merges there); priorities 0..3 make ties common
+    symbols = data.draw(st.lists(st.sampled_from(["a", "b", "c", "ab", "\u2581"]), max_size=14))
+    by_pair = data.draw(st.booleans())  # HF ranks are keyed by the pair, SentencePiece's by the merged piece
+    pieces = st.text("abc\u2581", min_size=1, max_size=4)
+    keys = st.tuples(pieces, pieces) if by_pair else st.text("abc\u2581", min_size=2, max_size=6)
+    table = data.draw(st.dictionaries(keys, st.integers(0, 3), max_size=40))
+
+    def logging_find_merge(calls):
+        def find_merge(left, right):
+            calls.append((left, right))
+            return table.get((left, right) if by_pair else left + right)
+        return find_merge
+
+    scan_calls, heap_calls = [], []
+    scanned = merge_by_scan(symbols, logging_find_merge(scan_calls))
+    assert scanned == merge_by_heap(symbols, logging_find_merge(heap_calls))
+    assert scan_calls == heap_calls
 
 
 def test_utf8_decoding_replaces_each_invalid_byte():
