@@ -116,3 +116,18 @@ def test_memory_mapped_weights_are_not_mistaken_for_a_packed_group(tmp_path):
     model = tl.load(tmp_path, packed=False)
     q = model.params["model"]["layers"][0]["self_attn"]["q_proj"]["weight"]
     assert packing.packed_linears(model.params) is None and model.ops.column_linears is None, q.base
+
+
+def test_a_memory_mapped_checkpoint_packs_and_hands_back_the_file_pages(tmp_path):
+    """float32 safetensors load memory-mapped: packing copies q/k/v and gate/up and hands back their file pages
+    (`release_file_pages`); the tensors beside them in the file, on pages they share, read as before."""
+    config = tl.LlamaConfig(vocab_size=48, hidden_size=256, intermediate_size=512, num_hidden_layers=2,
+                            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    tensors = random_tensors(config, std=0.3)
+    tl.build_model(config, tensors, packed=False).save_pretrained(tmp_path)
+    packed, apart = tl.load(tmp_path), tl.load(tmp_path, packed=False)
+    assert packed.ops.column_linears is not None
+    for name, value in flatten(packed.params).items():
+        assert np.array_equal(value, tensors[name]), name
+    ids = np.random.default_rng(0).integers(0, config.vocab_size, (1, 12))
+    assert rel(packed(ids).logits, apart(ids).logits) <= TOL
