@@ -18,6 +18,8 @@ the book writes it.
 """
 from __future__ import annotations
 
+import numpy as np
+
 from .backend import is_cupy_array, xp_of
 
 GROUPS = {"self_attn": ("q_proj", "k_proj", "v_proj"), "mlp": ("gate_proj", "up_proj")}  # one input each
@@ -48,9 +50,12 @@ def release_file_pages(w) -> None:
     chain = [w]
     while getattr(chain[-1], "base", None) is not None and not isinstance(chain[-1], mmap.mmap):
         chain.append(chain[-1].base)
-    if len(chain) < 2 or not isinstance(chain[-1], mmap.mmap) or not hasattr(mmap, "MADV_DONTNEED"):
+    whole = chain[-2] if len(chain) > 1 else None  # the array over the whole map, from its first byte
+    if not (isinstance(chain[-1], mmap.mmap) and isinstance(whole, np.memmap) and hasattr(mmap, "MADV_DONTNEED")):
         return
-    offset = _address(w) - _address(chain[-2])  # chain[-2]: the array over the whole map, from its first byte
+    if whole.mode != "r" or whole.offset != 0:  # read-only only: dropped pages come back from the file unchanged
+        return
+    offset = _address(w) - _address(whole)
     first, end = -(-offset // mmap.PAGESIZE) * mmap.PAGESIZE, (offset + w.nbytes) // mmap.PAGESIZE * mmap.PAGESIZE
     if end > first:  # whole pages only: a page shared with a neighbouring tensor stays
         chain[-1].madvise(mmap.MADV_DONTNEED, first, end - first)
